@@ -1,0 +1,4 @@
+"""Token-reduction methods behind one call: ``td_jax.compressors.get(name, **cfg)``."""
+from td_jax.compressors.base import (Compressed, Compressor, CompressorModule, RNG_STREAM,
+                                     check_tokens, get, names, register)
+

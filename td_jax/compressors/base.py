@@ -1,0 +1,118 @@
+"""One interface for every token-reduction method.
+
+A compressor maps a batch of videos' visual tokens to a fixed number ``M`` of tokens:
+
+    tokens [B, T, H, W, D] ──compressor(budget=M)──▶ Compressed(tokens [B, M, D], mask [B, M], aux)
+
+``M`` is static (jit-friendly); ``mask`` marks real tokens (adaptive methods leave unused
+slots False); ``aux`` holds method extras (the dynamics map, kept indices, merge sizes).
+
+Each method is a ``flax.linen`` module subclassing :class:`CompressorModule`; randomness
+comes from the ``"compress"`` RNG stream (``self.make_rng("compress")``), parameters (if
+any) from ``"params"``.  :class:`Compressor` wraps a module class with its config and gives
+the functional call ``compressor(tokens, key=..., budget=..., params=...)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+RNG_STREAM = "compress"
+
+
+@flax.struct.dataclass
+class Compressed:
+    """Output of every compressor.
+
+    tokens: [B, M, D] compressed visual tokens.
+    mask:   [B, M] bool, True for real tokens.
+    aux:    dict of method extras (arrays only, so it passes through jit).
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    aux: dict = dataclasses.field(default_factory=dict)
+
+
+class CompressorModule(nn.Module):
+    """Base class: ``__call__(tokens [B,T,H,W,D], deterministic=True) -> Compressed``.
+
+    ``budget`` is the static number of output slots M.
+    """
+
+    budget: int
+
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:  # pragma: no cover
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[CompressorModule]] = {}
+
+
+def register(name: str) -> Callable[[type[CompressorModule]], type[CompressorModule]]:
+    """Class decorator adding a compressor module to the registry under ``name``."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"compressor {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    """Registered compressor names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def check_tokens(tokens: jax.Array) -> None:
+    """Static shape check shared by all compressors: tokens must be [B, T, H, W, D]."""
+    if tokens.ndim != 5:
+        raise ValueError(f"compressor expects tokens [B, T, H, W, D], got shape {tuple(tokens.shape)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressor:
+    """A registered method plus its config; build modules or call it functionally."""
+
+    name: str
+    module_cls: type[CompressorModule]
+    cfg: dict[str, Any]
+
+    def module(self, budget: int) -> CompressorModule:
+        """The linen module for this method at ``budget`` output slots."""
+        if int(budget) < 1:
+            raise ValueError(f"budget must be >= 1, got {budget}")
+        return self.module_cls(budget=int(budget), **self.cfg)
+
+    def init(self, key: jax.Array, tokens: jax.Array, *, budget: int) -> dict:
+        """Parameters of the method (an empty dict for parameter-free methods)."""
+        k_params, k_rng = jax.random.split(key)
+        variables = self.module(budget).init({"params": k_params, RNG_STREAM: k_rng}, tokens)
+        return variables.get("params", {})
+
+    def __call__(self, tokens: jax.Array, *, key: jax.Array, budget: int, params: dict | None = None,
+                 deterministic: bool = True) -> Compressed:
+        check_tokens(tokens)
+        mod = self.module(budget)
+        if params is None:
+            params = {}
+        return mod.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key})
+
+
+def get(name: str, **cfg: Any) -> Compressor:
+    """Look up a compressor by name; ``cfg`` are the module's fields (besides ``budget``)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown compressor {name!r}; known: {', '.join(names())}")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls)} - {"budget", "parent", "name"}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+        raise TypeError(f"compressor {name!r} got unknown config keys {unknown}; accepted: {sorted(fields)}")
+    return Compressor(name=name, module_cls=cls, cfg=dict(cfg))
