@@ -1,0 +1,238 @@
+"""VideoLLM: frames → vision tower → projector → compressor → spliced into text → decoder.
+
+Batch conventions (shared with data/ and train/):
+
+* ``input_ids [B, L] int32`` right-padded, exactly one ``video_token_id`` per row;
+* ``attention_mask [B, L] bool`` real text tokens;
+* ``frames [B, T, R, R, 3]`` uint8 (or float, already normalised) **or**
+  ``visual_tokens [B, T, h, w, Dv]`` precomputed tower features (``visual_tokens_stage=
+  "vision"``) / ``[B, T, h, w, D]`` projected features (``"projected"``);
+* ``loss_mask [B, L] float32`` 1.0 on target tokens.
+
+The placeholder is replaced by the compressor's M slots (+ one learned newline when
+``video_newline``): S = M (+1) visual slots, so the decoder runs on E = L - 1 + S
+positions.  Masked slots (``Compressed.mask`` False) are excluded from attention and take
+no RoPE position.  ``__call__`` returns logits aligned with ``input_ids`` (``[B, L, V]``;
+``logits[:, i]`` predicts ``input_ids[:, i + 1]``; at the placeholder it is the logit
+after the last visual slot), or the expanded ``[B, E, V]`` with ``return_expanded=True``.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from td_jax import compressors
+from td_jax.models import llm as llm_lib
+from td_jax.models.configs import VLMConfig, as_dtype
+from td_jax.models.llm import Qwen2LM
+from td_jax.models.td_compat import TDCompatAttention, official_inputs
+from td_jax.models.vit import Projector, VisionTower
+
+Array = jax.Array
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_placeholders(input_ids, video_token_id: int) -> None:
+    """ValueError unless every row of ``input_ids [B, L]`` holds exactly one placeholder.
+
+    Only checks concrete arrays (inside ``jit`` the shapes are all that can be checked).
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+    if _is_concrete(input_ids):
+        counts = np.sum(np.asarray(input_ids) == video_token_id, axis=1)
+        bad = np.nonzero(counts != 1)[0]
+        if bad.size:
+            raise ValueError(f"each row of input_ids needs exactly one video_token_id={video_token_id}; "
+                             f"rows {bad.tolist()[:8]} have counts {counts[bad].tolist()[:8]}")
+
+
+def splice(text: Array, text_valid: Array, placeholder: Array, vis: Array, vis_valid: Array) -> tuple[Array, Array]:
+    """Replace each row's placeholder by its visual slots.
+
+    text [B, L, D], text_valid [B, L], placeholder [B] int, vis [B, S, D], vis_valid [B, S]
+    → embeds [B, L - 1 + S, D], valid [B, L - 1 + S].
+    """
+    B, L, _ = text.shape
+    S = vis.shape[1]
+    j = jnp.arange(L - 1 + S)[None, :]
+    p = placeholder[:, None]
+    is_vis = (j >= p) & (j < p + S)
+    t_idx = jnp.clip(jnp.where(j < p, j, j - S + 1), 0, L - 1)
+    v_idx = jnp.clip(j - p, 0, S - 1)
+    take = lambda a, idx: jnp.take_along_axis(a, idx[..., None] if a.ndim == 3 else idx, axis=1)
+    emb = jnp.where(is_vis[..., None], take(vis, v_idx).astype(text.dtype), take(text, t_idx))
+    valid = jnp.where(is_vis, take(vis_valid, v_idx), take(text_valid, t_idx))
+    return emb, valid
+
+
+def text_positions(placeholder: Array, L: int, S: int) -> Array:
+    """Expanded index [B, L] of each text position (the placeholder maps to the last slot)."""
+    i = jnp.arange(L)[None, :]
+    p = placeholder[:, None]
+    return jnp.where(i < p, i, i + S - 1)
+
+
+class VideoLLM(nn.Module):
+    """LLaVA-OneVision-style video LLM with a pluggable compressor (see module docstring)."""
+
+    cfg: VLMConfig
+
+    def setup(self):
+        cfg = self.cfg
+        if cfg.vision is not None:
+            self.vision = VisionTower(cfg.vision)
+        self.projector = Projector(cfg.llm.hidden_size, kind=cfg.projector, use_bias=cfg.projector_bias,
+                                   act=cfg.projector_act, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.compressor = compressors.get(cfg.compressor, **cfg.compressor_kwargs).module(cfg.budget)
+        self.llm = Qwen2LM(cfg.llm)
+        if cfg.td_compat is not None:
+            self.td_compat = TDCompatAttention(cfg.td_compat)
+        if cfg.video_newline:
+            self.image_newline = self.param(
+                "image_newline", nn.with_logical_partitioning(nn.initializers.normal(cfg.llm.hidden_size ** -0.5), ("embed",)),
+                (cfg.llm.hidden_size,), as_dtype(cfg.param_dtype))
+
+    # ------------------------------------------------------------------ vision side
+    def encode_video(self, frames: Array | None = None, visual_tokens: Array | None = None) -> Array:
+        """Projected visual tokens ``[B, T, h, w, D]`` from frames or precomputed tokens."""
+        cfg = self.cfg
+        if (frames is None) == (visual_tokens is None):
+            raise ValueError("pass exactly one of frames [B,T,R,R,3] or visual_tokens [B,T,h,w,D]")
+        if frames is not None:
+            if cfg.vision is None:
+                raise ValueError("this VLMConfig has no vision tower: pass visual_tokens instead of frames")
+            if frames.ndim != 5:
+                raise ValueError(f"frames must be [B, T, R, R, 3], got shape {tuple(frames.shape)}")
+            B, T = frames.shape[:2]
+            x = frames.reshape((B * T,) + frames.shape[2:])
+            if x.dtype == jnp.uint8:
+                mean = jnp.asarray(cfg.pixel_mean, jnp.float32)
+                std = jnp.asarray(cfg.pixel_std, jnp.float32)
+                x = (x.astype(jnp.float32) / 255.0 - mean) / std
+            feats = self.vision(x, select_layer=cfg.select_layer)            # [B*T, N, Dv]
+            g = cfg.vision.grid
+            feats = feats.reshape(B, T, g, g, feats.shape[-1])
+            stage = "vision"
+        else:
+            if visual_tokens.ndim != 5:
+                raise ValueError(f"visual_tokens must be [B, T, h, w, D], got shape {tuple(visual_tokens.shape)}")
+            feats, stage = visual_tokens, cfg.visual_tokens_stage
+        want = cfg.vision_width if stage == "vision" else cfg.llm.hidden_size
+        if feats.shape[-1] != want:
+            raise ValueError(f"visual tokens ({stage} stage) must have width {want}, got shape {tuple(feats.shape)}")
+        if stage == "vision":
+            feats = self.projector(feats)
+        return feats.astype(as_dtype(cfg.dtype))
+
+    def visual_slots(self, frames=None, visual_tokens=None, deterministic: bool = True) -> tuple[Array, Array, dict]:
+        """(slots [B, S, D], mask [B, S], compressor aux) ready to splice."""
+        tokens = self.encode_video(frames, visual_tokens)
+        out = self.compressor(tokens, deterministic=deterministic)
+        if out.tokens.ndim != 3 or out.tokens.shape[1] != self.cfg.budget:
+            raise ValueError(f"compressor {self.cfg.compressor!r} returned tokens {tuple(out.tokens.shape)}, "
+                             f"expected [B, {self.cfg.budget}, D]")
+        slots, mask = out.tokens.astype(as_dtype(self.cfg.dtype)), out.mask.astype(bool)
+        if self.cfg.td_compat is not None and (self.cfg.td_compat_apply or self.is_initializing()):
+            compat = self.apply_td_compat(slots, out.aux, deterministic)
+            if self.cfg.td_compat_apply:
+                slots, mask = compat, jnp.ones(compat.shape[:2], bool)
+        if self.cfg.video_newline:
+            B, _, D = slots.shape
+            nl = jnp.broadcast_to(self.image_newline.astype(slots.dtype), (B, 1, D))
+            slots = jnp.concatenate([slots, nl], axis=1)
+            mask = jnp.concatenate([mask, jnp.ones((B, 1), bool)], axis=1)
+        return slots, mask, out.aux
+
+    def apply_td_compat(self, base: Array, aux: dict, deterministic: bool = True) -> Array:
+        """The released checkpoint's cross-attention: base [B, K, D] + aux["dynamics_map"]
+        [B, T, H, W] → [B, max(T, K), D] (see ``td_jax.models.td_compat``)."""
+        if "dynamics_map" not in aux:
+            raise ValueError(f"td_compat needs a compressor that returns aux['dynamics_map'] "
+                             f"(e.g. token_dynamics / base_only); {self.cfg.compressor!r} gave {sorted(aux)}")
+        q, mem = jax.vmap(official_inputs)(aux["dynamics_map"], base)
+        return self.td_compat(q, mem, deterministic).astype(base.dtype)
+
+    # ------------------------------------------------------------------ text side
+    def prompt_embeds(self, input_ids, attention_mask=None, frames=None, visual_tokens=None,
+                      deterministic: bool = True) -> tuple[Array, Array, Array]:
+        """(embeds [B, E, D], valid [B, E], placeholder [B]) with the video spliced in."""
+        check_placeholders(input_ids, self.cfg.video_token_id)
+        B, L = input_ids.shape
+        text_valid = jnp.ones((B, L), bool) if attention_mask is None else attention_mask.astype(bool)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
+        slots, mask, _ = self.visual_slots(frames, visual_tokens, deterministic)
+        if slots.shape[0] != B:
+            raise ValueError(f"video batch {slots.shape[0]} != text batch {B}")
+        placeholder = jnp.argmax(input_ids == self.cfg.video_token_id, axis=1)
+        text = self.llm.embed(jnp.where(input_ids == self.cfg.video_token_id, 0, input_ids))
+        emb, valid = splice(text, text_valid, placeholder, slots, mask)
+        return emb, valid, placeholder
+
+    def __call__(self, input_ids, attention_mask=None, frames=None, visual_tokens=None,
+                 deterministic: bool = True, return_expanded: bool = False) -> Array:
+        emb, valid, placeholder = self.prompt_embeds(input_ids, attention_mask, frames, visual_tokens, deterministic)
+        B, E, _ = emb.shape
+        positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+        slots = jnp.broadcast_to(jnp.arange(E), (B, E))
+        h, _ = self.llm.decode(emb, positions, slots, valid)
+        if not return_expanded:
+            idx = text_positions(placeholder, input_ids.shape[1], E - input_ids.shape[1] + 1)
+            h = jnp.take_along_axis(h, idx[..., None], axis=1)
+        return self.llm.logits(h)
+
+
+# ---------------------------------------------------------------------- losses / scoring
+def next_token_loss(logits: Array, input_ids: Array, loss_mask: Array) -> tuple[Array, dict]:
+    """Mean next-token cross-entropy over ``loss_mask[:, 1:]``.
+
+    logits [B, L, V] (text-aligned), input_ids [B, L], loss_mask [B, L] → (loss, metrics).
+    """
+    if logits.shape[:2] != input_ids.shape or loss_mask.shape != input_ids.shape:
+        raise ValueError(f"logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and loss_mask "
+                         f"{tuple(loss_mask.shape)} must agree on [B, L]")
+    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = input_ids[:, 1:]
+    nll = -jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
+    w = loss_mask[:, 1:].astype(jnp.float32)
+    n = jnp.sum(w)
+    loss = jnp.sum(nll * w) / jnp.maximum(n, 1.0)
+    acc = jnp.sum((jnp.argmax(lp, -1) == tgt) * w) / jnp.maximum(n, 1.0)
+    return loss, {"loss": loss, "token_accuracy": acc, "num_target_tokens": n}
+
+
+def mc_logits(logits: Array, loss_mask: Array, option_ids: Array) -> Array:
+    """Multiple-choice scores [B, n_options]: the option letters' logits at the position
+    before each row's first target token (the answer letter).  logits [B, L, V]."""
+    first = jnp.argmax(loss_mask > 0, axis=1)
+    at = jnp.take_along_axis(logits, jnp.maximum(first - 1, 0)[:, None, None], axis=1)[:, 0]
+    return at[:, option_ids]
+
+
+def mc_accuracy(logits, loss_mask, option_ids, answer, valid=None) -> Array:
+    """Fraction of (valid) rows whose argmax option equals ``answer [B]``."""
+    hit = (jnp.argmax(mc_logits(logits, loss_mask, option_ids), axis=-1) == answer).astype(jnp.float32)
+    w = jnp.ones_like(hit) if valid is None else valid.astype(jnp.float32)
+    return jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def generate(module: VideoLLM, variables, input_ids, attention_mask=None, *, frames=None, visual_tokens=None,
+             max_new_tokens: int, key=None, temperature: float = 0.0, eos_id: int | None = None,
+             pad_id: int | None = None, compress_key=None) -> dict:
+    """Batched greedy / temperature generation after a right-padded prompt with one video.
+
+    Returns ``{"ids": [B, max_new_tokens], "lengths": [B]}`` (see
+    ``td_jax.models.llm.generate_from_embeds``).
+    """
+    rngs = {} if compress_key is None else {compressors.RNG_STREAM: compress_key}
+    emb, valid, _ = module.apply(variables, input_ids, attention_mask, frames, visual_tokens,
+                                 method=VideoLLM.prompt_embeds, rngs=rngs)
+    pad = module.cfg.pad_id if pad_id is None else pad_id
+    return llm_lib.generate_from_embeds(module, variables, emb, valid, max_new_tokens=max_new_tokens, key=key,
+                                        temperature=temperature, eos_id=eos_id, pad_id=pad)
