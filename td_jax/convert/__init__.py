@@ -182,7 +182,8 @@ def _load_qwen2(d, tensors, dtype, source):
 
 
 def _load_siglip(d, tensors, dtype, source):
-    prefix = "vision_model."
+    # transformers 5.x saves a SiglipVisionModel without the "vision_model." prefix
+    prefix = "vision_model." if any(k.startswith("vision_model.") for k in tensors) else ""
     use_head = any(k.startswith(prefix + "head.") for k in tensors)
     cfg = siglip_config(d, dtype, use_head=use_head)
     module = VisionTower(cfg)
@@ -212,19 +213,26 @@ def _build_vlm(cfg, entries, tensors, dtype, source, key, ignore=()):
     return module, params
 
 
+def _probe(tensors: dict, prefixes: tuple[str, ...], leaf: str, what: str) -> str:
+    for p in prefixes:
+        if p + leaf in tensors:
+            return p
+    raise ValueError(f"no {what} weights found: none of {[p + leaf for p in prefixes]} is in the checkpoint")
+
+
 def _load_llava_hf(d, tensors, dtype, source, vlm_kw, key):
     if d.get("vision_feature_select_strategy", "full") != "full":
         raise ValueError("only vision_feature_select_strategy='full' is supported (SigLIP has no CLS token)")
     layer = d.get("vision_feature_layer", -1)
     if not isinstance(layer, int):
         raise ValueError(f"multi-layer vision_feature_layer={layer} is not supported")
-    # transformers 5.x names vs the 4.x names on the Hub
-    if any(k.startswith("model.language_model.") for k in tensors):
-        lm_p, vis_p, proj_p, nl = "model.language_model.", "model.vision_tower.vision_model.", "model.multi_modal_projector.", "model.image_newline"
-        head = "lm_head.weight"
-    else:
-        lm_p, vis_p, proj_p, nl = "language_model.model.", "vision_tower.vision_model.", "multi_modal_projector.", "image_newline"
-        head = "language_model.lm_head.weight"
+    # the same weights appear under transformers 4.x / 5.x / Hub names: probe for each part
+    lm_p = _probe(tensors, ("model.language_model.", "language_model.model."), "embed_tokens.weight", "language model")
+    vis_p = _probe(tensors, ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.",
+                             "vision_tower."), "embeddings.patch_embedding.weight", "vision tower")
+    proj_p = _probe(tensors, ("model.multi_modal_projector.", "multi_modal_projector."), "linear_1.weight", "projector")
+    nl = "model.image_newline" if "model.image_newline" in tensors else "image_newline"
+    head = "language_model.lm_head.weight" if "language_model.lm_head.weight" in tensors else "lm_head.weight"
     tc = dict(d["text_config"])
     tc.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", False))
     llm_cfg = qwen2_config(tc, dtype)

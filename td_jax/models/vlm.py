@@ -18,6 +18,9 @@ after the last visual slot), or the expanded ``[B, E, V]`` with ``return_expande
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +34,15 @@ from td_jax.models.td_compat import TDCompatAttention, official_inputs
 from td_jax.models.vit import Projector, VisionTower
 
 Array = jax.Array
+
+
+def compressor_for(cfg: VLMConfig) -> compressors.Compressor:
+    """The configured compressor, importing every ``td_jax.compressors`` submodule first so
+    all registered names are available."""
+    if cfg.compressor not in compressors.names():
+        for info in pkgutil.iter_modules(compressors.__path__):
+            importlib.import_module(f"{compressors.__name__}.{info.name}")
+    return compressors.get(cfg.compressor, **cfg.compressor_kwargs)
 
 
 def _is_concrete(x) -> bool:
@@ -89,7 +101,7 @@ class VideoLLM(nn.Module):
             self.vision = VisionTower(cfg.vision)
         self.projector = Projector(cfg.llm.hidden_size, kind=cfg.projector, use_bias=cfg.projector_bias,
                                    act=cfg.projector_act, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        self.compressor = compressors.get(cfg.compressor, **cfg.compressor_kwargs).module(cfg.budget)
+        self.compressor = compressor_for(cfg).module(cfg.budget)
         self.llm = Qwen2LM(cfg.llm)
         if cfg.td_compat is not None:
             self.td_compat = TDCompatAttention(cfg.td_compat)
