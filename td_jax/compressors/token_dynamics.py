@@ -1,0 +1,112 @@
+"""Token Dynamics as a compressor module, with the paper's ablations one name away.
+
+    tokens [B, T, H, W, D] ──k-means (no params, RNG "compress")──▶ base [B, K, D], map [B, T, H, W]
+                           ──CrossDynamicsAttention (params)──────▶ Compressed(tokens [B, K, D], mask = valid)
+
+Registered names:
+  token_dynamics  the full method (fixed K = budget, or adaptive with ``adaptive=...``)
+  base_only       the base without the attention (the released code's default inference)
+  random_map      the attention fed a map of random cluster ids
+  random_base     the base replaced by Gaussian noise of the same scale, true map kept
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from td_jax.attention import CrossDynamicsAttention
+from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register
+from td_jax.dynamics import ADAPTIVE_METHODS, BASE_MODES, adaptive_token_dynamics, token_dynamics
+
+VARIANTS = ("full", "base_only", "random_map", "random_base")
+
+
+class _TokenDynamicsBase(CompressorModule):
+    """Fields: budget = K (or k_max when adaptive).
+
+    adaptive: "" for fixed K, else one of "elbow" | "silhouette" | "threshold".
+    k_min, threshold, elbow_tol: adaptive options (see td_jax.adaptive_token_dynamics).
+    base: "raw" | "normalized" base means. iters, tol, refine_iters, sample_size, n_init:
+    k-means options. num_heads, mlp_ratio, dropout: attention options.
+    """
+
+    variant: str = "full"
+    adaptive: str = ""
+    k_min: int = 2
+    threshold: float = 0.15
+    elbow_tol: float = 0.05
+    base: str = "raw"
+    iters: int = 50
+    tol: float = 1e-4
+    refine_iters: int = 2
+    sample_size: int | None = None
+    n_init: int = 2
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def _validate(self, tokens):
+        check_tokens(tokens)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.adaptive and self.adaptive not in ADAPTIVE_METHODS:
+            raise ValueError(f"adaptive must be '' or one of {ADAPTIVE_METHODS}, got {self.adaptive!r}")
+        if self.base not in BASE_MODES:
+            raise ValueError(f"base must be one of {BASE_MODES}, got {self.base!r}")
+
+    def _cluster(self, x, key):
+        """x [T, H, W, D] -> TokenDynamics for one video."""
+        common = dict(key=key, base=self.base, tol=self.tol, refine_iters=self.refine_iters,
+                      sample_size=self.sample_size, n_init=self.n_init)
+        if self.adaptive:
+            return adaptive_token_dynamics(x, self.budget, method=self.adaptive, k_min=self.k_min,
+                                           threshold=self.threshold, elbow_tol=self.elbow_tol,
+                                           iters=self.iters, **common)
+        return token_dynamics(x, self.budget, iters=self.iters, **common)
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
+        """tokens [B, T, H, W, D] -> Compressed(tokens [B, K, D], mask [B, K], aux)."""
+        self._validate(tokens)
+        b = tokens.shape[0]
+        key = self.make_rng(RNG_STREAM)
+        k_cluster, k_ablate = jax.random.split(key)
+        td = jax.vmap(self._cluster)(tokens, jax.random.split(k_cluster, b))
+        base, dmap, valid = td.base, td.dynamics_map, td.valid
+        if self.variant == "random_map":
+            n_valid = jnp.maximum(jnp.sum(valid, axis=-1), 1)                      # [B]
+            u = jax.random.uniform(k_ablate, dmap.shape)
+            dmap = jnp.where(dmap >= 0, jnp.floor(u * n_valid[:, None, None, None]).astype(jnp.int32), -1)
+        elif self.variant == "random_base":
+            scale = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(tokens.astype(jnp.float32)), -1), axis=(1, 2, 3)))
+            noise = jax.random.normal(k_ablate, base.shape, jnp.float32)
+            noise = noise / jnp.sqrt(base.shape[-1]) * scale[:, None, None]
+            base = jnp.where(valid[..., None], noise, 0.0).astype(base.dtype)
+        out = base
+        if self.variant != "base_only":
+            out = CrossDynamicsAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                                         dropout=self.dropout, dtype=tokens.dtype,
+                                         name="cross_dynamics")(base, dmap, valid, deterministic)
+        return Compressed(tokens=out, mask=valid,
+                          aux={"dynamics_map": dmap, "counts": td.counts, "inertia": td.inertia})
+
+
+@register("token_dynamics")
+class TokenDynamicsCompressor(_TokenDynamicsBase):
+    variant: str = "full"
+
+
+@register("base_only")
+class BaseOnlyCompressor(_TokenDynamicsBase):
+    variant: str = "base_only"
+
+
+@register("random_map")
+class RandomMapCompressor(_TokenDynamicsBase):
+    variant: str = "random_map"
+
+
+@register("random_base")
+class RandomBaseCompressor(_TokenDynamicsBase):
+    variant: str = "random_base"
