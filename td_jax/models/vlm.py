@@ -150,10 +150,13 @@ class VideoLLM(nn.Module):
             raise ValueError(f"compressor {self.cfg.compressor!r} returned tokens {tuple(out.tokens.shape)}, "
                              f"expected [B, {self.cfg.budget}, D]")
         slots, mask = out.tokens.astype(as_dtype(self.cfg.dtype)), out.mask.astype(bool)
-        if self.cfg.td_compat is not None and (self.cfg.td_compat_apply or self.is_initializing()):
-            compat = self.apply_td_compat(slots, out.aux, deterministic)
+        if self.cfg.td_compat is not None:
             if self.cfg.td_compat_apply:
-                slots, mask = compat, jnp.ones(compat.shape[:2], bool)
+                slots = self.apply_td_compat(slots, out.aux, deterministic)
+                mask = jnp.ones(slots.shape[:2], bool)
+            elif self.is_initializing():      # create its parameters; it is not applied
+                q = jnp.zeros((slots.shape[0], 1, self.cfg.td_compat.query_dim), jnp.float32)
+                self.td_compat(q, slots[:, :1], deterministic)
         if self.cfg.video_newline:
             B, _, D = slots.shape
             nl = jnp.broadcast_to(self.image_newline.astype(slots.dtype), (B, 1, D))
