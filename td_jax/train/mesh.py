@@ -6,6 +6,7 @@ remaining devices". Parameters carry logical axis names (``nn.with_logical_parti
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from typing import Any, Mapping, Sequence
@@ -65,6 +66,17 @@ def axis_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
             raise ValueError(f"axis rule for {name!r} names unknown mesh axes {bad}; mesh axes are {MESH_AXES}")
         out.append((str(name), axes))
     return tuple(out)
+
+
+@contextlib.contextmanager
+def logical_context(mesh: Mesh, rules):
+    """Inside traced code: makes ``nn.with_logical_constraint`` constrain onto ``mesh``.
+
+    Sets the abstract mesh (allowed under ``jit``, unlike ``jax.set_mesh``) and flax's
+    logical-axis rules.
+    """
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(axis_rules(rules)):
+        yield
 
 
 def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules) -> Any:

@@ -109,7 +109,7 @@ def _clip_trainable(max_norm: float, labeller) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         labels = labeller(updates)
         live = jax.tree.map(lambda g, lab: g if lab != FROZEN else jnp.zeros_like(g), updates, labels)
-        norm = optax.global_norm(live)
+        norm = optax.tree.norm(live)
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
 

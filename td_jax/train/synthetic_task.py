@@ -35,8 +35,11 @@ class MLP(nn.Module):
     def __call__(self, x, *, deterministic: bool = True, dropout: float = 0.0):
         x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", None))
         for i in range(self.depth):
+            # Later layers' input dim stays unsharded: sharding it over "fsdp" while the incoming
+            # activation is split over "tensor" hits an XLA SPMD miscompile (wrong grads) in jax 0.10.2.
+            names = ("embed", "mlp") if i == 0 else (None, "mlp")
             x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{i}",
-                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
+                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
             x = nn.gelu(x)
             x = nn.Dropout(dropout)(x, deterministic=deterministic)

@@ -73,7 +73,7 @@ def build(config: mlc.ConfigDict, *, devices=None) -> Setup:
                          f"must be divisible by the process count {jax.process_count()}")
 
     abstract_batch = task.abstract_batch(config.batch_size, train=True)
-    with mesh, nn.logical_axis_rules(mesh_lib.axis_rules(config.axis_rules)):
+    with mesh_lib.logical_context(mesh, config.axis_rules):
         boxed = jax.eval_shape(task.init_params, jax.random.key(0), abstract_batch)
     params_abs = nn.unbox(boxed)
     params_sh = mesh_lib.param_shardings(boxed, mesh, config.axis_rules)
@@ -104,7 +104,7 @@ def make_init_fn(s: Setup):
 
     def init(rng):
         batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract_batch)
-        with nn.logical_axis_rules(mesh_lib.axis_rules(cfg.axis_rules)):
+        with mesh_lib.logical_context(s.mesh, cfg.axis_rules):
             params = _cast_floats(nn.unbox(s.task.init_params(rng, batch)), param_dtype)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": s.tx.init(params)}
 
@@ -120,7 +120,6 @@ def make_train_step(s: Setup):
     cfg = s.config
     accum = cfg.optim.grad_accum
     base_key = jax.random.key(cfg.seed)
-    rules = mesh_lib.axis_rules(cfg.axis_rules)
     schedules = s.schedules
 
     def micro_spec(x):
@@ -132,7 +131,7 @@ def make_train_step(s: Setup):
         params = state["params"]
         grad_fn = jax.value_and_grad(s.task.loss_fn, has_aux=True)
 
-        with nn.logical_axis_rules(rules):
+        with mesh_lib.logical_context(s.mesh, cfg.axis_rules):
             if accum == 1:
                 (loss, aux), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
             else:
@@ -158,7 +157,7 @@ def make_train_step(s: Setup):
 
         updates, opt_state = s.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedules[optim_lib.DEFAULT_GROUP](step)}
         for name, sched in schedules.items():
             if name != optim_lib.DEFAULT_GROUP:
@@ -173,10 +172,8 @@ def make_train_step(s: Setup):
 
 def make_eval_step(s: Setup):
     """Jitted ``eval_step(params, batch) -> sums`` (replicated)."""
-    rules = mesh_lib.axis_rules(s.config.axis_rules)
-
     def eval_fn(params, batch):
-        with nn.logical_axis_rules(rules):
+        with mesh_lib.logical_context(s.mesh, s.config.axis_rules):
             return s.task.eval_fn(params, batch)
 
     return jax.jit(eval_fn, in_shardings=(s.state_shardings["params"], s.eval_batch_shardings),
@@ -239,8 +236,13 @@ class RunResult:
     eval_metrics: dict
 
 
-def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None) -> RunResult:
-    """Trains ``config`` in ``workdir``, resuming from its newest complete checkpoint."""
+def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, stop_at: int | None = None
+                       ) -> RunResult:
+    """Trains ``config`` in ``workdir``, resuming from its newest complete checkpoint.
+
+    ``stop_at``: end this run after that step (saving a checkpoint), as a preemption
+    would; a later call with the same workdir continues to ``config.total_steps``.
+    """
     s = build(config, devices=devices)
     cfg = s.config
     pid, nproc = jax.process_index(), jax.process_count()
@@ -292,12 +294,12 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None) ->
             if do_eval:
                 eval_metrics = evaluate(s, eval_step, state["params"])
                 history.append(writer.write(step, eval_metrics))
-            preempt = stop.any_process()
+            preempt = stop.any_process() or (stop_at is not None and step >= stop_at)
             if step % cfg.checkpoint_every_steps == 0 or last or preempt:
                 ckpt.save(step, state, data_iter=train_iter, meta={**meta, "step": step},
                           metrics=eval_metrics if do_eval else None)
             if preempt and not last:
-                logging.warning("SIGTERM: saved step %d in %s; exiting", step, workdir)
+                logging.warning("stopping early (SIGTERM or stop_at): saved step %d in %s", step, workdir)
                 preempted = True
                 break
     finally:
