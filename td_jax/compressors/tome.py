@@ -1,0 +1,216 @@
+"""``tome``: Token Merging (Bolya et al., ICLR 2023) by bipartite soft matching.
+
+One round on a sequence of N tokens (:func:`merge_round`), as in the paper:
+
+1. split the tokens alternately into A = positions 0, 2, 4, ... and B = 1, 3, 5, ...;
+2. cosine similarity of every A token to every B token, on a *metric* (ToMe uses the
+   attention keys; a compressor sees no attention, so the metric is the tokens themselves
+   unless :func:`bipartite_soft_matching` is given one);
+3. each A token keeps its most similar B token (its edge);
+4. the ``r`` A tokens with the most similar edges merge into their B partners;
+5. merging is a size-weighted average (``sum(size * x) / sum(size)``, one scatter-add),
+   and the sizes add up, ready for ToMe's proportional attention
+   (``softmax(q k^T / sqrt(d) + log(size))``, see :func:`proportional_attention_bias`).
+
+The merged sequence is ``[unmerged A tokens (most similar first), then all B tokens]``,
+ToMe's own order.  A round removes at most ``floor(N / 2)`` tokens, so reaching a budget
+takes several rounds (:func:`merge_schedule`); the rounds unroll statically under ``jit``.
+Nothing loops over pairs in Python.
+
+Variants (``mode``): ``"video"`` merges all T*H*W tokens of a video together (budget M
+exactly); ``"frame"`` merges within each frame to ``M // T`` tokens per frame (T*(M//T)
+real tokens, the rest padded).
+
+aux:
+  sizes  [B, M] float32: how many input tokens each slot averages (0 for pads).
+  assign [B, T*H*W] int32: the slot each input token was merged into, so
+         ``tokens[assign]`` is ToMe's reconstruction of the video.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register
+from td_jax.compressors.common import pad_to_budget
+
+DEFAULT_MAX_ROUNDS = 64
+_EPS = 1e-12
+
+
+class Matching(NamedTuple):
+    """One round's bipartite matching over B sequences of N tokens (A = even, B = odd).
+
+    src_idx [B, r] int32: A-indices merged away (into B).
+    dst_idx [B, r] int32: B-index each merged A token joins.
+    unm_idx [B, |A| - r] int32: A-indices kept, most similar edge first.
+    best    [B, |A|] int32: every A token's best B match.
+    """
+
+    src_idx: jax.Array
+    dst_idx: jax.Array
+    unm_idx: jax.Array
+    best: jax.Array
+
+
+def merge_schedule(n: int, target: int, r: int | None = None,
+                   max_rounds: int = DEFAULT_MAX_ROUNDS) -> list[int]:
+    """Tokens merged per round to go from ``n`` to ``target`` tokens.
+
+    Each round merges ``min(r, floor(n_i / 2), n_i - target)`` (all it can when ``r`` is
+    None).  Raises ValueError if more than ``max_rounds`` rounds would be needed.
+    """
+    if not 1 <= target:
+        raise ValueError(f"tome: target token count must be >= 1, got {target}")
+    if r is not None and r < 1:
+        raise ValueError(f"tome: r (tokens merged per round) must be >= 1, got {r}")
+    sched = []
+    while n > target:
+        ri = min(n // 2, n - target) if r is None else min(r, n // 2, n - target)
+        sched.append(ri)
+        n -= ri
+        if len(sched) > max_rounds:
+            raise ValueError(f"tome: reaching {target} tokens needs more than max_rounds={max_rounds} "
+                             f"rounds with r={r}; raise r or max_rounds")
+    return sched
+
+
+# Batched gathers / scatters are written on flattened [B*N] rows: XLA compiles these 1-D
+# index ops quickly, while vmapped (batched) gathers over many unrolled rounds took
+# minutes to compile for a 23k-token video.
+def _gather(v: jax.Array, idx: jax.Array) -> jax.Array:
+    """v [B, N, ...], idx [B, K] -> [B, K, ...]."""
+    b, n = v.shape[:2]
+    flat = v.reshape((b * n,) + v.shape[2:])
+    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    return flat[(idx + offs).reshape(-1)].reshape(idx.shape + v.shape[2:])
+
+
+def _scatter_add(v: jax.Array, idx: jax.Array, upd: jax.Array) -> jax.Array:
+    """v [B, N, ...] with upd [B, K, ...] added at rows idx [B, K]."""
+    b, n = v.shape[:2]
+    flat = v.reshape((b * n,) + v.shape[2:])
+    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    flat = flat.at[(idx + offs).reshape(-1)].add(upd.reshape((-1,) + upd.shape[2:]))
+    return flat.reshape(v.shape)
+
+
+def bipartite_soft_matching(metric: jax.Array, r: int) -> Matching:
+    """ToMe's matching on ``metric [B, N, Dk]``: merge the ``r`` most similar A->B edges."""
+    n = metric.shape[1]
+    if not 0 <= r <= n // 2:
+        raise ValueError(f"tome: r={r} must be in [0, N//2] for N={n} tokens")
+    m = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
+    scores = jnp.einsum("bid,bjd->bij", m[:, 0::2], m[:, 1::2])  # [B, |A|, |B|] cosine
+    best = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    node_max = jnp.max(scores, axis=-1)
+    order = jnp.argsort(-node_max, axis=-1, stable=True).astype(jnp.int32)
+    src_idx = order[:, :r]
+    return Matching(src_idx=src_idx, dst_idx=jnp.take_along_axis(best, src_idx, axis=1),
+                    unm_idx=order[:, r:], best=best)
+
+
+def merge_sum(v: jax.Array, match: Matching) -> jax.Array:
+    """Apply a matching to per-token values ``v [B, N, ...]`` by summing merged rows.
+
+    Returns ``[B, N - r, ...]`` in ToMe's order ``[unmerged A, B (+ merged A)]``.
+    """
+    a, b = v[:, 0::2], v[:, 1::2]
+    dst = _scatter_add(b, match.dst_idx, _gather(a, match.src_idx))
+    return jnp.concatenate([_gather(a, match.unm_idx), dst], axis=1)
+
+
+def new_positions(n: int, match: Matching) -> jax.Array:
+    """[B, N] int32: index in the merged sequence of every token before the round."""
+    bsz, na = match.best.shape
+    keep = match.unm_idx.shape[1]
+    zeros = jnp.zeros((bsz, na), jnp.int32)
+    rank = _scatter_add(zeros, match.unm_idx, jnp.broadcast_to(jnp.arange(keep, dtype=jnp.int32), (bsz, keep)))
+    is_src = _scatter_add(zeros, match.src_idx, jnp.ones(match.src_idx.shape, jnp.int32)) > 0
+    pos_a = jnp.where(is_src, keep + match.best, rank)
+    pos_b = jnp.broadcast_to(keep + jnp.arange(n // 2, dtype=jnp.int32), (bsz, n // 2))
+    return jnp.zeros((bsz, n), jnp.int32).at[:, 0::2].set(pos_a).at[:, 1::2].set(pos_b)
+
+
+def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None = None):
+    """One ToMe round on ``x [B, N, D]`` with sizes ``size [B, N]``.
+
+    Returns (x [B, N-r, D] size-weighted means, size [B, N-r], metric [B, N-r, Dk] or None,
+    new_pos [B, N] int32).  A given metric is merged by the same size-weighted average.
+    """
+    n = x.shape[1]
+    match = bipartite_soft_matching(x if metric is None else metric, r)
+    w = size[..., None].astype(x.dtype)
+    new_size = merge_sum(size, match)
+    nx = merge_sum(x * w, match) / new_size[..., None].astype(x.dtype)
+    nm = None if metric is None else merge_sum(metric * w, match) / new_size[..., None].astype(metric.dtype)
+    return nx, new_size, nm, new_positions(n, match)
+
+
+def merge_to(x: jax.Array, target: int, *, r: int | None = None, metric: jax.Array | None = None,
+             max_rounds: int = DEFAULT_MAX_ROUNDS):
+    """Repeated ToMe rounds on ``x [B, N, D]`` until ``target`` tokens remain per sequence.
+
+    ``metric [B, N, Dk]`` (optional) is what similarity is measured on (ToMe: attention
+    keys); by default the tokens themselves.
+    Returns (tokens [B, target, D], sizes [B, target] float32, assign [B, N] int32).
+    """
+    bsz, n = x.shape[:2]
+    if target > n:
+        raise ValueError(f"tome: cannot merge {n} tokens up to {target}")
+    if metric is not None and metric.shape[:2] != (bsz, n):
+        raise ValueError(f"tome: metric shape {tuple(metric.shape)} does not match tokens {tuple(x.shape)}")
+    size = jnp.ones((bsz, n), jnp.float32)
+    assign = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (bsz, n))
+    for ri in merge_schedule(n, target, r, max_rounds):
+        x, size, metric, pos = merge_round(x, size, ri, metric)
+        assign = jnp.take_along_axis(pos, assign, axis=1)
+    return x, size, assign
+
+
+def proportional_attention_bias(sizes: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """[B, M] additive key bias ``log(size)`` for ToMe's proportional attention.
+
+    Padded slots (``mask`` False or size 0) get a large negative bias.
+    """
+    valid = sizes > 0 if mask is None else jnp.logical_and(mask, sizes > 0)
+    return jnp.where(valid, jnp.log(jnp.where(valid, sizes, 1.0)), jnp.finfo(jnp.float32).min)
+
+
+@register("tome")
+class ToMe(CompressorModule):
+    """Token Merging to the budget: ``[B, T, H, W, D] -> [B, M, D]``.
+
+    mode: ``"video"`` (all T*H*W tokens together, M real tokens) or ``"frame"`` (each
+      frame to ``M // T`` tokens).
+    r: tokens merged per round (None: as many as a round allows, ``floor(N/2)``).
+    max_rounds: refuse schedules longer than this (each round unrolls under jit).
+    """
+
+    mode: str = "video"
+    r: int | None = None
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
+        check_tokens(tokens)
+        b, t, h, w, d = tokens.shape
+        n = t * h * w
+        if self.mode == "video":
+            target = min(self.budget, n)
+            out, sizes, assign = merge_to(tokens.reshape(b, n, d), target, r=self.r, max_rounds=self.max_rounds)
+        elif self.mode == "frame":
+            per = min(self.budget // t, h * w)
+            if per < 1:
+                raise ValueError(f"tome(mode='frame'): budget={self.budget} < T={t} frames of tokens "
+                                 f"{tuple(tokens.shape)}; use mode='video'")
+            out, sizes, assign = merge_to(tokens.reshape(b * t, h * w, d), per, r=self.r,
+                                          max_rounds=self.max_rounds)
+            assign = (assign.reshape(b, t, h * w)
+                      + (jnp.arange(t, dtype=jnp.int32) * per)[None, :, None]).reshape(b, n)
+            out, sizes = out.reshape(b, t * per, d), sizes.reshape(b, t * per)
+        else:
+            raise ValueError(f"tome: mode must be 'video' or 'frame', got {self.mode!r}")
+        out, mask, slot = pad_to_budget(out, self.budget, slot_aux={"sizes": sizes})
+        return Compressed(tokens=out, mask=mask, aux={"sizes": slot["sizes"], "assign": assign})
