@@ -133,6 +133,10 @@ class SyntheticMC(Task):
     def finalize_eval(self, sums):
         return mc.mc_metrics(sums, family_names=[f"family_{i}" for i in range(self.config.task.num_families)])
 
+    def eval_report(self, metrics):
+        return mc.markdown_table(metrics, [f"family_{i}" for i in range(self.config.task.num_families)],
+                                 title="synthetic_mc accuracy")
+
     def make_data(self, split, *, batch_size, train, seed, shard_index, shard_count):
         t = self.config.task
         if split == "train":

@@ -74,6 +74,19 @@ class Task(abc.ABC):
     def eval_fn(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Sums over the batch's valid examples (the trainer adds them across batches)."""
 
+    def load_pretrained(self) -> Any | None:
+        """Host (numpy) params to start from when there is no checkpoint, or None (random init).
+
+        Must have the structure of ``nn.unbox(init_params(...))``.
+        """
+        return None
+
+    def eval_report(self, metrics: Mapping[str, float]) -> str:
+        """Markdown summary of :meth:`finalize_eval` metrics (default: a key/value table)."""
+        lines = ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+        return "\n".join(lines) + "\n"
+
     def finalize_eval(self, sums: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Turns summed eval values into metrics; default: pass scalars through."""
         return {k: float(np.asarray(v)) for k, v in sums.items() if np.asarray(v).size == 1}

@@ -111,6 +111,26 @@ def make_init_fn(s: Setup):
     return jax.jit(init, out_shardings=s.state_shardings)
 
 
+def initial_state(s: Setup) -> dict:
+    """Step-0 state: the task's pretrained params if it has them, else a random init."""
+    pre = s.task.load_pretrained()
+    if pre is None:
+        return make_init_fn(s)(init_key(s.config.seed))
+    params_abs = s.abstract_state["params"]
+    if jax.tree.structure(pre) != jax.tree.structure(params_abs):
+        raise ValueError("task.load_pretrained() params do not match the model's param tree")
+    bad = [(mesh_lib.path_str(p), tuple(np.shape(x)), a.shape) for (p, x), a in
+           zip(jax.tree_util.tree_flatten_with_path(pre)[0], jax.tree.leaves(params_abs)) if np.shape(x) != a.shape]
+    if bad:
+        raise ValueError(f"pretrained params have wrong shapes (path, got, want): {bad[:5]}")
+    params = jax.tree.map(lambda x, a, sh: jax.device_put(np.asarray(x, a.dtype), sh), pre, params_abs,
+                          s.state_shardings["params"])
+    opt_init = jax.jit(s.tx.init, in_shardings=(s.state_shardings["params"],),
+                       out_shardings=s.state_shardings["opt_state"])
+    return {"step": jax.device_put(jnp.zeros((), jnp.int32), s.state_shardings["step"]), "params": params,
+            "opt_state": opt_init(params)}
+
+
 def make_train_step(s: Setup):
     """Jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
 
@@ -255,7 +275,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
     abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
     restored = ckpt.restore_latest(abstract, data_iter=train_iter)
     if restored is None:
-        state = make_init_fn(s)(init_key(cfg.seed))
+        state = initial_state(s)
         logging.info("initialised a new run in %s", workdir)
     else:
         _, state, _ = restored

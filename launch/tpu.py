@@ -1,0 +1,124 @@
+r"""Print (or, with ``--run``, execute) the commands that start a training job on a TPU pod.
+
+    python -m launch.tpu --tpu=td-v5e --zone=us-west4-a --accelerator_type=v5litepod-16 \
+        --config=experiments/smoke.py --workdir=gs://BUCKET/runs/smoke
+    python -m launch.tpu ... --create          # also create the TPU VM first
+    python -m launch.tpu ... --run             # execute the gcloud commands (needs gcloud)
+
+Steps: (create) -> pack this checkout -> scp the archive to ``--worker=all`` -> unpack and
+``pip install`` on every worker -> start ``launch.train`` on every worker (each host runs
+``jax.distributed.initialize()`` without arguments: ``--distributed=yes``). Also printed:
+the equivalent ``xpk workload create`` line for a GKE cluster (``--xpk_cluster``).
+Config overrides go through ``--train_args``, e.g. ``--train_args=--config.total_steps=1000``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("tpu", None, "TPU VM name.")
+flags.DEFINE_string("zone", None, "GCP zone, e.g. us-west4-a.")
+flags.DEFINE_string("project", None, "GCP project (default: gcloud's configured one).")
+flags.DEFINE_string("accelerator_type", "v5litepod-16", "TPU type (v5litepod-16 = v5e-16: 4 hosts x 4 chips).")
+flags.DEFINE_string("runtime_version", "v2-alpha-tpuv5-lite", "TPU VM software version (for --create).")
+flags.DEFINE_string("config", None, "Experiment config passed to launch.train (path[:arg]).")
+flags.DEFINE_string("workdir", None, "Run directory on shared storage (gs://...), the same for every host.")
+flags.DEFINE_list("train_args", [], "Extra flags for launch.train (config overrides etc.).")
+flags.DEFINE_string("remote_dir", "~/td-jax", "Code directory on the workers.")
+flags.DEFINE_string("source_dir", None, "Checkout to copy (default: this repository).")
+flags.DEFINE_string("jax_install", "jax[tpu]", "pip requirement that installs JAX for TPU on the workers.")
+flags.DEFINE_bool("create", False, "Also print/run the TPU VM create command.")
+flags.DEFINE_bool("run", False, "Execute the commands instead of printing them.")
+flags.DEFINE_string("xpk_cluster", "CLUSTER", "GKE cluster name for the printed xpk line.")
+flags.DEFINE_string("docker_image", "python:3.11", "Base image for the printed xpk line.")
+flags.DEFINE_integer("num_slices", 1, "Slices (for the xpk line).")
+
+_ARCHIVE = "/tmp/td_jax_code.tgz"
+
+
+def _check_name(flag: str, value: str | None, pattern: str = r"^[a-z][-a-z0-9]*$") -> str:
+    if not value:
+        raise app.UsageError(f"--{flag} is required")
+    if not re.match(pattern, value):
+        raise app.UsageError(f"--{flag}={value!r} is not a valid name ({pattern})")
+    return value
+
+
+def train_command(config: str, workdir: str, extra: list[str]) -> str:
+    parts = ["python3", "-m", "launch.train", f"--config={config}", f"--workdir={workdir}", "--distributed=yes"]
+    return shlex.join(parts + list(extra))
+
+
+def gcloud_commands(*, tpu: str, zone: str, project: str | None, accelerator_type: str, runtime_version: str,
+                    config: str, workdir: str, train_args: list[str], remote_dir: str, source_dir: str,
+                    jax_install: str, create: bool) -> list[list[str]]:
+    """The command lines, as argument lists, in execution order."""
+    proj = [f"--project={project}"] if project else []
+    tpuvm = ["gcloud", "compute", "tpus", "tpu-vm"]
+    on_all = [f"--zone={zone}", "--worker=all"] + proj
+    cmds = []
+    if create:
+        cmds.append(tpuvm + ["create", tpu, f"--zone={zone}", f"--accelerator-type={accelerator_type}",
+                             f"--version={runtime_version}"] + proj)
+    cmds.append(["tar", "czf", _ARCHIVE, "--exclude=.git", "--exclude=__pycache__", "-C", source_dir, "."])
+    cmds.append(tpuvm + ["scp", _ARCHIVE, f"{tpu}:{os.path.basename(_ARCHIVE)}"] + on_all)
+    install = (f"mkdir -p {remote_dir} && tar xzf ~/{os.path.basename(_ARCHIVE)} -C {remote_dir} && "
+               f"python3 -m pip install -U {shlex.quote(jax_install)} && python3 -m pip install -e {remote_dir}")
+    cmds.append(tpuvm + ["ssh", tpu] + on_all + [f"--command={install}"])
+    run = f"cd {remote_dir} && {train_command(config, workdir, train_args)}"
+    cmds.append(tpuvm + ["ssh", tpu] + on_all + [f"--command={run}"])
+    return cmds
+
+
+def xpk_command(*, cluster: str, workload: str, accelerator_type: str, num_slices: int, image: str, config: str,
+                workdir: str, train_args: list[str], jax_install: str) -> list[str]:
+    run = (f"python3 -m pip install -U {shlex.quote(jax_install)} && python3 -m pip install -e . && "
+           f"{train_command(config, workdir, train_args)}")
+    return ["xpk", "workload", "create", f"--cluster={cluster}", f"--workload={workload}",
+            f"--tpu-type={accelerator_type}", f"--num-slices={num_slices}", f"--base-docker-image={image}",
+            f"--command={run}"]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    tpu = _check_name("tpu", FLAGS.tpu)
+    zone = _check_name("zone", FLAGS.zone)
+    if not FLAGS.config or not FLAGS.workdir:
+        raise app.UsageError("--config and --workdir are required")
+    config_path = FLAGS.config.partition(":")[0]
+    source = FLAGS.source_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(source, config_path)):
+        raise app.UsageError(f"--config file {config_path!r} not found under {source} (paths are relative to "
+                             f"the checkout, as the workers run from its copy)")
+    if not FLAGS.workdir.startswith("gs://"):
+        print(f"# note: --workdir={FLAGS.workdir} is not on GCS; every host must see the same directory",
+              file=sys.stderr)
+    cmds = gcloud_commands(tpu=tpu, zone=zone, project=FLAGS.project, accelerator_type=FLAGS.accelerator_type,
+                           runtime_version=FLAGS.runtime_version, config=FLAGS.config, workdir=FLAGS.workdir,
+                           train_args=FLAGS.train_args, remote_dir=FLAGS.remote_dir, source_dir=source,
+                           jax_install=FLAGS.jax_install, create=FLAGS.create)
+    xpk = xpk_command(cluster=FLAGS.xpk_cluster, workload=tpu, accelerator_type=FLAGS.accelerator_type,
+                      num_slices=FLAGS.num_slices, image=FLAGS.docker_image, config=FLAGS.config,
+                      workdir=FLAGS.workdir, train_args=FLAGS.train_args, jax_install=FLAGS.jax_install)
+    if not FLAGS.run:
+        print("# TPU VM (gcloud):")
+        for c in cmds:
+            print(shlex.join(c))
+        print("# GKE (xpk), run from the checkout:")
+        print(shlex.join(xpk))
+        return 0
+    for c in cmds:
+        print(f"+ {shlex.join(c)}", flush=True)
+        subprocess.run(c, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
