@@ -1,0 +1,90 @@
+"""``token_learner``: TokenLearner v1.1 (Ryoo et al., NeurIPS 2021; scenic's
+``TokenLearnerModuleV11``), a trainable linen module.
+
+Per group of tokens ``x [N, D]`` (a frame, as scenic applies it to video, or the whole
+video): ``LayerNorm -> Dense(bottleneck_dim) -> GELU -> Dropout -> Dense(S) -> Dropout``
+gives ``[N, S]`` logits; a softmax over the N positions turns each of the S columns into a
+spatial attention map, and the S learned tokens are the attention-weighted sums of the
+*un-normalised* inputs: ``out = softmax(logits^T, axis=-1) @ x``, ``[S, D]``.  Dense
+layers use xavier-uniform kernels and N(0, 1e-6) biases, GELU is flax's (tanh
+approximation), LayerNorm epsilon 1e-6 - all as in scenic.
+
+Dropout draws from the ``"compress"`` RNG stream (active with ``deterministic=False``).
+
+Modes: ``"frame"`` learns ``S = M // T`` tokens per frame (T*S real tokens); ``"video"``
+learns ``S = M`` tokens over all T*H*W positions.
+
+aux:
+  assign [B, T*H*W] int32: for every input token, the learned slot whose attention map
+         weighs it most (a hard reading of the soft maps).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register
+from td_jax.compressors.common import pad_to_budget
+
+
+class TokenLearnerV11(nn.Module):
+    """``x [G, N, D] -> (tokens [G, S, D], maps [G, S, N])`` for S = ``num_tokens``."""
+
+    num_tokens: int
+    bottleneck_dim: int = 64
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+        dense_init = nn.initializers.xavier_uniform()
+        bias_init = nn.initializers.normal(stddev=1e-6)
+        y = nn.LayerNorm(epsilon=1e-6, name="norm",
+                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+        y = nn.Dense(self.bottleneck_dim, name="hidden",
+                     kernel_init=nn.with_logical_partitioning(dense_init, ("embed", "mlp")),
+                     bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)))(y)
+        y = nn.gelu(y)
+        y = nn.Dropout(self.dropout_rate, rng_collection=RNG_STREAM)(y, deterministic=deterministic)
+        y = nn.Dense(self.num_tokens, name="token_masking",
+                     kernel_init=nn.with_logical_partitioning(dense_init, ("mlp", None)),
+                     bias_init=nn.with_logical_partitioning(bias_init, (None,)))(y)
+        y = nn.Dropout(self.dropout_rate, rng_collection=RNG_STREAM)(y, deterministic=deterministic)
+        maps = jax.nn.softmax(jnp.swapaxes(y, -1, -2), axis=-1)  # [G, S, N]
+        return jnp.einsum("gsn,gnd->gsd", maps, x), maps
+
+
+@register("token_learner")
+class TokenLearner(CompressorModule):
+    """TokenLearner v1.1 to the budget: ``[B, T, H, W, D] -> [B, M, D]``.
+
+    mode: ``"frame"`` (scenic's video use: ``M // T`` tokens per frame) or ``"video"``.
+    bottleneck_dim: hidden width of the attention-map MLP (scenic default 64).
+    dropout_rate: dropout inside the MLP (scenic default 0).
+    """
+
+    mode: str = "frame"
+    bottleneck_dim: int = 64
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
+        check_tokens(tokens)
+        b, t, h, w, d = tokens.shape
+        if self.mode == "frame":
+            groups, per = b * t, self.budget // t
+            if per < 1:
+                raise ValueError(f"token_learner(mode='frame'): budget={self.budget} < T={t} frames of tokens "
+                                 f"{tuple(tokens.shape)}; use mode='video'")
+        elif self.mode == "video":
+            groups, per = b, self.budget
+        else:
+            raise ValueError(f"token_learner: mode must be 'frame' or 'video', got {self.mode!r}")
+        x = tokens.reshape(groups, -1, d)
+        learned, maps = TokenLearnerV11(per, self.bottleneck_dim, self.dropout_rate, name="learner")(
+            x, deterministic=deterministic)
+        slot = jnp.argmax(maps, axis=1).astype(jnp.int32)  # [G, N]
+        slot = slot + (jnp.arange(groups, dtype=jnp.int32) % (groups // b) * per)[:, None]
+        out, mask, _ = pad_to_budget(learned.reshape(b, -1, d), self.budget)
+        return Compressed(tokens=out, mask=mask, aux={"assign": slot.reshape(b, t * h * w)})
