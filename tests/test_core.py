@@ -1,0 +1,350 @@
+"""Token Dynamics core: k-means, token base + map, adaptive K, cross-dynamics attention."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+import td_jax
+from td_jax.synthetic import structured_tokens
+
+
+def blobs(seed, n_per, k, d, spread=0.05):
+    """Well separated clusters on the sphere: rows [k*n_per, d], labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(k), n_per)
+    x = centres[labels] + spread * rng.standard_normal((k * n_per, d))
+    x *= rng.uniform(0.5, 3.0, size=(len(x), 1))          # norms vary; cosine geometry ignores them
+    perm = rng.permutation(len(x))
+    return x[perm].astype(np.float32), labels[perm]
+
+
+# ----------------------------------------------------------------------------- kmeans
+
+
+@pytest.mark.parametrize("k,d", [(5, 16), (12, 64)])
+def test_kmeans_recovers_planted_clusters(k, d):
+    x, labels = blobs(0, 200, k, d)
+    res = td_jax.kmeans(jnp.asarray(x), k, key=jax.random.key(0))
+    assert adjusted_rand_score(labels, np.asarray(res.assignments)) >= 0.98
+    np.testing.assert_allclose(np.linalg.norm(res.centroids, axis=1), 1.0, atol=1e-5)
+    assert int(res.counts.sum()) == len(x)
+    # inertia is the sum of 1 - cos(x, centroid of its cluster)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = np.asarray(res.centroids)[np.asarray(res.assignments)]
+    np.testing.assert_allclose(float(res.inertia), np.sum(1 - np.sum(xn * c, 1)), rtol=1e-3, atol=1e-3)
+
+
+def test_kmeans_same_key_same_result_and_keys_differ():
+    x, _ = blobs(1, 100, 6, 16, spread=0.6)
+    a = td_jax.kmeans(jnp.asarray(x), 6, key=jax.random.key(3))
+    b = td_jax.kmeans(jnp.asarray(x), 6, key=jax.random.key(3))
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_kmeans_mask_excludes_padding():
+    x, labels = blobs(2, 100, 4, 16)
+    pad = np.full((50, 16), 1000.0, np.float32)            # huge rows that would pull a centre
+    xx = np.concatenate([x, pad])
+    mask = np.r_[np.ones(len(x), bool), np.zeros(50, bool)]
+    res = td_jax.kmeans(jnp.asarray(xx), 4, key=jax.random.key(0), mask=jnp.asarray(mask))
+    a = np.asarray(res.assignments)
+    assert (a[len(x):] == -1).all()
+    assert adjusted_rand_score(labels, a[:len(x)]) >= 0.98
+    assert int(res.counts.sum()) == len(x)
+
+
+def test_kmeans_sample_path_matches_quality():
+    """N larger than the sample: seeding on a sample, refinement on all rows."""
+    x, labels = blobs(4, 1500, 8, 32)
+    res = td_jax.kmeans(jnp.asarray(x), 8, key=jax.random.key(0), sample_size=512)
+    assert adjusted_rand_score(labels, np.asarray(res.assignments)) >= 0.98
+
+
+def test_kmeans_blocked_pass_equals_unblocked():
+    x, _ = blobs(5, 300, 6, 16, spread=0.3)
+    a = td_jax.kmeans(jnp.asarray(x), 6, key=jax.random.key(0), block_rows=None)
+    b = td_jax.kmeans(jnp.asarray(x), 6, key=jax.random.key(0), block_rows=256)   # 7 blocks + remainder
+    np.testing.assert_array_equal(np.asarray(a.assignments), np.asarray(b.assignments))
+    np.testing.assert_allclose(np.asarray(a.centroids), np.asarray(b.centroids), atol=1e-5)
+
+
+def test_kmeans_vmap_equals_loop():
+    xs = np.stack([blobs(s, 60, 5, 16, spread=0.3)[0] for s in range(3)])
+    keys = jax.random.split(jax.random.key(0), 3)
+    batched = jax.jit(jax.vmap(lambda x, k: td_jax.kmeans(x, 5, key=k)))(jnp.asarray(xs), keys)
+    for i in range(3):
+        one = td_jax.kmeans(jnp.asarray(xs[i]), 5, key=keys[i])
+        np.testing.assert_array_equal(np.asarray(batched.assignments[i]), np.asarray(one.assignments))
+        np.testing.assert_allclose(np.asarray(batched.centroids[i]), np.asarray(one.centroids), atol=1e-5)
+
+
+def test_kmeans_sharded_rows_match_single_device():
+    assert len(jax.devices()) == 8
+    x, _ = blobs(6, 128, 6, 16, spread=0.2)                 # 768 rows, divisible by 8
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharded = jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    f = jax.jit(lambda x, k: td_jax.kmeans(x, 6, key=k, block_rows=None))
+    one = f(jax.device_put(jnp.asarray(x), jax.devices()[0]), jax.random.key(0))
+    eight = f(sharded, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(one.assignments), np.asarray(eight.assignments))
+    np.testing.assert_allclose(np.asarray(one.centroids), np.asarray(eight.centroids), atol=1e-5)
+
+
+def test_empty_clusters_are_flagged_not_zero_silently():
+    # 3 distinct points, k = 5: two clusters must end empty and be reported so.
+    x = np.repeat(np.eye(3, 8, dtype=np.float32), 10, axis=0)
+    res = td_jax.kmeans(jnp.asarray(x), 5, key=jax.random.key(0))
+    counts = np.asarray(res.counts)
+    assert (counts > 0).sum() == 3 and counts.sum() == 30
+    td = td_jax.token_dynamics(jnp.asarray(x.reshape(1, 5, 6, 8)), 5, key=jax.random.key(0))
+    assert int(td.valid.sum()) == 3
+    assert np.all(np.asarray(td.base)[~np.asarray(td.valid)] == 0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.ones((4, 3, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="larger than the number of tokens"):
+        td_jax.token_dynamics(jnp.asarray(x), 37, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=">= 1"):
+        td_jax.token_dynamics(jnp.asarray(x), 0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\[T, H, W, D\].*\(3, 8\)"):
+        td_jax.token_dynamics(jnp.ones((3, 8)), 2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        td_jax.kmeans(jnp.ones((2, 3, 4)), 2, key=jax.random.key(0))
+    bad = x.copy()
+    bad[1, 2, 0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        td_jax.token_dynamics(jnp.asarray(bad), 2, key=jax.random.key(0))
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        td_jax.kmeans(jnp.asarray(bad.reshape(-1, 8)), 2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="base must be"):
+        td_jax.token_dynamics(jnp.asarray(x), 2, key=jax.random.key(0), base="median")
+    with pytest.raises(ValueError, match="method must be"):
+        td_jax.adaptive_token_dynamics(jnp.asarray(x), 4, key=jax.random.key(0), method="gap")
+
+
+def test_nonfinite_rows_inside_jit_are_masked_not_propagated():
+    x, labels = blobs(7, 50, 3, 8)
+    x[5] = np.nan
+    x[9, 2] = np.inf
+    res = jax.jit(lambda x: td_jax.kmeans(x, 3, key=jax.random.key(0)))(jnp.asarray(x))
+    a = np.asarray(res.assignments)
+    assert a[5] == -1 and a[9] == -1
+    assert np.isfinite(np.asarray(res.centroids)).all() and np.isfinite(float(res.inertia))
+    keep = a >= 0
+    assert adjusted_rand_score(labels[keep], a[keep]) >= 0.98
+
+
+def test_all_zero_tokens_give_finite_output():
+    td = td_jax.token_dynamics(jnp.zeros((2, 4, 4, 8)), 3, key=jax.random.key(0))
+    for leaf in (td.base, td.inertia):
+        assert np.isfinite(np.asarray(leaf)).all()
+    assert int(td.counts.sum()) == 32
+    out = jax.jit(lambda x: td_jax.adaptive_token_dynamics(x, 4, key=jax.random.key(0)))(jnp.zeros((2, 4, 4, 8)))
+    assert np.isfinite(np.asarray(out.base)).all()
+
+
+# ----------------------------------------------------------------------------- token dynamics
+
+
+@pytest.fixture(scope="module")
+def video():
+    x, labels = structured_tokens(3, 8, 12, 12, 64, n_objects=3, n_background=3, noise=0.5)
+    return x, labels
+
+
+def test_map_follows_moving_regions(video):
+    x, labels = video
+    td = td_jax.token_dynamics(jnp.asarray(x), 6, key=jax.random.key(0))
+    m = np.asarray(td.dynamics_map)
+    assert m.shape == labels.shape and m.dtype == np.int32
+    assert adjusted_rand_score(labels.ravel(), m.ravel()) >= 0.98
+    # Per frame, the cells of each moving object carry one id, and that id moves with them.
+    for obj in range(3, 6):
+        ids = {int(np.bincount(m[t][labels[t] == obj]).argmax()) for t in range(8) if (labels[t] == obj).any()}
+        assert len(ids) == 1
+    rec = td_jax.reconstruct(td)
+    assert rec.shape == x.shape
+    np.testing.assert_allclose(np.asarray(rec)[0, 0, 0], np.asarray(td.base)[m[0, 0, 0]])
+    err = float(td_jax.reconstruction_error(jnp.asarray(x), td))
+    assert err == pytest.approx(float(td.inertia), abs=1e-3)   # raw-mean base: same direction as centroid
+    assert err < 0.15
+
+
+def test_base_modes(video):
+    x, _ = video
+    raw = td_jax.token_dynamics(jnp.asarray(x), 6, key=jax.random.key(0), base="raw")
+    nrm = td_jax.token_dynamics(jnp.asarray(x), 6, key=jax.random.key(0), base="normalized")
+    np.testing.assert_array_equal(np.asarray(raw.dynamics_map), np.asarray(nrm.dynamics_map))
+    m = np.asarray(raw.dynamics_map).ravel()
+    flat = x.reshape(-1, x.shape[-1])
+    np.testing.assert_allclose(np.asarray(raw.base)[2], flat[m == 2].mean(0), rtol=1e-4, atol=1e-5)
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(nrm.base)[2], unit[m == 2].mean(0), rtol=1e-4, atol=1e-5)
+    assert (np.linalg.norm(np.asarray(nrm.base), axis=1) <= 1 + 1e-5).all()
+
+
+def test_token_dynamics_mask(video):
+    x, labels = video
+    mask = np.ones(x.shape[:3], bool)
+    mask[-2:] = False                                        # two padded frames
+    td = td_jax.token_dynamics(jnp.asarray(x), 6, key=jax.random.key(0), mask=jnp.asarray(mask))
+    m = np.asarray(td.dynamics_map)
+    assert (m[-2:] == -1).all() and (m[:-2] >= 0).all()
+    assert int(td.counts.sum()) == mask.sum()
+    assert float(td_jax.reconstruction_error(jnp.asarray(x), td)) < 0.15
+
+
+@pytest.mark.parametrize("method", ["elbow", "silhouette", "threshold"])
+@pytest.mark.parametrize("seed,nb,no", [(1, 3, 3), (2, 2, 6), (5, 3, 7)])
+def test_adaptive_recovers_planted_k(method, seed, nb, no):
+    x, _ = structured_tokens(seed, 8, 12, 12, 64, n_objects=no, n_background=nb, noise=0.5)
+    td = jax.jit(lambda x: td_jax.adaptive_token_dynamics(
+        x, 16, key=jax.random.key(0), method=method, threshold=0.12))(jnp.asarray(x))
+    assert td.base.shape == (16, 64) and td.valid.shape == (16,)
+    k = int(td.k)
+    assert abs(k - (nb + no)) <= 1, (method, k, nb + no)
+    assert bool(td.valid[:k].all()) and not bool(td.valid[k:].any())
+    assert np.asarray(td.dynamics_map).max() < k
+
+
+def test_silhouette_depends_on_labels():
+    from td_jax.dynamics import _silhouette
+    x, labels = blobs(8, 50, 4, 16, spread=0.1)
+    xs = jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True))
+    w = jnp.ones(len(x))
+    good = float(_silhouette(xs, w, jnp.asarray(labels), 4))
+    shuffled = float(_silhouette(xs, w, jnp.asarray(np.random.default_rng(0).permutation(labels)), 4))
+    assert good > 0.8 and shuffled < 0.1
+    # matches scikit-learn's silhouette with cosine distance
+    from sklearn.metrics import silhouette_score
+    assert good == pytest.approx(silhouette_score(np.asarray(xs), labels, metric="cosine"), abs=1e-4)
+
+
+def test_choose_k_elbow_offset():
+    ks = jnp.arange(2, 12)
+    dist = jnp.asarray([1.0, 0.7, 0.45, 0.25, 0.1, 0.098, 0.097, 0.096, 0.095, 0.094])   # knee at K=6
+    assert int(td_jax.choose_k(ks, dist, jnp.zeros(10), "elbow", 0.0)) == 6
+    assert int(td_jax.choose_k(ks, dist, jnp.zeros(10), "threshold", 0.3)) == 5
+    assert int(td_jax.choose_k(ks, dist, jnp.zeros(10), "threshold", 0.01)) == 11
+
+
+def test_token_dynamics_vmap_equals_loop_and_jit(video):
+    x, _ = video
+    xs = jnp.asarray(np.stack([x, x[::-1], x * 2]))
+    keys = jax.random.split(jax.random.key(1), 3)
+    f = jax.jit(jax.vmap(lambda v, k: td_jax.token_dynamics(v, 6, key=k)))
+    out = f(xs, keys)
+    for i in range(3):
+        one = td_jax.token_dynamics(xs[i], 6, key=keys[i])
+        np.testing.assert_array_equal(np.asarray(out.dynamics_map[i]), np.asarray(one.dynamics_map))
+        np.testing.assert_allclose(np.asarray(out.base[i]), np.asarray(one.base), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _attn_inputs(seed=0, b=2, k=5, t=4, h=6, w=6, d=32):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((b, k, d)).astype(np.float32)
+    dmap = rng.integers(0, k, size=(b, t, h, w)).astype(np.int32)
+    valid = np.ones((b, k), bool)
+    valid[1, -1] = False
+    dmap[1][dmap[1] == k - 1] = 0
+    return base, dmap, valid
+
+
+def _perturbed_params(module, base, dmap, valid):
+    params = module.init(jax.random.key(0), base, dmap, valid)
+    # Output projections start at zero (identity layer); randomise all so the test bites.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(tree, [l + 0.2 * jax.random.normal(kk, l.shape) for l, kk in zip(leaves, keys)])
+
+
+def test_attention_output_is_k_tokens_and_equivariant():
+    base, dmap, valid = _attn_inputs()
+    mod = td_jax.CrossDynamicsAttention(num_heads=4)
+    params = _perturbed_params(mod, base, dmap, valid)
+    out = np.asarray(mod.apply(params, base, dmap, valid))
+    assert out.shape == base.shape
+    assert np.all(out[1, -1] == 0)                           # invalid slot stays empty
+    perm = np.array([3, 0, 4, 1, 2])
+    inv = np.argsort(perm)
+    base_p = base[:, perm]                                   # new row j = old row perm[j]
+    dmap_p = inv[dmap]                                       # old id i is now id inv[i]
+    valid_p = valid[:, perm]
+    out_p = np.asarray(mod.apply(params, base_p, dmap_p, valid_p))
+    np.testing.assert_allclose(out_p, out[:, perm], rtol=1e-4, atol=1e-4)
+    # And it does use the map: moving the cells changes the output.
+    out_shift = np.asarray(mod.apply(params, base, np.roll(dmap, 2, axis=-1), valid))
+    assert np.abs(out_shift - out).max() > 1e-3
+
+
+def test_attention_starts_as_identity_and_has_logical_axes():
+    base, dmap, valid = _attn_inputs()
+    mod = td_jax.CrossDynamicsAttention(num_heads=4)
+    params = mod.init(jax.random.key(0), base, dmap, valid)
+    out = mod.apply(params, base, dmap, valid)
+    np.testing.assert_allclose(np.asarray(out), np.where(valid[..., None], base, 0), atol=1e-6)
+    import flax.linen as nn
+    specs = nn.get_partition_spec(params)
+    kernel_specs = [s for path, s in jax.tree_util.tree_flatten_with_path(specs)[0] if "kernel" in str(path)]
+    assert kernel_specs and all(len(s) == 2 for s in kernel_specs)
+    assert any("heads" in tuple(s) for s in kernel_specs) and any("mlp" in tuple(s) for s in kernel_specs)
+
+
+def test_trajectory_features_track_a_moving_square():
+    dmap = np.zeros((1, 3, 8, 8), np.int32)
+    for t in range(3):
+        dmap[0, t, 2:4, 1 + 2 * t:3 + 2 * t] = 1             # moves right by 2 cells a frame
+    feats, present = td_jax.trajectory_features(jnp.asarray(dmap), 3)
+    f = np.asarray(feats)[0]
+    assert np.asarray(present)[0, 1].all() and not np.asarray(present)[0, 2].any()
+    cx = f[1, :, 3]
+    assert np.all(np.diff(cx) > 0)                           # centre x increases
+    assert f[1, 1, 7] > 0 and f[1, 0, 7] == 0                # velocity x positive after frame 0
+
+
+# ----------------------------------------------------------------------------- compressor module
+
+
+@pytest.mark.parametrize("name", ["token_dynamics", "base_only", "random_map", "random_base"])
+def test_compressor_module(name, video):
+    x, _ = video
+    xs = jnp.asarray(np.stack([x, x[::-1]]))
+    comp = td_jax.compressors.get(name, num_heads=4)
+    params = comp.init(jax.random.key(0), xs, budget=6)
+    out = jax.jit(lambda t, k, p: comp(t, key=k, budget=6, params=p))(xs, jax.random.key(1), params)
+    assert out.tokens.shape == (2, 6, 64) and out.mask.shape == (2, 6)
+    assert out.aux["dynamics_map"].shape == (2, 8, 12, 12)
+    assert bool(out.mask.all())
+    base_only = td_jax.compressors.get("base_only")(xs, key=jax.random.key(1), budget=6)
+    if name in ("token_dynamics", "base_only"):
+        # untrained attention is the identity: same tokens as base_only
+        np.testing.assert_allclose(np.asarray(out.tokens), np.asarray(base_only.tokens), atol=1e-5)
+    if name == "random_map":
+        assert not np.array_equal(np.asarray(out.aux["dynamics_map"]), np.asarray(base_only.aux["dynamics_map"]))
+    if name == "random_base":
+        assert np.abs(np.asarray(out.tokens) - np.asarray(base_only.tokens)).max() > 0.1
+    assert (len(jax.tree.leaves(params)) == 0) == (name == "base_only")
+
+
+def test_compressor_adaptive_and_unknown_keys(video):
+    x, _ = video
+    comp = td_jax.compressors.get("token_dynamics", adaptive="silhouette", num_heads=4)
+    out = comp(jnp.asarray(x[None]), key=jax.random.key(0), budget=12,
+               params=comp.init(jax.random.key(0), jnp.asarray(x[None]), budget=12))
+    assert out.tokens.shape == (1, 12, 64) and 5 <= int(out.mask.sum()) <= 7
+    with pytest.raises(TypeError, match="unknown config keys"):
+        td_jax.compressors.get("token_dynamics", n_clusters=3)
+    with pytest.raises(KeyError, match="known:"):
+        td_jax.compressors.get("kmeans_magic")
