@@ -10,8 +10,6 @@ See ``td_jax/data/DATASET_CARD.md`` for the families and sizes.
 from __future__ import annotations
 
 import dataclasses
-import concurrent.futures
-import multiprocessing
 import os
 import time
 
@@ -20,6 +18,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from td_jax.data import moving_shapes as ms
+from td_jax.data.parallel import parallel_map
 
 
 @dataclasses.dataclass
@@ -105,21 +104,8 @@ class MovingShapesQa(tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         jobs = [(c.scene, c.seed, split, i) for i in range(n)]
         t0, step = time.time(), max(1, n // 10)
-        pool = None
-        if self._num_workers <= 1 or n < 64:
-            results = map(_generate_one, jobs)
-        else:
-            # "spawn": the parent may hold JAX/XLA threads, which forking would not copy safely.
-            # A process pool executor raises BrokenProcessPool if a worker dies (no silent hang).
-            pool = concurrent.futures.ProcessPoolExecutor(
-                self._num_workers, mp_context=multiprocessing.get_context("spawn"))
-            results = pool.map(_generate_one, jobs, chunksize=max(1, min(64, n // (4 * self._num_workers))))
-        try:
-            for k, item in enumerate(results, 1):
-                if k % step == 0 or k == n:
-                    logging.info("moving_shapes_qa/%s %s: %d/%d examples (%.1fs)", c.name, split, k, n,
-                                 time.time() - t0)
-                yield item
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+        results = parallel_map(_generate_one, jobs, self._num_workers, min_jobs=64)
+        for k, item in enumerate(results, 1):
+            if k % step == 0 or k == n:
+                logging.info("moving_shapes_qa/%s %s: %d/%d examples (%.1fs)", c.name, split, k, n, time.time() - t0)
+            yield item
