@@ -26,8 +26,10 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ("vision_mlp", "tensor"),
     ("vision_heads", "tensor"),
     ("vision_pos", None),
-    ("patch", None),
-    ("compat", None),
+    ("patch_h", None),
+    ("patch_w", None),
+    ("compat_in", None),
+    ("compat_out", None),
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),

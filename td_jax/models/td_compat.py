@@ -64,14 +64,14 @@ class TorchMHA(nn.Module):
     def __call__(self, q, kv, deterministic: bool = True):
         B, Lq, D = q.shape
         Lk, h = kv.shape[1], self.num_heads
-        qh = _dense(D, ("compat", "compat"), "q_proj")(q).reshape(B, Lq, h, D // h)
-        kh = _dense(D, ("compat", "compat"), "k_proj")(kv).reshape(B, Lk, h, D // h)
-        vh = _dense(D, ("compat", "compat"), "v_proj")(kv).reshape(B, Lk, h, D // h)
+        qh = _dense(D, ("compat_in", "compat_out"), "q_proj")(q).reshape(B, Lq, h, D // h)
+        kh = _dense(D, ("compat_in", "compat_out"), "k_proj")(kv).reshape(B, Lk, h, D // h)
+        vh = _dense(D, ("compat_in", "compat_out"), "v_proj")(kv).reshape(B, Lk, h, D // h)
         logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh, precision=jax.lax.Precision.HIGHEST) / jnp.sqrt(D // h)
         w = jax.nn.softmax(logits, axis=-1)
         w = nn.Dropout(self.dropout)(w, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", w, vh, precision=jax.lax.Precision.HIGHEST).reshape(B, Lq, D)
-        return _dense(D, ("compat", "compat"), "out_proj")(out)
+        return _dense(D, ("compat_in", "compat_out"), "out_proj")(out)
 
 
 class TorchDecoderLayer(nn.Module):
@@ -89,8 +89,8 @@ class TorchDecoderLayer(nn.Module):
         x = _ln(c.layer_norm_eps, "norm2")(
             x + drop("dropout2")(TorchMHA(c.d_model, c.num_heads, c.dropout, name="multihead_attn")(x, memory, deterministic),
                                  deterministic=deterministic))
-        h = jax.nn.relu(_dense(c.dim_feedforward, ("compat", "compat"), "linear1")(x))
-        h = _dense(c.d_model, ("compat", "compat"), "linear2")(drop("dropout")(h, deterministic=deterministic))
+        h = jax.nn.relu(_dense(c.dim_feedforward, ("compat_in", "compat_out"), "linear1")(x))
+        h = _dense(c.d_model, ("compat_in", "compat_out"), "linear2")(drop("dropout")(h, deterministic=deterministic))
         return _ln(c.layer_norm_eps, "norm3")(x + drop("dropout3")(h, deterministic=deterministic))
 
 
@@ -105,7 +105,7 @@ class TDCompatAttention(nn.Module):
         if queries.shape[-1] != c.query_dim or memory.shape[-1] != c.d_model:
             raise ValueError(f"TDCompatAttention wants queries [.., {c.query_dim}] and memory [.., {c.d_model}], "
                              f"got {tuple(queries.shape)} and {tuple(memory.shape)}")
-        x = _dense(c.d_model, ("compat", "compat"), "to_q_proj")(queries.astype(jnp.float32))
+        x = _dense(c.d_model, ("compat_in", "compat_out"), "to_q_proj")(queries.astype(jnp.float32))
         for i in range(c.num_layers):
             x = TorchDecoderLayer(c, name=f"layers_{i}")(x, memory.astype(jnp.float32), deterministic)
         return x

@@ -131,7 +131,7 @@ class VisionTower(nn.Module):
         p = cfg.patch_size
         self.patch_embedding = nn.Conv(
             cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=dt, param_dtype=pdt,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("patch", "patch", None, "vision_embed")),
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("patch_h", "patch_w", None, "vision_embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vision_embed",)))
         self.position_embedding = self.param(
             "position_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vision_pos", "vision_embed")),
