@@ -356,3 +356,27 @@ def test_bad_checkpoints_raise_listing_the_problem(qwen_tied, tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(ValueError, match="pickle"):
         load_hf(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_convert_cli_writes_orbax_checkpoint_that_reloads(llava, tmp_path):
+    import subprocess
+    import sys
+    from td_jax.convert.checkpoint import load_converted
+    _, path = llava
+    out = tmp_path / "ckpt"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    res = subprocess.run([sys.executable, "-m", "launch.convert", f"--hf_dir={path}", f"--out={out}", "--budget=8"],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "VideoLLM" in res.stdout
+    module, params = load_converted(str(out))
+    ref_module, ref_params = load_hf(path, budget=8)
+    assert module.cfg == ref_module.cfg
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, ref_params)
+    # refuses to overwrite silently
+    res = subprocess.run([sys.executable, "-m", "launch.convert", f"--hf_dir={path}", f"--out={out}", "--budget=8"],
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "already exists" in res.stderr

@@ -1,0 +1,90 @@
+"""Converted models on disk: an Orbax params checkpoint plus ``model.json``.
+
+Layout of ``out``::
+
+    out/model.json   {"kind": "Qwen2LM" | "VisionTower" | "VideoLLM", "config": {...}, "source": hf_dir}
+    out/params/      Orbax StandardCheckpointer tree of the params
+
+``load_converted(out)`` rebuilds the module from ``model.json`` and restores the params
+(optionally straight onto a sharding tree).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from td_jax.models import configs as C
+from td_jax.models.llm import Qwen2LM
+from td_jax.models.td_compat import TDCompatConfig
+from td_jax.models.vit import VisionTower
+from td_jax.models.vlm import VideoLLM
+
+_KINDS = {"Qwen2LM": Qwen2LM, "VisionTower": VisionTower, "VideoLLM": VideoLLM}
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(kind: str, d: dict):
+    """Inverse of :func:`config_to_dict` for the config class of ``kind``."""
+    if kind == "Qwen2LM":
+        return C.LLMConfig(**d)
+    if kind == "VisionTower":
+        return C.VisionConfig(**d)
+    if kind == "VideoLLM":
+        d = dict(d)
+        d["llm"] = C.LLMConfig(**d["llm"])
+        d["vision"] = None if d["vision"] is None else C.VisionConfig(**d["vision"])
+        d["td_compat"] = None if d.get("td_compat") is None else TDCompatConfig(**d["td_compat"])
+        d["compressor_cfg"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in d["compressor_cfg"])
+        for k in ("pixel_mean", "pixel_std"):
+            d[k] = tuple(d[k])
+        return C.VLMConfig(**d)
+    raise ValueError(f"unknown model kind {kind!r}; known: {sorted(_KINDS)}")
+
+
+def save_converted(out: str, module, params, *, source: str = "", overwrite: bool = False) -> None:
+    """Write ``module``'s config and ``params`` under directory ``out``."""
+    out = os.path.abspath(out)
+    kind = type(module).__name__
+    if kind not in _KINDS:
+        raise TypeError(f"cannot save a {kind}; expected one of {sorted(_KINDS)}")
+    if os.path.exists(os.path.join(out, "params")) and not overwrite:
+        raise ValueError(f"{out}/params already exists (pass overwrite=True to replace it)")
+    os.makedirs(out, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(out, "params"), params, force=overwrite)
+    ckptr.wait_until_finished()
+    with open(os.path.join(out, "model.json"), "w") as f:
+        json.dump({"kind": kind, "config": config_to_dict(module.cfg), "source": source}, f, indent=1)
+
+
+def load_converted(out: str, shardings=None):
+    """(module, params) from a directory written by :func:`save_converted`.
+
+    ``shardings``: optional tree of ``jax.sharding.Sharding`` matching the params, to
+    restore each array directly onto its devices.
+    """
+    out = os.path.abspath(out)
+    meta_path = os.path.join(out, "model.json")
+    if not os.path.exists(meta_path):
+        raise ValueError(f"{out}: no model.json (not written by save_converted / launch.convert)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    cfg = config_from_dict(meta["kind"], meta["config"])
+    module = _KINDS[meta["kind"]](cfg)
+    ckptr = ocp.StandardCheckpointer()
+    meta_tree = ckptr.metadata(os.path.join(out, "params"))
+    tree = getattr(meta_tree, "item_metadata", meta_tree)
+    tree = getattr(tree, "tree", tree)
+    if shardings is None:
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+    else:
+        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree, shardings)
+    params = ckptr.restore(os.path.join(out, "params"), target)
+    return module, params
