@@ -262,3 +262,26 @@ def make_pipeline(config: Mapping[str, Any], split: str, *, process_index: int |
     """An iterator of batches (``get_state``/``set_state``; Orbax via ``grain.checkpoint``)."""
     return iter(make_dataset(config, split, process_index=process_index, process_count=process_count,
                              tokenizer=tokenizer))
+
+
+def iter_examples(config: Mapping[str, Any], split: str):
+    """Every example of ``split`` in order as ``(meta, frames [T, R, R, 3] uint8)``; ``meta`` has
+    ``id, question, options, answer, family, family_id`` (plain Python).  Source "tfds" or
+    "folder"; corrupt videos raise, or are skipped (and logged) with ``skip_corrupt``."""
+    c = _cfg(config)
+    if c.source == "tokens":
+        raise ValueError("iter_examples reads frames: source must be 'tfds' or 'folder'")
+    source, (T, R) = _tfds_source(c, split) if c.source == "tfds" else _folder_source(c, split)
+    to_example = ToExample(c, source, (T, R, R, 3), tok_lib.make_tokenizer("word", c.num_options))
+    for i in range(len(source)):
+        rec = source[i]
+        try:
+            frames = to_example._media(rec)
+        except video_lib.VideoDecodeError as e:
+            if not c.skip_corrupt:
+                raise
+            logging.warning("skipping corrupt video (example %d): %s", i, e)
+            continue
+        meta = {"id": _s(rec["id"]), "question": _s(rec["question"]), "options": [_s(o) for o in rec["options"]],
+                "answer": int(rec["answer"]), "family": _s(rec["family"]), "family_id": int(rec["family_id"])}
+        yield meta, frames

@@ -11,9 +11,10 @@ A record is an ``.npz`` (no pickle) of ``visual_tokens [T, h, w, D]``, ``questio
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from array_record.python import array_record_module
@@ -83,3 +84,27 @@ def read_meta(directory: str) -> dict[str, Any]:
         raise FileNotFoundError(f"no token store at {directory} (missing {path}); run launch/extract_tokens.py")
     with open(path) as f:
         return json.load(f)
+
+
+def extract_split(examples: Iterable, directory: str, split: str, embed_fn: Callable, *, batch_size: int = 16,
+                  dtype: str = "float16") -> tuple[int, tuple[int, ...]]:
+    """Embed ``(meta, frames [T,R,R,3])`` pairs in batches with ``embed_fn(frames [B,T,R,R,3]) ->
+    [B,T,h,w,D]`` and write them to ``DIR/{split}.array_record``.  Returns (count, token shape)."""
+    shape: list[tuple[int, ...]] = []
+
+    def records():
+        buf = []
+        for item in itertools.chain(examples, [None]):
+            if item is not None:
+                buf.append(item)
+            if buf and (len(buf) == batch_size or item is None):
+                tok = np.asarray(embed_fn(np.stack([f for _, f in buf])))
+                if tok.ndim != 5 or tok.shape[0] != len(buf):
+                    raise ValueError(f"embed_fn must return [B, T, h, w, D] with B={len(buf)}, got {tok.shape}")
+                shape[:] = [tok.shape[1:]]
+                for (meta, _), t in zip(buf, tok):
+                    yield {**meta, "visual_tokens": t}
+                buf = []
+
+    n = write_split(directory, split, records(), dtype=dtype)
+    return n, (tuple(int(s) for s in shape[0]) if shape else ())
