@@ -25,14 +25,15 @@ def _parse(arg: str) -> set:
 
 
 def get_config(arg: str = "") -> mlc.ConfigDict:
+    from td_jax.train.trainer import default_config
+
     opts = _parse(arg)
-    c = mlc.ConfigDict()
+    c = default_config("synthetic_mc" if "synthetic" in opts else "video_qa")
     c.seed = 0
     c.compute_dtype = "float32"      # bf16 matmuls are slow on CPU; TPU configs use bfloat16
     c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     if "fsdp" in opts:
         c.mesh = mlc.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2})
-    c.optim = mlc.ConfigDict()
     c.optim.warmup_frac = 0.1
     c.optim.clip_norm = 1.0
     c.optim.grad_accum = 1
@@ -47,7 +48,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
         c.optim.weight_decay = 1e-4
         c.optim.groups = mlc.ConfigDict({"head": {"pattern": r"^head/", "lr": 1e-2}})
         c.checkpoint = mlc.ConfigDict({"keep": 2, "keep_best": 1, "best_metric": "eval/accuracy"})
-        c.task = mlc.ConfigDict({"name": "synthetic_mc", "hidden": 32, "depth": 2})
+        c.task.hidden, c.task.depth = 32, 2
         return c
     from td_jax.models.sharding import DEFAULT_RULES
     c.axis_rules = DEFAULT_RULES
@@ -67,8 +68,10 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
         "compressor": {"pattern": r"^compressor/", "lr": 1e-3},
     })
     c.checkpoint = mlc.ConfigDict({"keep": 2, "keep_best": 1, "best_metric": "eval/accuracy"})
-    c.task = mlc.ConfigDict({"name": "video_qa", "model": "tiny_vlm", "compressor": "token_dynamics",
-                             "budget": 8, "dataset": "moving_shapes_qa/tiny"})
+    c.task.model = "tiny_vlm"
+    c.task.compressor = "token_dynamics"
+    c.task.budget = 8
+    c.task.data.tfds_name = "moving_shapes_qa/tiny"
     return c
 
 

@@ -42,6 +42,16 @@ def resolve_config(user_cfg) -> mlc.ConfigDict:
     return config_lib.resolve(user_cfg, get_task_class(task_name).default_config())
 
 
+def default_config(task_name: str) -> mlc.ConfigDict:
+    """Every framework key plus the task's ``config.task`` subtree, with defaults.
+
+    Experiment files start from this so every key can be overridden with ``--config.a.b=v``.
+    """
+    c = config_lib.defaults()
+    c.task = get_task_class(task_name).default_config()
+    return c
+
+
 @dataclasses.dataclass
 class Setup:
     """Everything derived from the config before any array is materialised."""

@@ -1,0 +1,246 @@
+"""``video_qa``: a VideoLLM (vision → projector → compressor → decoder) on multiple-choice video QA.
+
+Loss: next-token cross-entropy on the answer tokens (``loss_mask``). Eval: multiple-choice
+accuracy per question family, scored as the argmax over the option letters' logits at the
+position before the answer token. Data: the Grain pipeline of ``td_jax.data.pipeline``
+(TFDS ``moving_shapes_qa``, video folders or precomputed tokens) configured by
+``config.task.data``; ``batch_size`` and ``seed`` come from the top-level config.
+
+Config (``config.task``)::
+
+    model            td_jax.models.configs name ("tiny_vlm", "llava_ov_0_5b", ...)
+    compressor       compressor name ("" keeps the model config's), budget (0 keeps it)
+    compressor_cfg   JSON object of compressor fields, e.g. '{"iters": 10}'
+    init_from        Hugging Face model directory to start from ("" = random init)
+    resize_vocab     from-scratch models: size the vocabulary to the tokenizer's
+    prepare_data     build the TFDS dataset if it is not there yet
+    data             td_jax.data.pipeline options (source, tfds_name, data_dir, ...)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from absl import logging
+
+from td_jax import compressors
+from td_jax.eval import mc
+from td_jax.train.task import Task, register_task
+
+# Pipeline options the trainer sets itself.
+_TRAINER_OWNED = ("batch_size", "seed", "shuffle", "num_epochs", "drop_remainder")
+
+
+@register_task("video_qa")
+class VideoQA(Task):
+
+    @classmethod
+    def default_config(cls) -> mlc.ConfigDict:
+        from td_jax.data import pipeline
+
+        c = mlc.ConfigDict()
+        c.name = "video_qa"
+        c.model = "tiny_vlm"
+        c.compressor = ""
+        c.budget = 0
+        c.compressor_cfg = "{}"
+        c.init_from = ""
+        c.resize_vocab = True
+        c.prepare_data = True
+        c.eval_compress_seed = 0
+        c.data = pipeline.default_config()
+        for k in _TRAINER_OWNED:
+            del c.data[k]
+        return c
+
+    def __init__(self, config):
+        super().__init__(config)
+        from td_jax.data import tokenizer as tok_lib
+        from td_jax.models import configs as model_configs
+        from td_jax.models.vlm import VideoLLM
+
+        t = config.task
+        try:
+            cfg = model_configs.get_config(t.model)
+        except KeyError as e:
+            raise ValueError(f"config key 'task.model': {e.args[0]}") from None
+        if not isinstance(cfg, model_configs.VLMConfig):
+            raise ValueError(f"config key 'task.model': {t.model!r} is not a video LLM config")
+        try:
+            ccfg = json.loads(t.compressor_cfg)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config key 'task.compressor_cfg' is not JSON: {e}") from None
+        if not isinstance(ccfg, dict):
+            raise ValueError(f"config key 'task.compressor_cfg' must be a JSON object, got {t.compressor_cfg!r}")
+        self.tokenizer = tok_lib.make_tokenizer(t.data.tokenizer, t.data.num_options)
+        tok = self.tokenizer
+        repl: dict[str, Any] = {"video_token_id": int(tok.video_token_id), "pad_id": int(tok.pad_id)}
+        if t.compressor:
+            repl["compressor"] = t.compressor
+        if t.budget:
+            repl["budget"] = int(t.budget)
+        if ccfg or t.compressor:
+            repl["compressor_cfg"] = tuple(sorted(ccfg.items()))
+        if t.resize_vocab and not t.init_from:
+            repl["llm"] = dataclasses.replace(cfg.llm, vocab_size=int(tok.vocab_size))
+        elif cfg.llm.vocab_size < tok.vocab_size:
+            raise ValueError(f"model {t.model!r} has vocab_size {cfg.llm.vocab_size} < tokenizer's {tok.vocab_size}")
+        cfg = cfg.replace(**repl).with_dtype(config.compute_dtype, config.param_dtype)
+        # Fail now (naming the key) rather than inside jit if the compressor does not exist / accept cfg.
+        from td_jax.models.vlm import compressor_for
+        try:
+            compressor_for(cfg)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"config keys 'task.compressor' / 'task.compressor_cfg': {e}") from None
+        self.model_cfg = cfg
+        self.model = VideoLLM(cfg)
+        self.option_ids = np.asarray(tok.option_ids, np.int32)
+        self._families: list[str] | None = None
+        self._media_shape: tuple | None = None
+
+    # ------------------------------------------------------------------ data
+    def _data_config(self, split_train: bool) -> dict:
+        d = dict(self.config.task.data.to_dict())
+        return d
+
+    def _prepare(self) -> None:
+        d = self.config.task.data
+        if d.source != "tfds" or d.tfds_dir or not self.config.task.prepare_data:
+            return
+        import tensorflow_datasets as tfds
+        import td_jax.data.moving_shapes_qa  # noqa: F401  (registers the builder)
+
+        if jax.process_index() == 0:
+            builder = tfds.builder(d.tfds_name, data_dir=d.data_dir or None)
+            if not builder.is_prepared():
+                logging.info("preparing %s in %s", d.tfds_name, builder.data_dir)
+                builder.download_and_prepare()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("video_qa_prepare_data")
+
+    def _builder_info(self):
+        import tensorflow_datasets as tfds
+        import td_jax.data.moving_shapes_qa  # noqa: F401
+
+        d = self.config.task.data
+        self._prepare()
+        b = tfds.builder_from_directory(d.tfds_dir) if d.tfds_dir else tfds.builder(d.tfds_name,
+                                                                                    data_dir=d.data_dir or None)
+        return b.info
+
+    def media_shape(self) -> tuple:
+        """(T, R, R, 3) frames or (T, h, w, D) precomputed tokens of one example."""
+        if self._media_shape is None:
+            d = self.config.task.data
+            if d.source == "tokens":
+                from td_jax.data import tokens_store
+                self._media_shape = tuple(tokens_store.read_meta(d.tokens_dir)["token_shape"])
+            elif d.num_frames and d.resolution:
+                self._media_shape = (d.num_frames, d.resolution, d.resolution, 3)
+            elif d.source == "tfds":
+                t, r = self._builder_info().features["frames"].shape[:2]
+                self._media_shape = (d.num_frames or t, d.resolution or r, d.resolution or r, 3)
+            else:
+                raise ValueError("config keys 'task.data.num_frames' and 'task.data.resolution' are required "
+                                 f"for source={d.source!r}")
+        return self._media_shape
+
+    def family_names(self) -> list[str]:
+        if self._families is None:
+            d = self.config.task.data
+            if d.source == "tfds":
+                self._families = list(self._builder_info().metadata["families"])
+            else:
+                from td_jax.data import moving_shapes as ms
+                self._families = list(ms.FAMILIES)
+                logging.warning("family names for source=%s default to the moving-shapes families", d.source)
+        return self._families
+
+    def abstract_batch(self, batch_size: int, *, train: bool = True):
+        L = self.config.task.data.max_text_len
+        key = "visual_tokens" if self.config.task.data.source == "tokens" else "frames"
+        media_dtype = jnp.float32 if key == "visual_tokens" else jnp.uint8
+        out = {key: jax.ShapeDtypeStruct((batch_size,) + tuple(self.media_shape()), media_dtype),
+               "input_ids": jax.ShapeDtypeStruct((batch_size, L), jnp.int32),
+               "attention_mask": jax.ShapeDtypeStruct((batch_size, L), jnp.bool_),
+               "loss_mask": jax.ShapeDtypeStruct((batch_size, L), jnp.float32)}
+        if not train:
+            out.update({"answer": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+                        "family": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+                        "valid": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)})
+        return out
+
+    def make_data(self, split, *, batch_size, train, seed, shard_index, shard_count):
+        from td_jax.data import pipeline
+
+        self._prepare()
+        d = dict(self.config.task.data.to_dict())
+        d.update(batch_size=batch_size * shard_count, seed=seed, shuffle=bool(train),
+                 num_epochs=-1 if train else 1, drop_remainder=bool(train))
+        return pipeline.make_pipeline(d, split, process_index=shard_index, process_count=shard_count,
+                                      tokenizer=self.tokenizer)
+
+    # ------------------------------------------------------------------ model
+    def _media(self, batch):
+        if "visual_tokens" in batch:
+            return {"visual_tokens": batch["visual_tokens"]}
+        return {"frames": batch["frames"]}
+
+    def init_params(self, rng, batch):
+        k_params, k_comp, k_drop = jax.random.split(rng, 3)
+        variables = self.model.init({"params": k_params, compressors.RNG_STREAM: k_comp, "dropout": k_drop},
+                                    batch["input_ids"], batch["attention_mask"], **self._media(batch))
+        return variables["params"]
+
+    def loss_fn(self, params, batch, rng):
+        from td_jax.models.vlm import next_token_loss
+
+        k_comp, k_drop = jax.random.split(rng)
+        logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                  deterministic=False, rngs={compressors.RNG_STREAM: k_comp, "dropout": k_drop},
+                                  **self._media(batch))
+        loss, m = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+        return loss, {"token_accuracy": m["token_accuracy"], "target_tokens": m["num_target_tokens"]}
+
+    def eval_fn(self, params, batch):
+        from td_jax.models.vlm import mc_logits, next_token_loss
+
+        key = jax.random.key(self.config.task.eval_compress_seed)
+        logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                  rngs={compressors.RNG_STREAM: key}, **self._media(batch))
+        scores = mc_logits(logits.astype(jnp.float32), batch["loss_mask"], jnp.asarray(self.option_ids))
+        sums = mc.mc_sums(scores, batch["answer"], batch["family"], batch["valid"],
+                          num_families=len(self.family_names()))
+        # Answer-token NLL summed over valid rows (mean over rows in finalize_eval).
+        w = batch["loss_mask"] * batch["valid"][:, None].astype(jnp.float32)
+        loss, _ = next_token_loss(logits, batch["input_ids"], w)
+        sums["nll_sum"] = loss * jnp.sum(w[:, 1:])
+        sums["nll_tokens"] = jnp.sum(w[:, 1:])
+        return sums
+
+    def finalize_eval(self, sums):
+        out = mc.mc_metrics(sums, self.family_names())
+        n = float(np.asarray(sums["nll_tokens"]))
+        out["loss"] = float(np.asarray(sums["nll_sum"])) / n if n else float("nan")
+        return out
+
+    def eval_report(self, metrics):
+        return mc.markdown_table(metrics, self.family_names(), title=f"{self.config.task.model} + "
+                                 f"{self.model_cfg.compressor} (budget {self.model_cfg.budget})")
+
+    def load_pretrained(self):
+        t = self.config.task
+        if not t.init_from:
+            return None
+        from td_jax.convert import load_hf
+
+        m = self.model_cfg
+        _, params = load_hf(t.init_from, self.config.param_dtype, compressor=m.compressor,
+                            compressor_cfg=m.compressor_cfg, budget=m.budget)
+        return params
