@@ -15,6 +15,7 @@ the functional call ``compressor(tokens, key=..., budget=..., params=...)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -93,17 +94,25 @@ class Compressor:
 
     def init(self, key: jax.Array, tokens: jax.Array, *, budget: int) -> dict:
         """Parameters of the method (an empty dict for parameter-free methods)."""
-        k_params, k_rng = jax.random.split(key)
-        variables = self.module(budget).init({"params": k_params, RNG_STREAM: k_rng}, tokens)
-        return variables.get("params", {})
+        check_tokens(tokens)
+        return _jitted_init(self.module(budget), key, tokens)
 
     def __call__(self, tokens: jax.Array, *, key: jax.Array, budget: int, params: dict | None = None,
                  deterministic: bool = True) -> Compressed:
+        """tokens [B, T, H, W, D] -> Compressed(tokens [B, M, D], mask [B, M], aux); M = budget."""
         check_tokens(tokens)
-        mod = self.module(budget)
-        if params is None:
-            params = {}
-        return mod.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key})
+        return _jitted_apply(self.module(budget), {} if params is None else params, tokens, key, deterministic)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_init(module: CompressorModule, key: jax.Array, tokens: jax.Array) -> dict:
+    k_params, k_rng = jax.random.split(key)
+    return module.init({"params": k_params, RNG_STREAM: k_rng}, tokens).get("params", {})
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _jitted_apply(module: CompressorModule, params, tokens, key, deterministic: bool) -> Compressed:
+    return module.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key})
 
 
 def get(name: str, **cfg: Any) -> Compressor:
