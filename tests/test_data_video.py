@@ -1,0 +1,220 @@
+"""Video decoding, video folders (pipeline and TFDS manual_dir builder), tokenizers, token stores."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from td_jax.data import patch_embed as pe
+from td_jax.data import pipeline, tokens_store, video
+from td_jax.data import tokenizer as tok_lib
+from td_jax.data.video_folder import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _clip(n_frames, size=32, seed=0):
+    """A clip whose frame t has brightness 8t and a red square moving right: frames differ."""
+    rng = np.random.default_rng(seed)
+    fr = np.zeros((n_frames, size, size, 3), np.uint8)
+    for t in range(n_frames):
+        fr[t] = 8 * t + rng.integers(0, 4)
+        fr[t, 8:16, t:t + 8] = (255, 0, 0)
+    return fr
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A video-QA folder: 5 train clips (one truncated) and 3 validation clips."""
+    d = tmp_path_factory.mktemp("vqa")
+    os.makedirs(d / "clips")
+    clips = {}
+    for split, n in (("train", 5), ("validation", 3)):
+        with open(d / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                name = f"clips/{split}{i}.mp4"
+                clips[name] = _clip(20 + i, seed=i)
+                video.encode_video(d / name, clips[name])
+                rec = {"video": name, "question": f"What happens in clip {i}?", "options": ["red", "blue", "green"],
+                       "answer": i % 3, "family": ["color", "motion"][i % 2]}
+                f.write(json.dumps(rec) + "\n")
+    data = open(d / "clips/train3.mp4", "rb").read()
+    with open(d / "clips/train3.mp4", "wb") as f:
+        f.write(data[: len(data) // 2])
+    return d, clips
+
+
+def test_mp4_decodes_to_expected_frames(tmp_path):
+    fr = _clip(20)
+    video.encode_video(tmp_path / "a.mp4", fr)
+    out = video.decode_video(tmp_path / "a.mp4", 8, 32)
+    idx = np.linspace(0, 19, 8, dtype=int)  # lmms-eval's uniform sampling
+    assert out.shape == (8, 32, 32, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - fr[idx]).max() <= 3  # lossless codec up to colour conversion
+    small = video.decode_video(tmp_path / "a.mp4", 4, 16)
+    assert small.shape == (4, 16, 16, 3)
+    assert (video.sample_indices(3, 6) == [0, 0, 0, 1, 1, 2]).all()  # short videos repeat frames
+
+
+def test_truncated_and_missing_videos_name_the_file(tmp_path):
+    video.encode_video(tmp_path / "a.mp4", _clip(16))
+    data = open(tmp_path / "a.mp4", "rb").read()
+    with open(tmp_path / "cut.mp4", "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(video.VideoDecodeError, match="cut.mp4"):
+        video.decode_video(tmp_path / "cut.mp4", 8, 32)
+    with pytest.raises(video.VideoDecodeError, match="nope.mp4: no such file"):
+        video.decode_video(tmp_path / "nope.mp4", 8, 32)
+
+
+def test_normalize_frames():
+    x = video.normalize_frames(np.array([[0, 255, 51]], np.uint8))
+    np.testing.assert_allclose(x, [[-1.0, 1.0, -0.6]], atol=1e-6)
+
+
+def _folder_cfg(d, **kw):
+    c = dict(source="folder", folder_jsonl=str(d / "{split}.jsonl"), num_frames=8, resolution=32, batch_size=4,
+             shuffle=False, num_epochs=1, drop_remainder=False, max_text_len=48)
+    c.update(kw)
+    return c
+
+
+def test_folder_pipeline_and_corrupt_video(folder):
+    d, clips = folder
+    val = list(pipeline.make_pipeline(_folder_cfg(d), "validation", process_index=0, process_count=1))
+    assert len(val) == 1 and val[0]["valid"].tolist() == [True, True, True, False]
+    for r in range(3):
+        want = video.decode_video(d / f"clips/validation{r}.mp4", 8, 32)
+        np.testing.assert_array_equal(val[0]["frames"][r], want)
+    assert val[0]["answer"][:3].tolist() == [0, 1, 2] and val[0]["family"][:3].tolist() == [0, 1, 0]
+
+    with pytest.raises(video.VideoDecodeError, match="train3.mp4"):
+        list(pipeline.make_pipeline(_folder_cfg(d), "train", process_index=0, process_count=1))
+    batches = list(pipeline.make_pipeline(_folder_cfg(d, skip_corrupt=True), "train", process_index=0,
+                                          process_count=1))
+    corrupt = np.concatenate([b["corrupt"] for b in batches])
+    valid = np.concatenate([b["valid"] for b in batches])
+    index = np.concatenate([b["index"] for b in batches])
+    assert corrupt.sum() == 1 and index[corrupt].tolist() == [3] and not valid[corrupt].any()
+    assert valid.sum() == 4
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"video": "a.mp4", "question": "q", "options": ["x", "y"], "answer": "B"}\n'
+                 '{"video": "b.mp4", "question": "q", "options": ["x", "y"], "answer": 2}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: 'answer'"):
+        read_jsonl(str(p))
+    p.write_text('{"video": "a.mp4", "question": "q", "options": ["x", "y"], "answer": "B"}\n')
+    assert read_jsonl(str(p))[0]["answer"] == 1
+    p.write_text('{"video": "a.mp4", "options": ["x", "y"], "answer": 0}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing keys \['question'\]"):
+        read_jsonl(str(p))
+
+
+def test_folder_tfds_builder_manual_dir(folder, tmp_path):
+    import tensorflow_datasets as tfds
+
+    from td_jax.data.video_folder import VideoQaFolder
+
+    d, _ = folder
+    dl = tfds.download.DownloadConfig(manual_dir=str(d))
+    with pytest.raises(video.VideoDecodeError, match="train3.mp4"):
+        VideoQaFolder(config="tiny", data_dir=str(tmp_path / "strict")).download_and_prepare(download_config=dl)
+    b = VideoQaFolder(config="tiny", data_dir=str(tmp_path / "lenient"), skip_corrupt=True)
+    b.download_and_prepare(download_config=dl)
+    assert b.info.splits["train"].num_examples == 4 and b.info.splits["validation"].num_examples == 3
+    reread = tfds.builder_from_directory(b.data_dir)
+    assert dict(reread.info.metadata["skipped"]) == {"train": 1}
+    src = reread.as_data_source("validation")
+    by_id = {src[i]["id"].decode(): src[i] for i in range(len(src))}
+    ex = by_id["validation.jsonl:2"]
+    np.testing.assert_array_equal(ex["frames"], video.decode_video(d / "clips/validation1.mp4", 8, 32))
+    assert [o.decode() for o in ex["options"]] == ["red", "blue", "green"] and ex["answer"] == 1
+    # the prepared folder feeds the same pipeline as the benchmark
+    batch = next(pipeline.make_pipeline(dict(tfds_dir=b.data_dir, batch_size=2, max_text_len=48), "train",
+                                        process_index=0, process_count=1))
+    assert batch["frames"].shape == (2, 8, 32, 32, 3)
+
+
+def test_word_tokenizer_prompt_and_errors(tmp_path):
+    tok = tok_lib.WordTokenizer.for_moving_shapes()
+    enc = tok_lib.encode_mc(tok, "Which object appears first?", ["red circle", "blue square", "cyan cross",
+                                                                  "green triangle"], 2, 40)
+    ids = enc["input_ids"]
+    assert tok.unk_id not in ids[enc["attention_mask"]]
+    assert (ids == tok.video_token_id).sum() == 1
+    pos = np.flatnonzero(enc["loss_mask"])
+    assert ids[pos].tolist() == [tok.option_ids[2], tok.eos_id]
+    assert tok.decode(ids).endswith("answer : C <eos>")
+    with pytest.raises(ValueError, match="longer than max_text_len=10"):
+        tok_lib.encode_mc(tok, "Which object appears first?", ["a", "b"], 0, 10)
+    with pytest.raises(ValueError, match="options"):
+        tok.prompt_ids("q", ["a", "b", "c", "d", "e"])
+    tok.save(str(tmp_path / "w.json"))
+    again = tok_lib.make_tokenizer(f"word:{tmp_path / 'w.json'}")
+    assert again.vocab == tok.vocab
+
+
+def test_hf_tokenizer_chat_template(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<video>"]
+    t.train_from_iterator(["system user assistant what color is the ball? A. red B. blue\n Answer with"] * 4,
+                          trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.save(str(tmp_path / "tokenizer.json"))
+    tok = tok_lib.make_tokenizer(str(tmp_path / "tokenizer.json"), num_options=2)
+    enc = tok_lib.encode_mc(tok, "What color is the ball?", ["red", "blue"], 1, 128)
+    ids = enc["input_ids"][enc["attention_mask"]]
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\n")
+    assert "What color is the ball?\nA. red\nB. blue\nAnswer with the option's letter" in text
+    assert text.endswith("<|im_start|>assistant\nB<|im_end|>")
+    pos = np.flatnonzero(enc["loss_mask"])
+    assert enc["input_ids"][pos].tolist() == [tok.option_ids[1], tok.im_end]
+    assert (ids == tok.video_token_id).sum() == 1 and tok.pad_id == t.token_to_id("<|endoftext|>")
+    with pytest.raises(ValueError, match="no token '<image>'"):
+        tok_lib.HFTokenizer(str(tmp_path / "tokenizer.json"), video_token="<image>")
+
+
+def test_patch_embed_fixed_and_keeps_colour():
+    fr = np.zeros((2, 3, 16, 16, 3), np.uint8)
+    fr[0, :, :8, :8] = (255, 0, 0)
+    fr[0, :, 8:, 8:] = (0, 0, 255)
+    tok = np.asarray(pe.patch_embed(fr, patch_size=8, dim=32, seed=0))
+    assert tok.shape == (2, 3, 2, 2, 32)
+    np.testing.assert_array_equal(tok, np.asarray(pe.make_patch_embed(8, 32, 0)(fr)))
+    assert not np.allclose(tok[0, 0, 0, 0], tok[0, 0, 1, 1])  # red vs blue patch
+    np.testing.assert_allclose(tok[0, 0, 0, 1], tok[1, 0, 0, 0], atol=1e-6)  # same (black) pixels
+    assert not np.allclose(tok, np.asarray(pe.patch_embed(fr, patch_size=8, dim=32, seed=1)))
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        pe.patch_embed(np.zeros((1, 1, 12, 12, 3), np.uint8), patch_size=8)
+
+
+def test_extract_tokens_cli_and_token_pipeline(folder, tmp_path):
+    d, _ = folder
+    out = tmp_path / "tokens"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    run = subprocess.run([sys.executable, "-m", "launch.extract_tokens", f"--folder_jsonl={d}/{{split}}.jsonl",
+                          "--num_frames=8", "--resolution=32", "--splits=train,validation", f"--out_dir={out}",
+                          "--patch_size=8", "--dim=16", "--batch_size=2", "--skip_corrupt", "--dtype=float32"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = tokens_store.read_meta(str(out))
+    assert meta["token_shape"] == [8, 4, 4, 16] and meta["counts"] == {"train": 4, "validation": 3}
+    cfg = dict(source="tokens", tokens_dir=str(out), batch_size=4, shuffle=False, num_epochs=1,
+               drop_remainder=False, max_text_len=48)
+    batches = list(pipeline.make_pipeline(cfg, "validation", process_index=0, process_count=1))
+    b = batches[0]
+    assert b["visual_tokens"].shape == (4, 8, 4, 4, 16) and b["valid"].tolist() == [True] * 3 + [False]
+    frames = np.stack([video.decode_video(d / f"clips/validation{i}.mp4", 8, 32) for i in range(3)])
+    np.testing.assert_allclose(b["visual_tokens"][:3], np.asarray(pe.patch_embed(frames, patch_size=8, dim=16)),
+                               atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        tokens_store.read_meta(str(tmp_path / "none"))
