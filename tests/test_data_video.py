@@ -153,6 +153,8 @@ def test_word_tokenizer_prompt_and_errors(tmp_path):
         tok_lib.encode_mc(tok, "Which object appears first?", ["a", "b"], 0, 10)
     with pytest.raises(ValueError, match="options"):
         tok.prompt_ids("q", ["a", "b", "c", "d", "e"])
+    own = tok_lib.WordTokenizer.from_texts(["Where is the dog?", "a cat", "the dog"], num_options=2)
+    assert own.decode(own.encode("Where is the cat?")) == "where is the cat ?" and own.option_ids.tolist() == [5, 6]
     tok.save(str(tmp_path / "w.json"))
     again = tok_lib.make_tokenizer(f"word:{tmp_path / 'w.json'}")
     assert again.vocab == tok.vocab

@@ -76,6 +76,8 @@ def _cfg(config) -> ml_collections.ConfigDict:
     if unknown:
         raise KeyError(f"unknown data config keys {unknown}; known: {sorted(base.keys())}")
     base.update(dict(config))
+    if base.num_epochs == 0 or base.num_epochs < -1:
+        raise ValueError(f"data config num_epochs={base.num_epochs}; expected -1 (forever) or >= 1")
     if base.source not in SOURCES:
         raise ValueError(f"data config source={base.source!r}; expected one of {SOURCES}")
     return base
@@ -132,6 +134,23 @@ def _s(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def load_media(kind: str, rec, media_shape: tuple) -> np.ndarray:
+    """A record's frames ``[T, R, R, 3]`` uint8 (decoded, re-sampled to ``T``, resized to ``R``)
+    or its ``visual_tokens`` (checked against the store's ``media_shape``)."""
+    if kind == "tokens":
+        x = np.asarray(rec["visual_tokens"], np.float32)
+        if x.shape != tuple(media_shape):
+            raise ValueError(f"token record {rec['id']}: shape {x.shape} != store shape {media_shape}")
+        return x
+    T, R = media_shape[:2]
+    if kind == "folder":
+        return video_lib.decode_video(rec["video"], T, R)
+    frames = np.asarray(rec["frames"])
+    if frames.shape[0] != T:
+        frames = frames[video_lib.sample_indices(frames.shape[0], T)]
+    return video_lib.resize_frames(frames, R)
+
+
 class ToExample:
     """Index (or -1 for padding) → one example dict of arrays (picklable, for grain workers)."""
 
@@ -150,27 +169,13 @@ class ToExample:
                 "answer": np.int32(0), "family": np.int32(0), "index": np.int32(index),
                 "valid": np.bool_(False), "corrupt": np.bool_(corrupt)}
 
-    def _media(self, rec) -> np.ndarray:
-        if self.kind == "tokens":
-            x = np.asarray(rec["visual_tokens"], np.float32)
-            if x.shape != tuple(self.media_shape):
-                raise ValueError(f"token record {rec['id']}: shape {x.shape} != store shape {self.media_shape}")
-            return x
-        T, R = self.media_shape[:2]
-        if self.kind == "folder":
-            return video_lib.decode_video(rec["video"], T, R)
-        frames = np.asarray(rec["frames"])
-        if frames.shape[0] != T:
-            frames = frames[video_lib.sample_indices(frames.shape[0], T)]
-        return video_lib.resize_frames(frames, R)
-
     def __call__(self, index) -> dict[str, np.ndarray]:
         index = int(index)
         if index < 0:
             return self.padding()
         rec = self.source[index]
         try:
-            media = self._media(rec)
+            media = load_media(self.kind, rec, self.media_shape)
         except video_lib.VideoDecodeError as e:
             if not self.skip_corrupt:
                 raise
@@ -272,11 +277,10 @@ def iter_examples(config: Mapping[str, Any], split: str):
     if c.source == "tokens":
         raise ValueError("iter_examples reads frames: source must be 'tfds' or 'folder'")
     source, (T, R) = _tfds_source(c, split) if c.source == "tfds" else _folder_source(c, split)
-    to_example = ToExample(c, source, (T, R, R, 3), tok_lib.make_tokenizer("word", c.num_options))
     for i in range(len(source)):
         rec = source[i]
         try:
-            frames = to_example._media(rec)
+            frames = load_media(c.source, rec, (T, R, R, 3))
         except video_lib.VideoDecodeError as e:
             if not c.skip_corrupt:
                 raise
