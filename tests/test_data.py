@@ -193,6 +193,14 @@ def test_batch_follows_the_convention(tiny_dir, tiny_source):
         assert b["attention_mask"][r, :n].all() and (b["input_ids"][r, n:] == tok.pad_id).all()
 
 
+def test_default_sharding_is_this_jax_process(tiny_dir):
+    cfg = _cfg(tiny_dir, shuffle=False)
+    a = next(iter(pipeline.make_dataset(cfg, "test")))  # grain.sharding.ShardByJaxProcess: 1 process here
+    b = next(pipeline.make_pipeline(cfg, "test", process_index=0, process_count=1))
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_array_equal(a["index"], np.arange(8))
+
+
 def test_resolution_and_frame_overrides(tiny_dir):
     b = next(pipeline.make_pipeline(_cfg(tiny_dir, num_frames=4, resolution=16), "test", process_index=0,
                                     process_count=1))
