@@ -123,3 +123,19 @@ def test_analytic_flops_agree_with_xla_cost_analysis():
     # the dense implementation scores all 96 x 96 pairs and runs the LM head on every position
     analytic = prefill_flops(decoder_from_config(cfg), 96, causal=False, logit_tokens=96)["total"]
     assert 1.0 <= cost["flops"] / analytic < 1.1
+
+
+def test_comparison_script_rows():
+    from experiments.benchmarks import compare_compressors as cc
+
+    cc.import_methods()
+    x = cc.synthetic_batch(0, 1, 2, 4, 8)
+    rows = cc.compare(x, ["none", "frames", "tome", "prune"], ["25%"], {}, warmup=0, repeats=1,
+                      text_tokens=0, seed=0)
+    by = {r["method"]: r for r in rows}
+    assert by["none"]["rel_err"] == 0.0 and by["none"]["real_tokens"] == 32
+    assert "below one frame" in by["frames"]["error"]
+    assert by["tome"]["real_tokens"] == 8 and 0 < by["tome"]["rel_err"] < 1
+    assert by["prune"]["rel_err"] is None
+    table = cc.format_table(rows, 32)
+    assert table.count("\n") == len(rows) + 1 and "unreachable" in table
