@@ -69,7 +69,7 @@ def tiny():
     frames = jnp.asarray(rs.randint(0, 256, (2, 2, 32, 32, 3)), jnp.uint8)
     ids = jnp.asarray([[1, 7, VID, 9, 10, 11], [1, VID, 12, 13, 0, 0]], jnp.int32)
     mask = jnp.asarray([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)
-    params = module.init({"params": jax.random.PRNGKey(0)}, ids, mask, frames)["params"]
+    params = jax.jit(module.init)({"params": jax.random.PRNGKey(0)}, ids, mask, frames)["params"]
     params = nn.unbox(params)
     apply = jax.jit(lambda p, i, m, f: module.apply({"params": p}, i, m, f))
     return dict(cfg=cfg, module=module, params=params, frames=frames, ids=ids, mask=mask, apply=apply)
@@ -86,7 +86,7 @@ def test_vlm_logits_shape_and_padding_invariance(tiny):
 def test_masked_visual_slots_are_invisible(tiny):
     """A larger budget only adds masked pad slots: the text logits must not change."""
     cfg = tiny["cfg"].replace(budget=2 * 16 + 5)
-    logits = VideoLLM(cfg).apply({"params": tiny["params"]}, tiny["ids"], tiny["mask"], tiny["frames"])
+    logits = jax.jit(VideoLLM(cfg).apply)({"params": tiny["params"]}, tiny["ids"], tiny["mask"], tiny["frames"])
     ref = tiny["apply"](tiny["params"], tiny["ids"], tiny["mask"], tiny["frames"])
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=1e-5)
 
@@ -95,22 +95,24 @@ def test_precomputed_visual_tokens_equal_frames(tiny):
     module, p = tiny["module"], tiny["params"]
     x = (tiny["frames"].astype(jnp.float32) / 255.0 - 0.5) / 0.5
     B, T = x.shape[:2]
-    feats = VisionTower(C.TINY_VISION).apply({"params": p["vision"]}, x.reshape((B * T,) + x.shape[2:]), select_layer=-2)
+    feats = jax.jit(lambda v, x: VisionTower(C.TINY_VISION).apply({"params": v}, x, select_layer=-2))(
+        p["vision"], x.reshape((B * T,) + x.shape[2:]))
     vis = feats.reshape(B, T, 4, 4, -1)
-    out = module.apply({"params": p}, tiny["ids"], tiny["mask"], None, vis)
+    out = jax.jit(lambda p, v: module.apply({"params": p}, tiny["ids"], tiny["mask"], None, v))(p, vis)
     ref = tiny["apply"](p, tiny["ids"], tiny["mask"], tiny["frames"])
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
     # the same through already-projected tokens, with a model that has no vision tower
-    proj = module.apply({"params": p}, None, vis, method=VideoLLM.encode_video)
+    proj = jax.jit(lambda p, v: module.apply({"params": p}, None, v, method=VideoLLM.encode_video))(p, vis)
     cfg2 = tiny["cfg"].replace(vision=None, mm_hidden_size=C.TINY_VISION.hidden_size, visual_tokens_stage="projected")
     p2 = {k: v for k, v in p.items() if k != "vision"}
-    out2 = VideoLLM(cfg2).apply({"params": p2}, tiny["ids"], tiny["mask"], None, proj)
+    out2 = jax.jit(lambda p, v: VideoLLM(cfg2).apply({"params": p}, tiny["ids"], tiny["mask"], None, v))(p2, proj)
     np.testing.assert_allclose(np.asarray(out2), np.asarray(ref), atol=1e-5)
 
 
 def test_bad_inputs_raise(tiny):
     module, p = tiny["module"], tiny["params"]
-    two = tiny["ids"].at[0, 4].set(VID)
+    two = np.asarray(tiny["ids"]).copy()
+    two[0, 4] = VID
     with pytest.raises(ValueError, match="exactly one video_token_id"):
         module.apply({"params": p}, two, tiny["mask"], tiny["frames"])
     with pytest.raises(ValueError, match=r"pixels must be \[B, 32, 32, 3\]"):
@@ -191,7 +193,7 @@ def test_generation_eos_and_temperature():
 
 def test_bfloat16_config_runs_close_to_fp32(tiny):
     cfg16 = tiny["cfg"].with_dtype("bfloat16", "float32")
-    out = VideoLLM(cfg16).apply({"params": tiny["params"]}, tiny["ids"], tiny["mask"], tiny["frames"])
+    out = jax.jit(VideoLLM(cfg16).apply)({"params": tiny["params"]}, tiny["ids"], tiny["mask"], tiny["frames"])
     ref = tiny["apply"](tiny["params"], tiny["ids"], tiny["mask"], tiny["frames"])
     assert out.dtype == jnp.float32
     err = float(jnp.abs(out - ref).max())
@@ -233,3 +235,72 @@ def test_forward_on_8_device_mesh_matches_single_device(tiny):
     # the activation constraints took effect: logits split over batch and vocab
     assert out.sharding.is_equivalent_to(
         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")), out.ndim)
+
+
+# ----------------------------------------------------------------------------- compressors inside the VLM
+TD_CFG = (("iters", 5), ("n_init", 1), ("refine_iters", 0))
+
+
+def test_token_dynamics_compressor_in_vlm(tiny):
+    cfg = tiny["cfg"].replace(compressor="token_dynamics", budget=4, compressor_cfg=TD_CFG)
+    module = VideoLLM(cfg)
+    rngs = {"params": jax.random.PRNGKey(0), "compress": jax.random.PRNGKey(1)}
+    init = jax.jit(lambda r: module.init_with_output(r, tiny["ids"], tiny["mask"], tiny["frames"], return_expanded=True))
+    out, variables = init(rngs)
+    assert "compressor" in variables["params"]         # the cross-dynamics attention's weights
+    assert out.shape == (2, 6 - 1 + 4 + 1, C.TINY_LLM.vocab_size)
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_td_compat_applied_to_base_and_map(tiny):
+    from td_jax.models.td_compat import TDCompatAttention, TDCompatConfig, official_inputs
+    compat = TDCompatConfig(query_dim=16, d_model=C.TINY_LLM.hidden_size, num_heads=4, dim_feedforward=32)
+    cfg = tiny["cfg"].replace(compressor="base_only", budget=3, compressor_cfg=TD_CFG, td_compat=compat)
+    module = VideoLLM(cfg)
+    key = jax.random.PRNGKey(5)
+    rngs = {"params": jax.random.PRNGKey(0), "compress": key}
+    (slots, mask, _), variables = jax.jit(lambda r, f: module.init_with_output(r, f, method=VideoLLM.visual_slots))(
+        rngs, tiny["frames"])
+    params = nn.unbox(variables["params"])
+    assert "td_compat" in params
+    T = tiny["frames"].shape[1]
+    assert slots.shape == (2, max(T, 3) + 1, C.TINY_LLM.hidden_size) and bool(mask.all())
+    # the same by hand: the compressor's base and map through the compat module
+    off = VideoLLM(cfg.replace(td_compat_apply=False))
+    base, _, aux = jax.jit(lambda p, f, k: off.apply({"params": p}, f, method=VideoLLM.visual_slots,
+                                                     rngs={"compress": k}))(params, tiny["frames"], key)
+    q, mem = jax.vmap(official_inputs)(aux["dynamics_map"], base[:, :3])
+    ref = TDCompatAttention(compat).apply({"params": params["td_compat"]}, q, mem)
+    np.testing.assert_allclose(np.asarray(slots[:, :-1]), np.asarray(ref), atol=1e-5)
+    # a compressor without a map is refused with a clear message
+    with pytest.raises(ValueError, match="dynamics_map"):
+        jax.eval_shape(lambda: VideoLLM(cfg.replace(compressor="pool", budget=8, compressor_cfg=())).apply(
+            {"params": params}, tiny["frames"], method=VideoLLM.visual_slots))
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    ids = jnp.asarray(np.random.RandomState(4).randint(1, C.TINY_LLM.vocab_size, (2, 7)))
+    lm = Qwen2LM(C.TINY_LLM)
+    params = lm.init(jax.random.PRNGKey(0), ids)["params"]
+    remat = Qwen2LM(dataclasses.replace(C.TINY_LLM, remat=True))
+
+    def loss(m):
+        return jax.jit(jax.value_and_grad(lambda p: vlm_lib.next_token_loss(
+            m.apply({"params": p}, ids), ids, jnp.ones(ids.shape))[0]))(params)
+
+    (l0, g0), (l1, g1) = loss(lm), loss(remat)
+    np.testing.assert_allclose(float(l0), float(l1), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), g0, g1)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        C.LLMConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=3, num_kv_heads=2)
+    with pytest.raises(ValueError, match="mm_hidden_size"):
+        C.TINY_VLM.replace(mm_hidden_size=48)
+    with pytest.raises(ValueError, match="projector"):
+        C.TINY_VLM.replace(projector="mlp3x")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        C.TINY_VLM.with_dtype("float8")
+    with pytest.raises(KeyError, match="known"):
+        C.get_config("qwen9")

@@ -122,6 +122,8 @@ class VLMConfig:
             raise ValueError(f"unknown projector {self.projector!r}; expected mlp2x_gelu|linear|identity")
         if self.visual_tokens_stage not in ("vision", "projected"):
             raise ValueError(f"visual_tokens_stage must be 'vision' or 'projected', got {self.visual_tokens_stage!r}")
+        if self.vision is not None and self.mm_hidden_size is not None and self.mm_hidden_size != self.vision.hidden_size:
+            raise ValueError(f"mm_hidden_size={self.mm_hidden_size} != vision.hidden_size={self.vision.hidden_size}")
         if self.vision is None and self.mm_hidden_size is None:
             raise ValueError("VLMConfig needs vision or mm_hidden_size (the width of precomputed visual tokens)")
         as_dtype(self.dtype), as_dtype(self.param_dtype)
