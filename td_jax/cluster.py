@@ -91,6 +91,15 @@ def _check_k(k, n: int, what: str = "k") -> int:
 # ----------------------------------------------------------------------------- pieces
 
 
+def _finite_rows(x: jax.Array) -> jax.Array:
+    """[N, D] -> [N] bool, False where a row holds NaN/Inf.
+
+    Tested through the row sum (a NaN or Inf element makes the sum non-finite), a fused
+    reduction that never materialises an [N, D] mask.
+    """
+    return jnp.isfinite(jnp.sum(x, axis=-1, dtype=jnp.float32))
+
+
 def _row_inv_norm(x: jax.Array) -> jax.Array:
     """[N, D] -> [N] 1/|x| (0 for all-zero rows)."""
     sq = jnp.einsum("nd,nd->n", x, x, preferred_element_type=jnp.float32)
@@ -213,7 +222,7 @@ def _full_pass(x: jax.Array, valid: jax.Array, c: jax.Array, cmask: jax.Array, b
     k = c.shape[0]
 
     def block(xb, vb):
-        vb = vb & jnp.all(jnp.isfinite(xb), axis=-1)
+        vb = vb & _finite_rows(xb)
         xb = jnp.where(vb[:, None], xb, 0.0)
         labels, _ = _assign(xb, c, cmask)
         inv = jnp.where(vb, _row_inv_norm(xb), 0.0)
@@ -268,7 +277,7 @@ def default_sample_size(k: int) -> int:
 def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
                 iters: int = 50, tol: float = 1e-4, refine_iters: int = 2,
                 sample_size: int | None = None, n_local_trials: int | None = None,
-                n_init: int = 1, block_rows: int | None = 32768,
+                n_init: int = 1, block_rows: int | None = 8192,
                 init: jax.Array | None = None) -> KMeansResult:
     """:func:`kmeans` with a centre mask ``cmask [K]`` (disabled slots take no rows).
 
@@ -277,7 +286,7 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
     """
     n, _ = x.shape
     k = cmask.shape[0]
-    finite = jnp.all(jnp.isfinite(x), axis=-1)
+    finite = _finite_rows(x)
     valid = finite if mask is None else (finite & mask.astype(bool))
     block = block_rows if block_rows else None
 
@@ -322,7 +331,7 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
 def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
            iters: int = 50, tol: float = 1e-4, refine_iters: int = 2,
            sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 1,
-           block_rows: int | None = 32768) -> KMeansResult:
+           block_rows: int | None = 8192) -> KMeansResult:
     """Spherical k-means of rows x [N, D] into k clusters.
 
     Args:

@@ -16,7 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from td_jax.cluster import (_assign, _check_k, _greedy_kmeanspp, _lloyd_sample, _normalize,
+from td_jax.cluster import (_assign, _check_k, _finite_rows, _greedy_kmeanspp, _lloyd_sample, _normalize,
                             _sample_indices, assert_finite, kmeans_core)
 
 BASE_MODES = ("raw", "normalized")
@@ -71,7 +71,7 @@ def _normalized_means(x, labels, counts):
 def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
                    base: str = "raw", iters: int = 50, tol: float = 1e-4, refine_iters: int = 2,
                    sample_size: int | None = None, n_init: int = 2,
-                   block_rows: int | None = 32768) -> TokenDynamics:
+                   block_rows: int | None = 8192) -> TokenDynamics:
     """Fixed-length Token Dynamics of one video.
 
     Args:
@@ -214,7 +214,7 @@ def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, me
                             k_min: int = 2, threshold: float = 0.15, elbow_tol: float = 0.05, mask: jax.Array | None = None,
                             base: str = "raw", sample_size: int | None = None, iters: int = 30,
                             tol: float = 1e-4, refine_iters: int = 2, n_init: int = 2,
-                            block_rows: int | None = 32768) -> TokenDynamics:
+                            block_rows: int | None = 8192) -> TokenDynamics:
     """Adaptive-length Token Dynamics: K chosen per video in [k_min, k_max].
 
     All candidate K are fitted in one vectorised pass on a token sample: greedy k-means++
@@ -242,7 +242,7 @@ def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, me
     k_max = _check_k(k_max, n, "k_max")
     k_min = _check_k(k_min, k_max, "k_min")
     x = jax.lax.stop_gradient(tokens.reshape(n, d))
-    valid = jnp.all(jnp.isfinite(x), axis=-1)
+    valid = _finite_rows(x)
     if mask is not None:
         valid = valid & mask.reshape(-1)
 
