@@ -348,3 +348,18 @@ def test_compressor_adaptive_and_unknown_keys(video):
         td_jax.compressors.get("token_dynamics", n_clusters=3)
     with pytest.raises(KeyError, match="known:"):
         td_jax.compressors.get("kmeans_magic")
+
+
+def test_compressor_batch_sharded_over_8_devices_matches_one(video):
+    x, _ = video
+    xs = np.stack([x, x[::-1], x * 2, -x, x[:, ::-1], x[:, :, ::-1], x + 0.1, x * 0.5]).astype(np.float32)
+    comp = td_jax.compressors.get("token_dynamics", num_heads=4)
+    params = comp.init(jax.random.key(0), jnp.asarray(xs[:1]), budget=6)
+    params = jax.tree.map(lambda p: p + 0.05, params)       # non-identity attention
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    f = jax.jit(lambda t, k, p: comp(t, key=k, budget=6, params=p))
+    one = f(jax.device_put(jnp.asarray(xs), jax.devices()[0]), jax.random.key(1), params)
+    eight = f(jax.device_put(jnp.asarray(xs), spec), jax.random.key(1), params)
+    np.testing.assert_array_equal(np.asarray(one.aux["dynamics_map"]), np.asarray(eight.aux["dynamics_map"]))
+    np.testing.assert_allclose(np.asarray(one.tokens), np.asarray(eight.tokens), rtol=1e-4, atol=1e-4)
