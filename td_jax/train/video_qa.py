@@ -13,6 +13,7 @@ Config (``config.task``)::
     compressor_cfg   JSON object of compressor fields, e.g. '{"iters": 10}'
     init_from        Hugging Face model directory to start from ("" = random init)
     resize_vocab     from-scratch models: size the vocabulary to the tokenizer's
+    remat            rematerialise each vision / decoder layer in the backward pass
     prepare_data     build the TFDS dataset if it is not there yet
     data             td_jax.data.pipeline options (source, tfds_name, data_dir, ...)
 """
@@ -52,6 +53,7 @@ class VideoQA(Task):
         c.init_from = ""
         c.resize_vocab = True
         c.prepare_data = True
+        c.remat = False            # rematerialise every vision / decoder layer in the backward pass
         c.eval_compress_seed = 0
         c.data = pipeline.default_config()
         for k in _TRAINER_OWNED:
@@ -91,6 +93,9 @@ class VideoQA(Task):
         elif cfg.llm.vocab_size < tok.vocab_size:
             raise ValueError(f"model {t.model!r} has vocab_size {cfg.llm.vocab_size} < tokenizer's {tok.vocab_size}")
         cfg = cfg.replace(**repl).with_dtype(config.compute_dtype, config.param_dtype)
+        if t.remat:
+            cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, remat=True),
+                              vision=None if cfg.vision is None else dataclasses.replace(cfg.vision, remat=True))
         # Fail now (naming the key) rather than inside jit if the compressor does not exist / accept cfg.
         from td_jax.models.vlm import compressor_for
         try:
