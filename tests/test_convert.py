@@ -380,3 +380,16 @@ def test_convert_cli_writes_orbax_checkpoint_that_reloads(llava, tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "already exists" in res.stderr
+
+
+def test_bfloat16_safetensors_load_exactly(qwen_tied, tmp_path):
+    """Released checkpoints are bf16: the reader decodes BF16 without torch."""
+    model, _ = qwen_tied
+    import copy
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    m16.save_pretrained(str(tmp_path))
+    module, params = load_hf(str(tmp_path), "float32")
+    want = m16.model.layers[0].mlp.up_proj.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(np.asarray(params["layers_0"]["mlp"]["up_proj"]["kernel"]), want)
+    _, p16 = load_hf(str(tmp_path), "bfloat16")
+    assert p16["embed_tokens"]["embedding"].dtype == jnp.bfloat16
