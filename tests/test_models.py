@@ -189,6 +189,8 @@ def test_generation_eos_and_temperature():
     assert not np.array_equal(np.asarray(s1["ids"]), np.asarray(s3["ids"]))
     with pytest.raises(ValueError, match="temperature"):
         llm_lib.generate(module, variables, ids, max_new_tokens=2, temperature=-1.0)
+    with pytest.raises(ValueError, match="PRNG key"):
+        llm_lib.generate(module, variables, ids, max_new_tokens=2, temperature=0.7)
 
 
 def test_bfloat16_config_runs_close_to_fp32(tiny):

@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from td_jax.convert import layouts
+from td_jax.convert.checkpoint import load_converted, save_converted
 from td_jax.convert.safetensors_io import read_checkpoint, read_safetensors
 from td_jax.models import configs as C
 from td_jax.models.llm import Qwen2LM
@@ -41,7 +42,7 @@ from td_jax.models.td_compat import TDCompatAttention, TDCompatConfig
 from td_jax.models.vit import VisionTower
 from td_jax.models.vlm import VideoLLM
 
-__all__ = ["load_hf", "read_checkpoint", "read_safetensors", "assemble", "qwen2_config", "siglip_config",
+__all__ = ["load_hf", "load_converted", "save_converted", "read_checkpoint", "read_safetensors", "assemble", "qwen2_config", "siglip_config",
            "KNOWN_VISION_TOWERS"]
 
 # Vision towers named by the original LLaVA layout (``mm_vision_tower``) → full-depth configs.

@@ -278,9 +278,13 @@ def generate_from_embeds(module, variables, embeds: Array, valid: Array, *, max_
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature > 0 and key is None:
+        raise ValueError("sampling with temperature > 0 needs a PRNG key")
     lm_cfg = (module.cfg if isinstance(module, Qwen2LM) else module.cfg.llm)
     B, S, _ = embeds.shape
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = jax.random.PRNGKey(0) if key is None else key      # unused by greedy decoding
     cache = init_cache(lm_cfg, B, S + max_new_tokens)
     logits, cache = module.apply(variables, embeds, valid, cache, method=prefill)
 
