@@ -261,6 +261,9 @@ def test_half_written_checkpoint_is_ignored(runs, tmp_path):
     shutil.rmtree(ck_dir / "24" / "state")
     step, state = final_params(str(work), runs["cfg"])
     assert step == 12 and int(state["step"]) == 12
+    assert not tmp.exists()                                  # Orbax cleaned its temporary directory
+    assert (ck_dir / "24.damaged").is_dir() and not (ck_dir / "24").exists()
+    assert ckpt_lib.Checkpointer(str(ck_dir)).all_steps() == [12]
 
 
 # ---------------------------------------------------------------- multiple-choice scoring

@@ -87,16 +87,41 @@ class Checkpointer:
         return out["state"], dict(out["meta"] or {})
 
     def restore_latest(self, abstract_state: Any, *, data_iter: Any = None) -> tuple[int, Any, dict] | None:
-        """Restores the newest step that restores cleanly; None if there is none."""
+        """Restores the newest step that restores cleanly; None if there is none.
+
+        Newer steps that fail to restore are renamed ``<step>.damaged`` (kept for
+        inspection, invisible to Orbax) so that the resumed run can save those steps again.
+        """
+        damaged = []
         for step in reversed(self.all_steps()):
             try:
                 state, meta = self.restore(step, abstract_state, data_iter=data_iter)
             except Exception as e:  # a damaged step: say so and try the previous one
                 logging.warning("checkpoint step %d in %s failed to restore (%s: %s); trying an older one",
                                 step, self.directory, type(e).__name__, e)
+                damaged.append(step)
                 continue
+            self._set_aside(damaged)
             return step, state, meta
+        self._set_aside(damaged)
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                dst = f"{src}.damaged"
+                n = 1
+                while os.path.exists(dst):
+                    dst, n = f"{src}.damaged{n}", n + 1
+                os.rename(src, dst)
+                logging.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("checkpoint_set_aside_damaged")
+        self.manager.reload()
 
     def read_meta(self, step: int) -> dict:
         """The JSON metadata (config, step) of ``step`` without touching the arrays."""

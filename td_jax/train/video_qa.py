@@ -107,6 +107,7 @@ class VideoQA(Task):
         self.option_ids = np.asarray(tok.option_ids, np.int32)
         self._families: list[str] | None = None
         self._media_shape: tuple | None = None
+        self._prepared = False
 
     # ------------------------------------------------------------------ data
     def _data_config(self, split_train: bool) -> dict:
@@ -114,9 +115,11 @@ class VideoQA(Task):
         return d
 
     def _prepare(self) -> None:
+        """Builds the TFDS dataset on process 0 if missing (once; all processes wait for it)."""
         d = self.config.task.data
-        if d.source != "tfds" or d.tfds_dir or not self.config.task.prepare_data:
+        if self._prepared or d.source != "tfds" or d.tfds_dir or not self.config.task.prepare_data:
             return
+        self._prepared = True
         import tensorflow_datasets as tfds
         import td_jax.data.moving_shapes_qa  # noqa: F401  (registers the builder)
 
@@ -168,6 +171,7 @@ class VideoQA(Task):
         return self._families
 
     def abstract_batch(self, batch_size: int, *, train: bool = True):
+        self.family_names()   # read the dataset info now, outside any jit trace
         L = self.config.task.data.max_text_len
         key = "visual_tokens" if self.config.task.data.source == "tokens" else "frames"
         media_dtype = jnp.float32 if key == "visual_tokens" else jnp.uint8
