@@ -259,25 +259,29 @@ def test_td_compat_applied_to_base_and_map(tiny):
     compat = TDCompatConfig(query_dim=16, d_model=C.TINY_LLM.hidden_size, num_heads=4, dim_feedforward=32)
     cfg = tiny["cfg"].replace(compressor="base_only", budget=3, compressor_cfg=TD_CFG, td_compat=compat)
     module = VideoLLM(cfg)
-    key = jax.random.PRNGKey(5)
-    rngs = {"params": jax.random.PRNGKey(0), "compress": key}
-    (slots, mask, _), variables = jax.jit(lambda r, f: module.init_with_output(r, f, method=VideoLLM.visual_slots))(
-        rngs, tiny["frames"])
-    params = nn.unbox(variables["params"])
-    assert "td_compat" in params
+    rngs = {"params": jax.random.PRNGKey(0), "compress": jax.random.PRNGKey(5)}
+    # wiring, abstractly: base_only's base + map go through the compat module → max(T, K) slots + newline
+    (slots, mask, aux), variables = jax.eval_shape(
+        lambda: module.init_with_output(rngs, tiny["frames"], method=VideoLLM.visual_slots))
     T = tiny["frames"].shape[1]
-    assert slots.shape == (2, max(T, 3) + 1, C.TINY_LLM.hidden_size) and bool(mask.all())
-    # the same by hand: the compressor's base and map through the compat module
-    off = VideoLLM(cfg.replace(td_compat_apply=False))
-    base, _, aux = jax.jit(lambda p, f, k: off.apply({"params": p}, f, method=VideoLLM.visual_slots,
-                                                     rngs={"compress": k}))(params, tiny["frames"], key)
-    q, mem = jax.vmap(official_inputs)(aux["dynamics_map"], base[:, :3])
-    ref = TDCompatAttention(compat).apply({"params": params["td_compat"]}, q, mem)
-    np.testing.assert_allclose(np.asarray(slots[:, :-1]), np.asarray(ref), atol=1e-5)
+    assert slots.shape == (2, max(T, 3) + 1, C.TINY_LLM.hidden_size) and mask.shape == slots.shape[:2]
+    assert "td_compat" in variables["params"] and "dynamics_map" in aux
+    # numbers: the VLM's compat step equals the module on the released code's inputs
+    tc = TDCompatAttention(compat)
+    rs = np.random.RandomState(0)
+    dmap = jnp.asarray(rs.randint(0, 3, (2, 5, 4, 4)), jnp.int32)
+    base = jnp.asarray(rs.randn(2, 3, C.TINY_LLM.hidden_size), jnp.float32)
+    tc_params = tc.init(jax.random.PRNGKey(1), jnp.zeros((1, 5, 16)), base[:1])["params"]
+    only = {"td_compat": tc_params, "image_newline": jnp.zeros(C.TINY_LLM.hidden_size)}
+    got = module.apply({"params": only}, base, {"dynamics_map": dmap},
+                       method=VideoLLM.apply_td_compat)
+    q, mem = jax.vmap(official_inputs)(dmap, base)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(tc.apply({"params": tc_params}, q, mem)), atol=1e-6)
+    assert got.shape == (2, 5, C.TINY_LLM.hidden_size)
     # a compressor without a map is refused with a clear message
     with pytest.raises(ValueError, match="dynamics_map"):
-        jax.eval_shape(lambda: VideoLLM(cfg.replace(compressor="pool", budget=8, compressor_cfg=())).apply(
-            {"params": params}, tiny["frames"], method=VideoLLM.visual_slots))
+        jax.eval_shape(lambda: VideoLLM(cfg.replace(compressor="pool", budget=8, compressor_cfg=())).init(
+            rngs, tiny["frames"], method=VideoLLM.visual_slots))
 
 
 def test_remat_gives_the_same_loss_and_gradients():

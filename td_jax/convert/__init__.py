@@ -214,6 +214,10 @@ def _build_vlm(cfg, entries, tensors, dtype, source, key, ignore=()):
     return module, params
 
 
+def _first_int(*values) -> int:
+    return next(int(v) for v in values if v is not None)
+
+
 def _probe(tensors: dict, prefixes: tuple[str, ...], leaf: str, what: str) -> str:
     for p in prefixes:
         if p + leaf in tensors:
@@ -249,7 +253,7 @@ def _load_llava_hf(d, tensors, dtype, source, vlm_kw, key):
                       projector_bias=d.get("multimodal_projector_bias", True),
                       projector_act=d.get("projector_hidden_act", "gelu"), video_newline=nl in tensors,
                       video_token_id=d.get("video_token_id", d.get("video_token_index", 151647)),
-                      pad_id=tc.get("pad_token_id") or d.get("pad_token_id") or 151643,
+                      pad_id=_first_int(tc.get("pad_token_id"), d.get("pad_token_id"), 151643),
                       dtype=dtype, param_dtype=dtype, **kw)
     entries = (layouts.qwen2(lm_p, ("llm",), llm_cfg.num_layers, None if tie else head)
                + layouts.siglip_vision(vis_p, ("vision",), vis_layers, vis_head)
@@ -298,7 +302,7 @@ def _load_llava_original(d, tensors, dtype, source, vlm_kw, key, cross_attention
     cfg = C.VLMConfig(llm=llm_cfg, vision=vcfg, mm_hidden_size=d.get("mm_hidden_size"), select_layer=absolute,
                       projector="mlp2x_gelu", video_newline=nl in tensors, td_compat=compat,
                       video_token_id=d.get("video_token_id", 151647),
-                      pad_id=d.get("pad_token_id") or 151643, dtype=dtype, param_dtype=dtype, **kw)
+                      pad_id=_first_int(d.get("pad_token_id"), 151643), dtype=dtype, param_dtype=dtype, **kw)
     entries = (layouts.qwen2("model.", ("llm",), llm_cfg.num_layers, None if tie else "lm_head.weight")
                + layouts.siglip_vision(vis_p, ("vision",), stored, vis_head)
                + layouts.projector(("model.mm_projector.0", "model.mm_projector.2"), ("projector",)))
