@@ -4,7 +4,7 @@ r"""Compress one video into a token base + token dynamics map.
 
 Decodes any container PyAV reads (mp4/avi/webm/...), samples ``--frames`` frames
 uniformly, embeds patches (a fixed deterministic patch embedding: ``--patch`` px patches
-projected to ``--dim`` features), runs Token Dynamics (fixed ``--k`` or adaptive up to
+projected to ``--dim`` features; or a real SigLIP tower from ``--vision_hf_dir``), runs Token Dynamics (fixed ``--k`` or adaptive up to
 ``--k``), and writes
 
   DIR/tokens.npz    base [K, D], dynamics_map [T, h, w] int32, counts [K], valid [K], frame_indices
@@ -30,6 +30,10 @@ flags.DEFINE_integer("frames", 16, "Frames sampled uniformly from the video.")
 flags.DEFINE_integer("resolution", 224, "Frames are resized to resolution x resolution px.")
 flags.DEFINE_integer("patch", 16, "Patch size in px of the fixed patch embedding.")
 flags.DEFINE_integer("dim", 256, "Feature width of the fixed patch embedding.")
+flags.DEFINE_string("vision_hf_dir", None, "A Hugging Face SiglipVisionModel directory (safetensors): embed "
+                    "frames with this vision tower instead of the fixed patch embedding (--resolution and "
+                    "--patch then come from its config).")
+flags.DEFINE_integer("select_layer", -2, "Hidden state of --vision_hf_dir's tower to use (LLaVA reads -2).")
 flags.DEFINE_enum("adaptive", "", ["", "elbow", "silhouette", "threshold"], "Adaptive K method ('' = fixed K).")
 flags.DEFINE_integer("k_min", 2, "Smallest K tried by --adaptive.")
 flags.DEFINE_float("threshold", 0.15, "Within-cluster cosine distance bound for --adaptive=threshold.")
@@ -78,6 +82,38 @@ def overlay_png(path: str, frames, dmap, valid, frame_indices) -> None:
     plt.close(fig)
 
 
+def _embedder():
+    """The frame embedding chosen by flags: ``frames [T, R, R, 3] uint8 -> tokens [T, h, w, D]``."""
+    import jax
+    import jax.numpy as jnp
+
+    from td_jax.data.patch_embed import patch_embed
+    from td_jax.data.video import normalize_frames
+
+    if not FLAGS.vision_hf_dir:
+        if FLAGS.resolution % FLAGS.patch:
+            sys.exit(f"error: --resolution={FLAGS.resolution} is not a multiple of --patch={FLAGS.patch}")
+        return (lambda f: patch_embed(f[None], patch_size=FLAGS.patch, dim=FLAGS.dim, seed=FLAGS.seed)[0]), \
+            FLAGS.resolution
+    from td_jax.convert import load_hf
+    from td_jax.models.vit import VisionTower
+    try:
+        module, params = load_hf(FLAGS.vision_hf_dir)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: --vision_hf_dir={FLAGS.vision_hf_dir}: {e}")
+    if not isinstance(module, VisionTower):
+        sys.exit(f"error: --vision_hf_dir={FLAGS.vision_hf_dir} is not a SiglipVisionModel directory")
+    cfg = module.cfg
+    apply = jax.jit(lambda p, x: module.apply({"params": p}, x, select_layer=FLAGS.select_layer))
+
+    def embed(frames):
+        x = jnp.asarray(normalize_frames(frames))                    # SigLIP: mean = std = 0.5
+        out = apply(params, x)                                       # [T, N, D]
+        return out.reshape(frames.shape[0], cfg.grid, cfg.grid, out.shape[-1])
+
+    return embed, cfg.image_size
+
+
 def main(argv):
     del argv
     import jax
@@ -85,21 +121,19 @@ def main(argv):
     import numpy as np
 
     import td_jax
-    from td_jax.data.patch_embed import patch_embed
     from td_jax.data.video import VideoDecodeError, decode_video, sample_indices
 
     if FLAGS.make_sample:
         q = make_sample_video(FLAGS.video, seed=FLAGS.sample_seed)
         print(f"wrote sample video {FLAGS.video} (its benchmark question: {q})")
-    if FLAGS.resolution % FLAGS.patch:
-        sys.exit(f"error: --resolution={FLAGS.resolution} is not a multiple of --patch={FLAGS.patch}")
+    embed, resolution = _embedder()
     t0 = time.time()
     try:
-        frames = decode_video(FLAGS.video, FLAGS.frames, FLAGS.resolution)
+        frames = decode_video(FLAGS.video, FLAGS.frames, resolution)
     except VideoDecodeError as e:
         sys.exit(f"error: {e}")
     t_decode = time.time() - t0
-    tokens = patch_embed(frames[None], patch_size=FLAGS.patch, dim=FLAGS.dim, seed=FLAGS.seed)[0]
+    tokens = embed(frames)
     t, h, w, d = tokens.shape
     n = t * h * w
     if FLAGS.k > n:

@@ -67,3 +67,21 @@ def test_missing_and_corrupt_files_give_one_line_errors(sample, tmp_path):
     r = _run(f"--video={video}", f"--out={tmp_path}/o3", "--k=9999", "--frames=8", "--resolution=64",
              "--patch=8", "--dim=32")
     assert r.returncode != 0 and "larger than the 512 tokens" in r.stderr.strip().splitlines()[-1]
+
+
+def test_compress_with_a_real_vision_tower(sample, tmp_path):
+    """--vision_hf_dir: a tiny random SiglipVisionModel saved by transformers embeds the frames."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4)
+    transformers.SiglipVisionModel(cfg).eval().save_pretrained(tmp_path / "siglip")
+    video, _, _ = sample
+    r = _run(f"--video={video}", f"--vision_hf_dir={tmp_path / 'siglip'}", "--k=6", f"--out={tmp_path}/o",
+             "--frames=8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    z = np.load(os.path.join(tmp_path, "o", "tokens.npz"))
+    assert z["base"].shape == (6, 32) and z["dynamics_map"].shape == (8, 4, 4)
+    r = _run(f"--video={video}", f"--vision_hf_dir={tmp_path}", "--k=6", f"--out={tmp_path}/o2")
+    assert r.returncode != 0 and "vision_hf_dir" in r.stderr.strip().splitlines()[-1]
