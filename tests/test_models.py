@@ -310,3 +310,30 @@ def test_config_validation():
         C.TINY_VLM.with_dtype("float8")
     with pytest.raises(KeyError, match="known"):
         C.get_config("qwen9")
+
+
+def test_llava_ov_0_5b_lowers_on_8_device_mesh_abstractly():
+    """MaxText-style: the real-size model (bf16 compute) lowers with FSDP+TP shardings, no weights."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), MESH_AXES)
+    cfg = C.LLAVA_OV_0_5B.replace(budget=2 * 196).with_dtype("bfloat16", "float32")
+    module = VideoLLM(cfg)
+    B, T, L = 4, 2, 32
+    ids = jnp.zeros((B, L), jnp.int32).at[:, 3].set(cfg.video_token_id)
+    frames = jax.ShapeDtypeStruct((B, T, 384, 384, 3), jnp.uint8)
+    boxed = jax.eval_shape(lambda f: module.init(jax.random.PRNGKey(0), ids, None, f), frames)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)["params"]
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(boxed["params"]), shardings)
+    assert tuple(params["llm"]["embed_tokens"]["embedding"].sharding.spec) == ("tensor", "fsdp")
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+    def fwd(p, i, f):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(DEFAULT_RULES):
+            return module.apply({"params": p}, i, None, f)
+
+    lowered = jax.jit(fwd, in_shardings=(shardings, batch, batch)).lower(
+        params, jax.ShapeDtypeStruct((B, L), jnp.int32), frames)
+    out = lowered.out_info
+    assert out.shape == (B, L, C.QWEN2_0_5B.vocab_size) and out.dtype == jnp.float32
