@@ -201,7 +201,9 @@ def test_training_lowers_loss_and_logs(runs):
     assert sorted(ls) == list(range(1, 13))
     assert np.mean([ls[11], ls[12]]) < 0.7 * np.mean([ls[1], ls[2]])
     recs = read_metrics(str(runs["root"] / "full"))
-    assert all({"step", "loss", "learning_rate"} <= set(r) for r in recs if "loss" in r)
+    assert [r["step"] for r in recs] == list(range(1, 13))      # one record per step
+    assert all({"step", "loss", "learning_rate"} <= set(r) for r in recs)
+    assert "eval/accuracy" in recs[5] and "eval/accuracy" in recs[11]
     assert recs[0]["learning_rate"] == pytest.approx(float(optim_lib.schedule(1e-2, 12, warmup_frac=0.1)(0)))
     assert "eval/accuracy/family_1" in full.eval_metrics
     assert full.eval_metrics["eval/accuracy"] > 0.4    # 8 classes: chance is 0.125

@@ -314,16 +314,18 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
             acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
             n_acc += 1
             last = step == cfg.total_steps
+            rec = {}
             if step % cfg.log_every_steps == 0 or last:
                 rec = {k: v / n_acc for k, v in jax.device_get(acc).items()}
                 rec["learning_rate"] = jax.device_get(m["learning_rate"])
                 rec.update(progress.update(step, rec))
-                history.append(writer.write(step, rec))
                 acc, n_acc = None, 0
             do_eval = (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or last
             if do_eval:
                 eval_metrics = evaluate(s, eval_step, state["params"])
-                history.append(writer.write(step, eval_metrics))
+                rec.update(eval_metrics)
+            if rec:      # one record per step: train metrics and, at eval steps, eval metrics
+                history.append(writer.write(step, rec))
             preempt = stop.any_process() or (stop_at is not None and step >= stop_at)
             if step % cfg.checkpoint_every_steps == 0 or last or preempt:
                 ckpt.save(step, state, data_iter=train_iter, meta={**meta, "step": step},
