@@ -105,7 +105,7 @@ def bipartite_soft_matching(metric: jax.Array, r: int) -> Matching:
     m = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
     scores = jnp.einsum("bid,bjd->bij", m[:, 0::2], m[:, 1::2])  # [B, |A|, |B|] cosine
     best = jnp.argmax(scores, axis=-1).astype(jnp.int32)
-    node_max = jnp.max(scores, axis=-1)
+    node_max = jnp.take_along_axis(scores, best[..., None], axis=-1)[..., 0]  # no second pass over scores
     order = jnp.argsort(-node_max, axis=-1, stable=True).astype(jnp.int32)
     src_idx = order[:, :r]
     return Matching(src_idx=src_idx, dst_idx=jnp.take_along_axis(best, src_idx, axis=1),
