@@ -9,8 +9,8 @@ from td_jax import compressors
 from td_jax.compressors import frames as frames_mod
 from td_jax.compressors import none as _none  # noqa: F401  (registers)
 from td_jax.compressors import pool as pool_mod
-from td_jax.compressors import prune as prune_mod
-from td_jax.compressors import token_learner as tl_mod
+from td_jax.compressors import prune as _prune  # noqa: F401  (registers)
+from td_jax.compressors import token_learner as _token_learner  # noqa: F401  (registers)
 from td_jax.compressors import tome as tome_mod
 from td_jax.compressors.budget import plan
 

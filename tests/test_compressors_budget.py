@@ -137,5 +137,5 @@ def test_comparison_script_rows():
     assert "below one frame" in by["frames"]["error"]
     assert by["tome"]["real_tokens"] == 8 and 0 < by["tome"]["rel_err"] < 1
     assert by["prune"]["rel_err"] is None
-    table = cc.format_table(rows, 32)
+    table = cc.format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "unreachable" in table

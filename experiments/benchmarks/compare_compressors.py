@@ -54,7 +54,7 @@ _ORDER = ["none", "frames", "pool", "prune", "tome", "token_learner", "token_dyn
 
 def import_methods():
     """Import every method module so the registry is complete."""
-    import td_jax.compressors  # noqa: F401  (the lead's package __init__ registers token dynamics)
+    import td_jax.compressors  # noqa: F401  (the package __init__ registers token dynamics)
     from td_jax.compressors import frames, none, pool, prune, token_learner, tome  # noqa: F401
 
 
@@ -147,7 +147,7 @@ def _knob_text(knobs):
     return " ".join(parts)
 
 
-def format_table(rows, n_tokens):
+def format_table(rows):
     """Markdown table of the rows."""
     head = ("| method | budget | tokens / slots | % kept | knob | rel_err | ms | compile s "
             "| prefill GFLOPs | LLM x |")
@@ -186,7 +186,7 @@ def main(argv):
           f"device(s); budgets {FLAGS.budgets}")
     rows = compare(tokens, methods, FLAGS.budgets, method_cfg, warmup=FLAGS.warmup, repeats=FLAGS.repeats,
                    text_tokens=FLAGS.text_tokens, seed=FLAGS.seed)
-    table = format_table(rows, n)
+    table = format_table(rows)
     print(table)
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
