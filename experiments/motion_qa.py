@@ -1,0 +1,145 @@
+r"""The paper's claims in miniature: every compressor at one visual-token budget on moving_shapes_qa.
+
+    # the default run (README's first command): builds the benchmark if absent, extracts the
+    # frozen tokens once, trains + evaluates every arm, writes results/
+    python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
+    # the complete grid (more seeds, more steps, all test examples)
+    python -m launch.motion_qa --config=experiments/motion_qa.py --config.full=True --results_dir=results_full
+    # the test's configuration: tiny data, two arms, a few steps
+    python -m launch.motion_qa --config=experiments/motion_qa.py:tiny --results_dir=/tmp/mqa_tiny
+
+Setup (see launch/motion_qa.py): 16 frames of 64x64 px -> a frozen 4x4-px patch embedding
+(td_jax.data.patch_embed, width = the LLM width) -> 16 x 16 x 16 = 4,096 tokens per video.
+The parameter-free part of every compressor (k-means, ToMe, pruning, pooling, frame
+sampling) runs once per video with a fixed key and is cached; what trains per arm is the
+tiny Qwen2-style decoder, the video newline, and the compressor's own parameters (the
+cross-dynamics attention, TokenLearner).  ``get_arms(config)`` lists the arms.
+
+``arg`` (after the colon): "" (default) or "tiny" (test configuration).
+"""
+import ml_collections as mlc
+
+# The paper's ablation ladder and baselines.  Each arm: name (row label), method (the
+# compressor registry's name; "none" = all tokens), budget (visual slots; 0 = config.budget),
+# cfg (compressor options), seeds ("headline" = config.headline_seeds, else config.seeds),
+# eval_only_of (adaptive arms reuse the weights of the named fixed-K arm, see launch/motion_qa.py).
+_ARMS = (
+    dict(name="token_dynamics", method="token_dynamics", seeds="headline"),
+    dict(name="token_dynamics K=4", method="token_dynamics", budget=4),
+    dict(name="token_dynamics K=16", method="token_dynamics", budget=16),
+    dict(name="adaptive (elbow)", method="token_dynamics", cfg={"adaptive": "elbow"},
+         eval_only_of="token_dynamics", seeds="headline"),
+    dict(name="adaptive (silhouette)", method="token_dynamics", cfg={"adaptive": "silhouette"},
+         eval_only_of="token_dynamics", seeds="headline"),
+    dict(name="base_only", method="base_only", seeds="headline"),
+    dict(name="random_map", method="random_map"),
+    dict(name="random_base", method="random_base"),
+    dict(name="tome", method="tome", seeds="headline"),
+    dict(name="prune", method="prune", seeds="headline"),
+    dict(name="pool", method="pool"),
+    dict(name="frames", method="frames"),
+    dict(name="token_learner", method="token_learner", cfg={"mode": "video"}, seeds="headline"),
+    dict(name="none (all tokens)", method="none"),
+)
+
+
+def get_config(arg: str = "") -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.full = False                   # True: the complete grid (full_* values below replace the defaults)
+    c.workdir = "/tmp/td_jax_motion_qa"   # TFDS data, caches, per-arm logs ("" = this default)
+
+    c.data = mlc.ConfigDict()
+    c.data.tfds_name = "moving_shapes_qa/default"
+    c.data.data_dir = ""             # "" = {workdir}/tfds
+    c.data.train_examples = 2048     # 0 = the whole train split
+    c.data.eval_split = "test"
+    c.data.eval_examples = 512       # 0 = the whole eval split
+    c.data.max_text_len = 40
+
+    c.tokens = mlc.ConfigDict()       # the frozen vision tower (fixed patch embedding)
+    c.tokens.patch_size = 4
+    c.tokens.seed = 0
+    c.tokens.batch_size = 64         # videos per extraction / compression call
+
+    c.budget = 8                     # visual tokens per video for every compressed arm
+    c.cache_seed = 0                 # key of the cached k-means / ToMe / ... (fixed per video)
+    c.kmeans = mlc.ConfigDict({"iters": 20, "n_init": 1, "sample_size": 1024, "refine_iters": 2})
+    c.adaptive = mlc.ConfigDict({"k_min": 2, "elbow_tol": 0.05})
+
+    c.model = mlc.ConfigDict()       # the tiny Qwen2-style decoder (its width is the token width)
+    c.model.hidden_size = 64
+    c.model.intermediate_size = 256
+    c.model.num_layers = 2
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.rope_theta = 10000.0
+    c.model.video_newline = True
+    c.model.cross_heads = 4          # CrossDynamicsAttention heads
+
+    c.train = mlc.ConfigDict()
+    c.train.steps = 600
+    c.train.batch_size = 32
+    c.train.lr = 3e-3
+    c.train.compressor_lr = 1e-3     # the compressor's own parameters (attention, TokenLearner)
+    c.train.warmup_frac = 0.05
+    c.train.weight_decay = 0.01
+    c.train.clip_norm = 1.0
+    c.train.none_steps = 150         # the full-token reference is ~60x dearer per step
+    c.train.none_batch_size = 8
+    c.train.log_every = 100
+    c.train.eval_batch_size = 128
+
+    c.seeds = (0,)
+    c.headline_seeds = (0, 1)
+    c.arms = ""                      # comma-separated arm names to run ("" = all of get_arms)
+
+    c.full_overrides = mlc.ConfigDict({
+        "train_steps": 3000, "none_steps": 1000, "train_examples": 0, "eval_examples": 0,
+        "seeds": (0, 1), "headline_seeds": (0, 1, 2)})
+
+    if arg == "tiny":
+        c.data.tfds_name = "moving_shapes_qa/tiny"
+        c.data.train_examples = 0
+        c.data.eval_examples = 0
+        c.tokens.patch_size = 8
+        c.tokens.batch_size = 32
+        c.budget = 4
+        c.kmeans.sample_size = 0
+        c.model.hidden_size = 32
+        c.model.intermediate_size = 64
+        c.model.num_layers = 1
+        c.train.steps = 4
+        c.train.none_steps = 2
+        c.train.batch_size = 8
+        c.train.none_batch_size = 4
+        c.train.log_every = 2
+        c.train.eval_batch_size = 16
+        c.headline_seeds = (0, 1)
+        c.arms = "token_dynamics,base_only"
+    elif arg:
+        raise ValueError(f"experiments/motion_qa.py: unknown arg {arg!r}; known: '', 'tiny'")
+    return c
+
+
+def get_arms(config: mlc.ConfigDict) -> list[dict]:
+    """The arms to run for ``config`` (filtered by ``config.arms``), seeds and budgets resolved."""
+    full = bool(config.full)
+    seeds = tuple(config.full_overrides.seeds if full else config.seeds)
+    head = tuple(config.full_overrides.headline_seeds if full else config.headline_seeds)
+    known = [a["name"] for a in _ARMS]
+    wanted = [s.strip() for s in config.arms.split(",") if s.strip()] if config.arms else known
+    bad = [w for w in wanted if w not in known]
+    if bad:
+        raise ValueError(f"config.arms: unknown arm(s) {bad}; known: {known}")
+    out = []
+    for a in _ARMS:
+        if a["name"] not in wanted:
+            continue
+        arm = {"cfg": {}, "budget": 0, "eval_only_of": "", **a}
+        arm["seeds"] = head if a.get("seeds") == "headline" else seeds
+        arm["budget"] = int(arm["budget"] or config.budget)
+        if arm["eval_only_of"] and arm["eval_only_of"] not in wanted:
+            raise ValueError(f"arm {arm['name']!r} evaluates the weights of {arm['eval_only_of']!r}: "
+                             f"add it to config.arms")
+        out.append(arm)
+    return out

@@ -1,0 +1,719 @@
+r"""The paper's claims in miniature, end to end: one command from an empty machine to results/.
+
+    python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
+
+Stages (progress is printed as it goes):
+
+1. **Benchmark.** Builds the TFDS ``moving_shapes_qa`` config if it is not prepared yet.
+2. **Frozen tokens, once.** Every video goes through the fixed patch embedding
+   (``td_jax.data.patch_embed``): ``frames [T, R, R, 3] -> tokens [T, h, w, D]``.
+3. **Compression, once per video.** The parameter-free stage of every arm runs once per
+   video with a fixed key, through the library: ``td_jax.token_dynamics`` /
+   ``td_jax.adaptive_token_dynamics`` (base [K, D], dynamics map [T, h, w], valid [K]) and
+   the registered ``tome`` / ``prune`` / ``pool`` / ``frames`` compressors at budgets from
+   ``td_jax.compressors.budget.plan``.  Arms therefore differ only in compression.
+4. **Train + evaluate each arm** in-process: the tiny Qwen2-style decoder
+   (``td_jax.models.llm.Qwen2LM``), a learned video newline, and the arm's trainable
+   compressor part: ``CrossDynamicsAttention`` on the cached base + map (token_dynamics,
+   random_map, random_base — the ablations transform the cached base/map exactly as the
+   registered compressors do), ``token_learner`` on all tokens, or nothing (base_only,
+   tome, prune, pool, frames; ``none`` feeds all tokens).  Compiled steps are shared
+   across seeds (and across all slot-only arms of one shape).  Adaptive-K arms evaluate
+   the fixed-K arm's weights with K chosen per video (k_max = the budget).
+5. **Report**: ``results/motion_qa.json`` (+ ``_meta.json``), ``motion_qa.md`` and the
+   plots, through ``td_jax.eval.report``.
+
+Caching differs from the library's in-model compressors in one way: the k-means / ToMe
+key is fixed per video (the in-model compressors draw a fresh key each training step).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/motion_qa.py", "Experiment config (ml_collections).",
+                                lock_config=True)
+flags.DEFINE_string("results_dir", "results", "Where the JSON, markdown table and plots go.")
+
+SLOT_METHODS = ("tome", "prune", "pool", "frames")
+DYNAMICS_METHODS = ("token_dynamics", "base_only", "random_map", "random_base")
+
+
+def log(msg: str) -> None:
+    print(f"[motion_qa {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def effective(config) -> dict:
+    """Plain-dict settings with ``config.full`` overrides applied."""
+    c = config.to_dict()
+    if c["full"]:
+        o = c["full_overrides"]
+        c["train"]["steps"], c["train"]["none_steps"] = o["train_steps"], o["none_steps"]
+        c["data"]["train_examples"], c["data"]["eval_examples"] = o["train_examples"], o["eval_examples"]
+    c["workdir"] = c["workdir"] or "/tmp/td_jax_motion_qa"
+    c["data"]["data_dir"] = c["data"]["data_dir"] or os.path.join(c["workdir"], "tfds")
+    if c["budget"] < 1:
+        raise ValueError(f"config.budget must be >= 1, got {c['budget']}")
+    for k in ("steps", "none_steps", "batch_size", "none_batch_size", "eval_batch_size", "log_every"):
+        if c["train"][k] < 1:
+            raise ValueError(f"config.train.{k} must be >= 1, got {c['train'][k]}")
+    if c["model"]["hidden_size"] % c["model"]["cross_heads"]:
+        raise ValueError(f"config.model.hidden_size={c['model']['hidden_size']} is not divisible by "
+                         f"config.model.cross_heads={c['model']['cross_heads']}")
+    return c
+
+
+# ----------------------------------------------------------------------------- stage 1-2: data
+
+
+def prepare_benchmark(c: dict):
+    """The TFDS builder of ``c['data']['tfds_name']``, built first if absent."""
+    import tensorflow_datasets as tfds
+    import td_jax.data.moving_shapes_qa  # noqa: F401  (registers the builder)
+
+    builder = tfds.builder(c["data"]["tfds_name"], data_dir=c["data"]["data_dir"])
+    if not builder.is_prepared():
+        t0 = time.time()
+        log(f"building {c['data']['tfds_name']} in {c['data']['data_dir']} (once)")
+        builder.download_and_prepare()
+        log(f"built in {time.time() - t0:.0f}s")
+    return builder
+
+
+def load_split(c: dict, split: str, limit: int, tok) -> dict[str, Any]:
+    """Frames, text arrays and labels of the first ``limit`` examples of ``split`` (0 = all)."""
+    from td_jax.data import pipeline
+    from td_jax.data import tokenizer as tok_lib
+
+    src = dict(source="tfds", tfds_name=c["data"]["tfds_name"], data_dir=c["data"]["data_dir"])
+    cols: dict[str, list] = {k: [] for k in ("frames", "input_ids", "attention_mask", "loss_mask", "answer",
+                                             "family", "question", "options", "id")}
+    for meta, frames in pipeline.iter_examples(src, split):
+        text = tok_lib.encode_mc(tok, meta["question"], meta["options"], meta["answer"], c["data"]["max_text_len"])
+        cols["frames"].append(frames)
+        for k, v in text.items():
+            cols[k].append(v)
+        cols["answer"].append(meta["answer"])
+        cols["family"].append(meta["family_id"])
+        cols["question"].append(meta["question"])
+        cols["options"].append(meta["options"])
+        cols["id"].append(meta["id"])
+        if limit and len(cols["id"]) >= limit:
+            break
+    if not cols["id"]:
+        raise ValueError(f"split {split!r} of {c['data']['tfds_name']} has no examples")
+    out = {k: np.stack(v) for k, v in cols.items() if k not in ("question", "options", "id")}
+    out["answer"] = out["answer"].astype(np.int32)
+    out["family"] = out["family"].astype(np.int32)
+    out.update(question=cols["question"], options=cols["options"], id=cols["id"])
+    return out
+
+
+def embed_fn(c: dict):
+    """The frozen tower: ``frames [B, T, R, R, 3] uint8 -> tokens [B, T, h, w, D]`` (jitted)."""
+    import jax
+    from td_jax.data.patch_embed import make_patch_embed
+
+    return jax.jit(make_patch_embed(c["tokens"]["patch_size"], c["model"]["hidden_size"], c["tokens"]["seed"]))
+
+
+# ----------------------------------------------------------------------------- stage 3: compression cache
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSpec:
+    """One parameter-free compression to run once per video.
+
+    kind: "kmeans" (fixed K), "adaptive" (method in cfg) or "slots" (a registered compressor).
+    """
+
+    kind: str
+    method: str
+    budget: int
+    cfg: tuple = ()
+
+    @property
+    def key(self) -> str:
+        extra = "".join(f"_{k}{v}" for k, v in self.cfg)
+        return f"{self.kind}_{self.method}_{self.budget}{extra}"
+
+
+def cache_spec(arm: dict) -> CacheSpec:
+    m = arm["method"]
+    if m in DYNAMICS_METHODS:
+        if arm["cfg"].get("adaptive"):
+            return CacheSpec("adaptive", arm["cfg"]["adaptive"], arm["budget"])
+        return CacheSpec("kmeans", "kmeans", arm["budget"])
+    if m in SLOT_METHODS:
+        return CacheSpec("slots", m, arm["budget"], tuple(sorted(arm["cfg"].items())))
+    return CacheSpec("none", m, arm["budget"])
+
+
+def slot_plan(spec: CacheSpec, grid: tuple[int, int, int]):
+    """The budget plan of a slot method; methods that cannot reach the budget (frames,
+    pool below one frame / one token per frame) run at their smallest feasible budget."""
+    from td_jax.compressors import budget as budget_lib
+
+    t, h, w = grid
+    try:
+        return budget_lib.plan(spec.method, spec.budget, grid, **dict(spec.cfg)), ""
+    except ValueError as e:
+        floor = {"frames": h * w, "pool": t}.get(spec.method)
+        if floor is None:
+            raise
+        return budget_lib.plan(spec.method, floor, grid, **dict(spec.cfg)), (
+            f"cannot reach {spec.budget} tokens ({e}); run at its minimum of {floor}")
+
+
+def make_cache_fn(spec: CacheSpec, c: dict, grid: tuple[int, int, int]):
+    """``fn(tokens [B, T, h, w, D], keys [B]) -> dict of per-video arrays`` (jitted)."""
+    import jax
+    import jax.numpy as jnp
+    from td_jax import adaptive_token_dynamics, token_dynamics
+
+    km = dict(c["kmeans"])
+    km["sample_size"] = km["sample_size"] or None
+
+    def scale_of(x):   # the RMS token norm random_base scales its noise to
+        return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x.astype(jnp.float32)), -1)))
+
+    if spec.kind == "kmeans":
+        def one(x, key):
+            td = token_dynamics(x, spec.budget, key=key, **km)
+            return {"base": td.base, "dmap": td.dynamics_map.astype(jnp.int16), "valid": td.valid,
+                    "scale": scale_of(x)}
+        return jax.jit(jax.vmap(one))
+    if spec.kind == "adaptive":
+        def one(x, key):
+            td = adaptive_token_dynamics(x, spec.budget, key=key, method=spec.method, k_min=c["adaptive"]["k_min"],
+                                         elbow_tol=c["adaptive"]["elbow_tol"], **km)
+            return {"base": td.base, "dmap": td.dynamics_map.astype(jnp.int16), "valid": td.valid,
+                    "scale": scale_of(x)}
+        return jax.jit(jax.vmap(one))
+    if spec.kind == "slots":
+        plan, _ = slot_plan(spec, grid)
+        comp = plan.compressor()
+
+        def fn(x, keys):
+            out = comp(x, key=keys[0], budget=plan.budget)
+            return {"slots": out.tokens, "slot_mask": out.mask}
+        return fn
+    raise ValueError(f"no cache for kind {spec.kind!r}")
+
+
+def build_caches(specs: list[CacheSpec], split_data: dict, c: dict, split: str, embed) -> tuple[dict, dict]:
+    """Runs every spec over every video of a split once; returns ({spec.key: arrays}, {spec.key: seconds})."""
+    import jax
+
+    frames = split_data["frames"]
+    n, bs = len(frames), c["tokens"]["batch_size"]
+    grid = token_grid(c, frames.shape[1:])
+    fns = {s.key: make_cache_fn(s, c, grid) for s in specs}
+    parts: dict[str, list] = {s.key: [] for s in specs}
+    secs = {s.key: 0.0 for s in specs}
+    base_key = jax.random.fold_in(jax.random.key(c["cache_seed"]), {"train": 0, "validation": 1, "test": 2}.get(split, 3))
+    t_embed = 0.0
+    for start in range(0, n, bs):
+        idx = np.arange(start, min(start + bs, n))
+        pad = bs - len(idx)
+        fb = frames[np.concatenate([idx, np.full(pad, idx[-1])])] if pad else frames[idx]
+        t0 = time.time()
+        tokens = jax.block_until_ready(embed(fb))
+        t_embed += time.time() - t0
+        keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(np.concatenate([idx, np.full(pad, -1)]))
+        for s in specs:
+            t0 = time.time()
+            out = jax.device_get(fns[s.key](tokens, keys))
+            secs[s.key] += time.time() - t0
+            parts[s.key].append({k: np.asarray(v)[: len(idx)] for k, v in out.items()})
+        done = min(start + bs, n)
+        if (start // bs) % 8 == 0 or done == n:
+            log(f"  {split}: compressed {done}/{n} videos")
+    secs["_embed"] = t_embed
+    return ({k: {f: np.concatenate([p[f] for p in v]) for f in v[0]} for k, v in parts.items()}, secs)
+
+
+def token_grid(c: dict, frame_shape: tuple) -> tuple[int, int, int]:
+    t, r = frame_shape[0], frame_shape[1]
+    p = c["tokens"]["patch_size"]
+    if r % p:
+        raise ValueError(f"frame size {r} px is not a multiple of config.tokens.patch_size={p}")
+    return (int(t), r // p, r // p)
+
+
+# ----------------------------------------------------------------------------- stage 4: model
+
+
+def make_model_cls():
+    """The arm model class (built lazily so importing this file does not import jax)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from td_jax import compressors
+    from td_jax.attention import CrossDynamicsAttention
+    from td_jax.data.patch_embed import patch_embed
+    from td_jax.models.llm import Qwen2LM
+    from td_jax.models.vlm import splice, text_positions
+    import td_jax.compressors.token_learner  # noqa: F401  (registers it)
+
+    class MotionQAModel(nn.Module):
+        """Visual slots of one arm spliced into a tiny Qwen2-style decoder.
+
+        ``__call__(batch, deterministic) -> logits [B, L, V]`` (text-aligned, as VideoLLM).
+        kind "slots": ``batch["slots"] [B, M, D]``, ``slot_mask [B, M]`` (cached compressor output);
+        kind "dynamics": ``base [B, K, D]``, ``dmap [B, T, h, w]``, ``valid [B, K]``, ``scale [B]``
+          → CrossDynamicsAttention (``variant`` "full" | "random_map" | "random_base");
+        kind "learner": ``frames [B, T, R, R, 3]`` → frozen patch embedding → TokenLearner;
+        kind "full": ``frames`` → frozen patch embedding → all T·h·w tokens.
+        """
+
+        llm: Any
+        kind: str
+        variant: str = "full"
+        budget: int = 8
+        cross_heads: int = 4
+        learner_cfg: tuple = ()
+        patch_size: int = 4
+        patch_seed: int = 0
+        video_newline: bool = True
+        video_token_id: int = 4
+
+        def visual(self, batch, deterministic):
+            d = self.llm.hidden_size
+            if self.kind == "slots":
+                return batch["slots"].astype(jnp.float32), batch["slot_mask"].astype(bool)
+            if self.kind == "dynamics":
+                base, dmap, valid = batch["base"].astype(jnp.float32), batch["dmap"].astype(jnp.int32), batch["valid"]
+                if self.variant == "random_map":      # as td_jax.compressors.token_dynamics
+                    n_valid = jnp.maximum(jnp.sum(valid, axis=-1), 1)
+                    u = jax.random.uniform(self.make_rng(compressors.RNG_STREAM), dmap.shape)
+                    dmap = jnp.where(dmap >= 0, jnp.floor(u * n_valid[:, None, None, None]).astype(jnp.int32), -1)
+                elif self.variant == "random_base":
+                    noise = jax.random.normal(self.make_rng(compressors.RNG_STREAM), base.shape, jnp.float32)
+                    noise = noise / jnp.sqrt(d) * batch["scale"][:, None, None]
+                    base = jnp.where(valid[..., None], noise, 0.0)
+                elif self.variant != "full":
+                    raise ValueError(f"unknown dynamics variant {self.variant!r}")
+                out = CrossDynamicsAttention(num_heads=self.cross_heads, name="cross_dynamics")(
+                    base, dmap, valid, deterministic)
+                return out, valid
+            tokens = jax.lax.stop_gradient(patch_embed(batch["frames"], patch_size=self.patch_size, dim=d,
+                                                       seed=self.patch_seed))
+            if self.kind == "full":
+                b = tokens.shape[0]
+                return tokens.reshape(b, -1, d), jnp.ones((b, tokens.shape[1] * tokens.shape[2] * tokens.shape[3]), bool)
+            if self.kind == "learner":
+                mod = compressors.get("token_learner", **dict(self.learner_cfg)).module(self.budget)
+                out = mod.clone(parent=self, name="token_learner")(tokens, deterministic=deterministic)
+                return out.tokens, out.mask
+            raise ValueError(f"unknown model kind {self.kind!r}")
+
+        @nn.compact
+        def __call__(self, batch, deterministic: bool = True):
+            slots, mask = self.visual(batch, deterministic)
+            lm = Qwen2LM(self.llm, name="llm")
+            b, _, d = slots.shape
+            if self.video_newline:
+                nl = self.param("image_newline", nn.with_logical_partitioning(nn.initializers.normal(d ** -0.5),
+                                                                              ("embed",)), (d,), jnp.float32)
+                slots = jnp.concatenate([slots, jnp.broadcast_to(nl, (b, 1, d))], axis=1)
+                mask = jnp.concatenate([mask, jnp.ones((b, 1), bool)], axis=1)
+            ids = batch["input_ids"]
+            L, S = ids.shape[1], slots.shape[1]
+            placeholder = jnp.argmax(ids == self.video_token_id, axis=1)
+            text = lm.embed(jnp.where(ids == self.video_token_id, 0, ids))
+            emb, valid = splice(text, batch["attention_mask"].astype(bool), placeholder, slots, mask)
+            e = emb.shape[1]
+            positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+            h, _ = lm.decode(emb, positions, jnp.broadcast_to(jnp.arange(e), (b, e)), valid)
+            h = jnp.take_along_axis(h, text_positions(placeholder, L, S)[..., None], axis=1)
+            return lm.logits(h)
+
+    return MotionQAModel
+
+
+def model_inputs(kind: str) -> tuple[str, ...]:
+    text = ("input_ids", "attention_mask", "loss_mask")
+    return text + {"slots": ("slots", "slot_mask"), "dynamics": ("base", "dmap", "valid", "scale"),
+                   "learner": ("frames",), "full": ("frames",)}[kind]
+
+
+def arm_kind(arm: dict) -> tuple[str, str]:
+    """(model kind, dynamics variant) of an arm."""
+    m = arm["method"]
+    if m == "base_only" or m in SLOT_METHODS:
+        return "slots", "full"
+    if m in DYNAMICS_METHODS:
+        return "dynamics", {"token_dynamics": "full"}.get(m, m)
+    if m == "token_learner":
+        return "learner", "full"
+    if m == "none":
+        return "full", "full"
+    raise ValueError(f"arm {arm['name']!r}: unsupported method {m!r}")
+
+
+def llm_config(c: dict, vocab_size: int):
+    from td_jax.models.configs import LLMConfig
+
+    m = c["model"]
+    return LLMConfig(vocab_size=int(vocab_size), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+                     num_layers=m["num_layers"], num_heads=m["num_heads"], num_kv_heads=m["num_kv_heads"],
+                     rope_theta=m["rope_theta"], tie_embeddings=True)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class Runner:
+    """Jitted init / train / eval functions, shared by every arm (and seed) with the same
+    model and schedule."""
+
+    def __init__(self, c: dict, tok):
+        self.c, self.tok = c, tok
+        self.model_cls = make_model_cls()
+        self._fns: dict = {}
+        self.option_ids = np.asarray(tok.option_ids, np.int32)
+
+    def model(self, arm: dict, grid):
+        kind, variant = arm_kind(arm)
+        cfg = tuple(sorted(arm["cfg"].items())) if kind == "learner" else ()
+        return self.model_cls(llm=llm_config(self.c, self.tok.vocab_size), kind=kind, variant=variant,
+                              budget=arm["budget"], cross_heads=self.c["model"]["cross_heads"], learner_cfg=cfg,
+                              patch_size=self.c["tokens"]["patch_size"], patch_seed=self.c["tokens"]["seed"],
+                              video_newline=self.c["model"]["video_newline"],
+                              video_token_id=int(self.tok.video_token_id))
+
+    def optimizer(self, steps: int):
+        import optax
+        from td_jax.train import optim as optim_lib
+
+        t = self.c["train"]
+
+        def adamw(lr):
+            sched = optim_lib.schedule(lr, steps, warmup_frac=t["warmup_frac"])
+            return optax.adamw(sched, weight_decay=t["weight_decay"], mask=lambda p: _ndim_mask(p))
+
+        def labels(params):
+            return {k: _label_tree(v, "llm" if k in ("llm", "image_newline") else "compressor") for k, v in params.items()}
+
+        return optax.chain(optax.clip_by_global_norm(t["clip_norm"]) if t["clip_norm"] else optax.identity(),
+                           optax.multi_transform({"llm": adamw(t["lr"]), "compressor": adamw(t["compressor_lr"])},
+                                                 labels))
+
+    def fns(self, model, steps: int):
+        """(init, train_step, eval_step) for ``model`` trained ``steps`` steps (cached)."""
+        key = (model, steps)
+        if key in self._fns:
+            return self._fns[key]
+        import flax.linen as nn
+        import jax
+        import jax.numpy as jnp
+        import optax
+        from td_jax import compressors
+        from td_jax.models.vlm import mc_logits, next_token_loss
+
+        tx = self.optimizer(steps)
+        option_ids = jnp.asarray(self.option_ids)
+
+        @jax.jit
+        def init(rng, batch):
+            k1, k2 = jax.random.split(rng)
+            params = nn.unbox(model.init({"params": k1, compressors.RNG_STREAM: k2}, batch)["params"])
+            return params, tx.init(params)
+
+        @jax.jit
+        def train_step(params, opt_state, batch, rng):
+            def loss_fn(p):
+                logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
+                return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+            (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+        @jax.jit
+        def eval_step(params, batch, rng):
+            logits = model.apply({"params": params}, batch, rngs={compressors.RNG_STREAM: rng})
+            return mc_logits(logits, batch["loss_mask"], option_ids)
+
+        self._fns[key] = (init, train_step, eval_step)
+        return self._fns[key]
+
+
+def _ndim_mask(params):
+    import jax
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def _label_tree(tree, label):
+    import jax
+    return jax.tree.map(lambda _: label, tree)
+
+
+def gather(arrays: dict, names: tuple[str, ...], idx: np.ndarray) -> dict:
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise KeyError(f"batch arrays {missing} are not available (have {sorted(arrays)})")
+    return {n: arrays[n][idx] for n in names}
+
+
+def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: int, seed: int, label: str) -> dict:
+    """Trains one (arm, seed); returns params, losses and timings."""
+    import jax
+
+    init, train_step, _ = runner.fns(model, steps)
+    names = model_inputs(model.kind)
+    n = len(arrays["input_ids"])
+    if n < batch_size:
+        raise ValueError(f"{label}: {n} training examples, fewer than the batch size {batch_size}")
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    epoch, pos = 0, 0
+
+    def next_idx():
+        nonlocal order, epoch, pos
+        if pos + batch_size > n:
+            epoch += 1
+            order, pos = np.random.default_rng([seed, 7, epoch]).permutation(n), 0
+        pos += batch_size
+        return order[pos - batch_size:pos]
+
+    t0 = time.time()
+    params, opt_state = init(jax.random.key(seed), gather(arrays, names, np.arange(batch_size)))
+    step_key = jax.random.fold_in(jax.random.key(seed), 1)
+    losses, first_step_s, log_every = [], None, runner.c["train"]["log_every"]
+    for step in range(steps):
+        ts = time.time()
+        params, opt_state, m = train_step(params, opt_state, gather(arrays, names, next_idx()),
+                                          jax.random.fold_in(step_key, step))
+        if step == 0:
+            jax.block_until_ready(m["loss"])
+            first_step_s = time.time() - ts
+        losses.append(m["loss"])
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            recent = float(np.mean(jax.device_get(losses[-log_every:])))
+            log(f"  {label} step {step + 1}/{steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")
+    losses = [float(x) for x in jax.device_get(losses)]
+    return {"params": params, "loss_first": float(np.mean(losses[: max(1, steps // 10)])),
+            "loss_last": float(np.mean(losses[-max(1, steps // 10):])), "train_time_s": time.time() - t0,
+            "first_step_s": first_step_s}
+
+
+def evaluate_arm(runner: Runner, model, params, arrays: dict, *, seed: int) -> tuple[np.ndarray, float]:
+    """(predicted option per example [N], seconds)."""
+    import jax
+
+    _, _, eval_step = _eval_fn_any(runner, model)
+    names = model_inputs(model.kind)
+    n, bs = len(arrays["input_ids"]), runner.c["train"]["eval_batch_size"]
+    key = jax.random.key(10_000 + seed)
+    preds, t0 = [], time.time()
+    for start in range(0, n, bs):
+        idx = np.arange(start, start + bs)
+        idx = np.minimum(idx, n - 1)
+        scores = eval_step(params, gather(arrays, names, idx), key)
+        preds.append(np.argmax(np.asarray(scores), -1)[: min(bs, n - start)])
+    return np.concatenate(preds).astype(np.int32), time.time() - t0
+
+
+def _eval_fn_any(runner: Runner, model):
+    for (m, _), fns in runner._fns.items():
+        if m == model:
+            return fns
+    return runner.fns(model, 1)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def arm_arrays(arm: dict, split_data: dict, caches: dict) -> dict:
+    """The arrays an arm's model reads, for one split."""
+    kind, _ = arm_kind(arm)
+    out = {k: split_data[k] for k in ("input_ids", "attention_mask", "loss_mask")}
+    if kind == "learner" or kind == "full":
+        out["frames"] = split_data["frames"]
+        return out
+    cache = caches[cache_spec(arm).key]
+    if arm["method"] == "base_only":
+        out.update(slots=cache["base"], slot_mask=cache["valid"])
+    elif kind == "dynamics":
+        out.update(base=cache["base"], dmap=cache["dmap"], valid=cache["valid"], scale=cache["scale"])
+    else:
+        out.update(slots=cache["slots"], slot_mask=cache["slot_mask"])
+    return out
+
+
+def visual_tokens(arm: dict, arrays: dict, n_tokens: int) -> np.ndarray:
+    """Real visual tokens per eval video fed to the LLM (the newline not counted)."""
+    kind, _ = arm_kind(arm)
+    n = len(arrays["input_ids"])
+    if kind == "full":
+        return np.full(n, n_tokens)
+    if kind == "learner":
+        return np.full(n, arm["budget"])
+    mask = arrays["valid"] if kind == "dynamics" else arrays["slot_mask"]
+    return mask.sum(-1)
+
+
+def family_accuracy(preds: np.ndarray, answer: np.ndarray, family: np.ndarray, names: list[str]) -> dict:
+    hit = preds == answer
+    return {name: float(hit[family == i].mean()) if np.any(family == i) else float("nan")
+            for i, name in enumerate(names)}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarise(arm: dict, runs: list[dict], tokens: np.ndarray, n_tokens: int, families: list[str], extra: dict) -> dict:
+    acc_mean, acc_std = _mean_std([r["accuracy"] for r in runs])
+    fam = {f: _mean_std([r["accuracy_by_family"][f] for r in runs]) for f in families}
+    vt = float(tokens.mean())
+    return {
+        "name": arm["name"], "method": arm["method"], "cfg": arm["cfg"], "budget": arm["budget"],
+        "visual_tokens": vt, "percent_tokens": 100.0 * vt / n_tokens, "n_tokens_full": n_tokens,
+        "accuracy": acc_mean, "accuracy_std": acc_std,
+        "accuracy_by_family": {f: m for f, (m, _) in fam.items()},
+        "accuracy_by_family_std": {f: s for f, (_, s) in fam.items()},
+        "seeds": [r["seed"] for r in runs],
+        "tokdense": 100.0 * acc_mean / vt if vt else float("nan"),
+        "per_seed": [{k: v for k, v in r.items() if k != "preds"} for r in runs],
+        "train_time_s": float(np.sum([r["train_time_s"] for r in runs])),
+        "eval_time_s": float(np.sum([r["eval_time_s"] for r in runs])),
+        **extra,
+    }
+
+
+def run(config, results_dir: str) -> list[dict]:
+    """The whole experiment; returns the arm summaries written to ``results_dir/motion_qa.json``."""
+    import jax
+    from experiments.motion_qa import get_arms
+    from td_jax.data import tokenizer as tok_lib
+    from td_jax.eval import report
+
+    t_start = time.time()
+    c = effective(config)
+    arms = get_arms(config)
+    log(f"{len(arms)} arms: {', '.join(a['name'] for a in arms)}")
+    builder = prepare_benchmark(c)
+    families = list(builder.info.metadata["families"])
+    tok = tok_lib.make_tokenizer("word", 4)
+    t0 = time.time()
+    train = load_split(c, "train", c["data"]["train_examples"], tok)
+    ev = load_split(c, c["data"]["eval_split"], c["data"]["eval_examples"], tok)
+    grid = token_grid(c, train["frames"].shape[1:])
+    n_tokens = int(np.prod(grid))
+    log(f"loaded {len(train['id'])} train / {len(ev['id'])} {c['data']['eval_split']} videos "
+        f"({time.time() - t0:.0f}s); tokens per video {grid[0]}x{grid[1]}x{grid[2]} = {n_tokens}, "
+        f"budget {c['budget']} = {100 * c['budget'] / n_tokens:.3f}%")
+
+    embed = embed_fn(c)
+    train_specs = sorted({cache_spec(a) for a in arms if not a["eval_only_of"]} - {None}, key=lambda s: s.key)
+    train_specs = [s for s in train_specs if s.kind != "none"]
+    eval_specs = sorted({cache_spec(a) for a in arms} - {None}, key=lambda s: s.key)
+    eval_specs = [s for s in eval_specs if s.kind != "none"]
+    log(f"compressing every video once: {', '.join(s.key for s in eval_specs) or '(nothing to cache)'}")
+    caches_train, secs_train = build_caches(train_specs, train, c, "train", embed)
+    caches_eval, secs_eval = build_caches(eval_specs, ev, c, c["data"]["eval_split"], embed)
+    notes = {s.key: slot_plan(s, grid)[1] for s in eval_specs if s.kind == "slots"}
+
+    runner = Runner(c, tok)
+    summaries, params_by, preds_by = [], {}, {}
+    for arm in sorted(arms, key=lambda a: bool(a["eval_only_of"])):
+        spec = cache_spec(arm)
+        kind, _ = arm_kind(arm)
+        model = runner.model(arm, grid)
+        ev_arrays = arm_arrays(arm, ev, caches_eval)
+        is_none = arm["method"] == "none"
+        steps = c["train"]["none_steps"] if is_none else c["train"]["steps"]
+        bs = c["train"]["none_batch_size"] if is_none else c["train"]["batch_size"]
+        runs = []
+        for seed in arm["seeds"]:
+            label = f"{arm['name']} seed {seed}"
+            if arm["eval_only_of"]:
+                src = params_by.get((arm["eval_only_of"], seed))
+                if src is None:
+                    raise ValueError(f"arm {arm['name']!r}: no trained weights of {arm['eval_only_of']!r} for seed {seed}")
+                tr = {"params": src["params"], "train_time_s": 0.0, "first_step_s": 0.0,
+                      "loss_first": src["loss_first"], "loss_last": src["loss_last"]}
+            else:
+                log(f"training {label}: {steps} steps x {bs}")
+                tr = train_arm(runner, model, arm_arrays(arm, train, caches_train), steps=steps, batch_size=bs,
+                               seed=seed, label=label)
+                params_by[(arm["name"], seed)] = tr
+            preds, et = evaluate_arm(runner, model, tr["params"], ev_arrays, seed=seed)
+            fam = family_accuracy(preds, ev["answer"], ev["family"], families)
+            acc = float(np.mean(preds == ev["answer"]))
+            log(f"  {label}: accuracy {100 * acc:.1f}% (eval {et:.0f}s)")
+            runs.append({"seed": int(seed), "accuracy": acc, "accuracy_by_family": fam, "train_time_s": tr["train_time_s"],
+                         "first_step_s": tr["first_step_s"], "eval_time_s": et, "loss_first": tr["loss_first"],
+                         "loss_last": tr["loss_last"], "preds": preds})
+        preds_by[arm["name"]] = runs[0]["preds"]
+        tokens = visual_tokens(arm, ev_arrays, n_tokens)
+        extra = {"steps": steps, "batch_size": bs, "kind": kind,
+                 "eval_only_of": arm["eval_only_of"],
+                 "cache_time_s": float(secs_train.get(spec.key, 0.0) + secs_eval.get(spec.key, 0.0)),
+                 "note": notes.get(spec.key, "")}
+        if spec.kind == "adaptive":
+            extra["k_chosen"] = np.bincount(tokens.astype(int), minlength=arm["budget"] + 1).tolist()
+        summaries.append(summarise(arm, runs, tokens, n_tokens, families, extra))
+    order = {a["name"]: i for i, a in enumerate(arms)}
+    summaries.sort(key=lambda s: order[s["name"]])
+
+    meta = {
+        "dataset": c["data"]["tfds_name"], "train_examples": len(train["id"]), "eval_split": c["data"]["eval_split"],
+        "eval_examples": len(ev["id"]), "token_grid": list(grid), "n_tokens": n_tokens, "budget": c["budget"],
+        "budget_percent": 100.0 * c["budget"] / n_tokens, "families": families, "full": bool(c["full"]),
+        "model": c["model"], "train": c["train"], "tokens": c["tokens"], "kmeans": c["kmeans"],
+        "adaptive": c["adaptive"], "embed_time_s": secs_train.get("_embed", 0.0) + secs_eval.get("_embed", 0.0),
+        "total_time_s": time.time() - t_start, "devices": [str(d) for d in jax.devices()[:1]],
+        "cpu_count": os.cpu_count(),
+    }
+    os.makedirs(results_dir, exist_ok=True)
+    example = pick_example(ev, caches_eval, arms, families)
+    report.write_all(results_dir, summaries, meta, example=_example_payload(example, ev, caches_eval, preds_by, arms, c),
+                     adaptive_k={s["name"]: s["k_chosen"] for s in summaries if "k_chosen" in s})
+    log(f"done in {time.time() - t_start:.0f}s -> {results_dir}")
+    return summaries
+
+
+def pick_example(ev: dict, caches: dict, arms: list[dict], families: list[str]) -> int:
+    """Index of the first eval video of the 'direction' family (else the first video)."""
+    fam = families.index("direction") if "direction" in families else 0
+    hits = np.nonzero(ev["family"] == fam)[0]
+    return int(hits[0]) if len(hits) else 0
+
+
+def _example_payload(i: int, ev: dict, caches: dict, preds_by: dict, arms: list[dict], c: dict) -> dict:
+    dmap, k = None, None
+    for a in arms:
+        spec = cache_spec(a)
+        if spec.kind == "kmeans" and spec.key in caches:
+            dmap, k = caches[spec.key]["dmap"][i], spec.budget
+            if spec.budget == c["budget"]:
+                break
+    return {"frames": ev["frames"][i], "dynamics_map": dmap, "k": k, "question": ev["question"][i],
+            "options": ev["options"][i], "answer": int(ev["answer"][i]), "id": ev["id"][i],
+            "predictions": {name: int(p[i]) for name, p in preds_by.items()}}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run(FLAGS.config, FLAGS.results_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
