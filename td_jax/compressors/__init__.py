@@ -5,3 +5,6 @@ from td_jax.compressors.base import (Compressed, Compressor, CompressorModule, R
 
 # Importing the method modules registers them.
 from td_jax.compressors import token_dynamics as _token_dynamics  # noqa: F401,E402
+from td_jax.compressors import frames as _frames, none as _none, pool as _pool, prune as _prune  # noqa: F401,E402
+from td_jax.compressors import token_learner as _token_learner, tome as _tome  # noqa: F401,E402
+from td_jax.compressors.budget import BudgetPlan, plan, resolve_budget  # noqa: E402,F401

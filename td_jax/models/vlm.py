@@ -18,8 +18,6 @@ after the last visual slot), or the expanded ``[B, E, V]`` with ``return_expande
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 
 import flax.linen as nn
 import jax
@@ -37,11 +35,7 @@ Array = jax.Array
 
 
 def compressor_for(cfg: VLMConfig) -> compressors.Compressor:
-    """The configured compressor, importing every ``td_jax.compressors`` submodule first so
-    all registered names are available."""
-    if cfg.compressor not in compressors.names():
-        for info in pkgutil.iter_modules(compressors.__path__):
-            importlib.import_module(f"{compressors.__name__}.{info.name}")
+    """The configured compressor (``td_jax.compressors`` registers every method on import)."""
     return compressors.get(cfg.compressor, **cfg.compressor_kwargs)
 
 
