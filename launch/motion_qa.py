@@ -441,7 +441,7 @@ class Runner:
                 return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
             (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+            return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
         @jax.jit
         def eval_step(params, batch, rng):
