@@ -41,6 +41,7 @@ class KMeansResult(NamedTuple):
     inertia:     [] float32, sum over unmasked rows of ``1 - cos(x, centroid)``.
     n_iter:      [] int32 Lloyd steps run on the sample (of the initialisation kept).
     raw_means:   [K, D] f32 mean of the *raw* rows of each cluster (zero when empty).
+    unit_means:  [K, D] f32 mean of the L2-normalised rows of each cluster (zero when empty).
     """
 
     centroids: jax.Array
@@ -49,6 +50,7 @@ class KMeansResult(NamedTuple):
     inertia: jax.Array
     n_iter: jax.Array
     raw_means: jax.Array
+    unit_means: jax.Array
 
 
 # ----------------------------------------------------------------------------- checks
@@ -323,9 +325,10 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
     labels, us, rs, counts = out
     centroids = _normalize(us)
     raw_means = rs / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
+    unit_means = us / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
     inertia = jnp.sum(valid, dtype=jnp.float32) - jnp.sum(jnp.linalg.norm(us, axis=-1))
     labels = jnp.where(valid, labels, -1)
-    return KMeansResult(centroids, labels, counts, jnp.maximum(inertia, 0.0), n_iter, raw_means)
+    return KMeansResult(centroids, labels, counts, jnp.maximum(inertia, 0.0), n_iter, raw_means, unit_means)
 
 
 def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,

@@ -10,6 +10,7 @@ batches). All functions are pure in arrays and a PRNG key; batch them with ``jax
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import flax
@@ -57,15 +58,38 @@ def _check_tokens(tokens, mask=None) -> None:
     assert_finite(tokens, "tokens")
 
 
-def _normalized_means(x, labels, counts):
-    """Mean of the L2-normalised rows of each cluster (what the released checkpoint used)."""
-    k = counts.shape[0]
-    sq = jnp.sum(x.astype(jnp.float32) ** 2, axis=-1)
-    inv = jnp.where((sq > 1e-12) & (labels >= 0), jax.lax.rsqrt(jnp.maximum(sq, 1e-12)), 0.0)
-    onehot = labels[:, None] == jnp.arange(k)[None, :]
-    w = jnp.where(onehot, inv[:, None], 0.0).astype(x.dtype)
-    sums = jnp.einsum("nk,nd->kd", w, x, preferred_element_type=jnp.float32)
-    return sums / jnp.maximum(counts, 1)[:, None]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _cluster_means(x, labels, counts, means, normalized: bool):
+    """The per-cluster means of x [N, D] given labels [N] (-1 = none), with their gradient.
+
+    The forward returns ``means`` [K, D] that k-means already computed in its last pass (no
+    extra pass over the tokens); the backward is the gradient of the mean of the raw rows
+    (``normalized=False``) or of the L2-normalised rows (``normalized=True``) w.r.t. x.
+    """
+    del x, labels, counts, normalized
+    return means
+
+
+def _cluster_means_fwd(x, labels, counts, means, normalized):
+    return means, (x, labels, counts)
+
+
+def _cluster_means_bwd(normalized, res, g):
+    x, labels, counts = res
+    keep = labels >= 0
+    safe = jnp.maximum(labels, 0)
+    gl = g[safe] / jnp.maximum(counts, 1)[safe][:, None].astype(g.dtype)          # [N, D]
+    if normalized:
+        xf = x.astype(jnp.float32)
+        sq = jnp.sum(xf * xf, axis=-1, keepdims=True)
+        inv = jnp.where(sq > 1e-12, jax.lax.rsqrt(jnp.maximum(sq, 1e-12)), 0.0)
+        xh = xf * inv
+        gl = (gl - xh * jnp.sum(xh * gl, axis=-1, keepdims=True)) * inv
+    gx = jnp.where(keep[:, None], gl, 0.0).astype(x.dtype)
+    return gx, None, None, jnp.zeros_like(g)
+
+
+_cluster_means.defvjp(_cluster_means_fwd, _cluster_means_bwd)
 
 
 def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
@@ -106,12 +130,8 @@ def _finish(tokens, res, base_mode) -> TokenDynamics:
     x = tokens.reshape(-1, d)
     labels = res.assignments
     k = res.counts.shape[0]
-    if base_mode == "raw":
-        onehot = (labels[:, None] == jnp.arange(k)[None, :]).astype(x.dtype)
-        sums = jnp.einsum("nk,nd->kd", onehot, x, preferred_element_type=jnp.float32)
-        base = sums / jnp.maximum(res.counts, 1)[:, None]
-    else:
-        base = _normalized_means(x, labels, res.counts)
+    means = res.raw_means if base_mode == "raw" else res.unit_means
+    base = _cluster_means(x, labels, res.counts, means, base_mode == "normalized")
     valid = res.counts > 0
     base = jnp.where(valid[:, None], base, 0.0).astype(tokens.dtype)
     n_tok = jnp.maximum(jnp.sum(res.counts), 1).astype(jnp.float32)

@@ -363,3 +363,24 @@ def test_compressor_batch_sharded_over_8_devices_matches_one(video):
     eight = f(jax.device_put(jnp.asarray(xs), spec), jax.random.key(1), params)
     np.testing.assert_array_equal(np.asarray(one.aux["dynamics_map"]), np.asarray(eight.aux["dynamics_map"]))
     np.testing.assert_allclose(np.asarray(one.tokens), np.asarray(eight.tokens), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["raw", "normalized"])
+def test_base_gradient_matches_direct_mean(mode, video):
+    """The base reuses k-means' means in the forward; its gradient is the mean's gradient."""
+    x, _ = video
+    x = jnp.asarray(x[:4])
+    td = td_jax.token_dynamics(x, 5, key=jax.random.key(0), base=mode)
+    labels = td.dynamics_map.reshape(-1)
+    w = jax.random.normal(jax.random.key(1), td.base.shape)
+
+    def direct(x):
+        flat = x.reshape(-1, x.shape[-1])
+        if mode == "normalized":
+            flat = flat / jnp.linalg.norm(flat, axis=-1, keepdims=True)
+        onehot = jax.nn.one_hot(labels, 5)
+        return jnp.sum(w * (onehot.T @ flat) / onehot.sum(0)[:, None])
+
+    ours = lambda x: jnp.sum(w * td_jax.token_dynamics(x, 5, key=jax.random.key(0), base=mode).base)
+    np.testing.assert_allclose(float(ours(x)), float(direct(x)), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(jax.grad(ours)(x)), np.asarray(jax.grad(direct)(x)), rtol=1e-4, atol=1e-6)
