@@ -80,7 +80,8 @@ flags.DEFINE_integer("select_layer", -1, "Tower hidden state fed to the projecto
 flags.DEFINE_integer("pool_stride", 2, "LLaVA-OV pooling stride (2: 27x27 -> 14x14).")
 flags.DEFINE_string("td_cfg", "{}", 'JSON config of the token_dynamics compressor, e.g. {"iters": 20}.')
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and parameter dtype of the models.")
-flags.DEFINE_integer("warmup", 1, "Untimed runs after compilation.")
+flags.DEFINE_integer("warmup", 0, "Untimed runs after compilation (compilation itself is always excluded: "
+                     "stages are compiled ahead of time).")
 flags.DEFINE_integer("repeats", 3, "Timed runs per stage; the median is reported.")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, inputs and compressor keys.")
 flags.DEFINE_string("out", "", "Write the markdown report here and the JSON beside it (.json).")
@@ -106,7 +107,7 @@ class Settings:
     pool_stride: int = 2
     td_cfg: tuple = ()
     dtype: str = "float32"
-    warmup: int = 1
+    warmup: int = 0
     repeats: int = 3
     seed: int = 0
 
@@ -708,10 +709,16 @@ def _fmt_f(x):
     """FLOPs as GFLOP / TFLOP text."""
     if x is None:
         return "-"
+    if x == 0:
+        return "0"
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if x >= scale:
             return f"{x / scale:.2f} {unit}" if unit == "T" else f"{x / scale:.1f} {unit}"
     return f"{x:.0f} "
+
+
+def _rate(flops, seconds):
+    return "-" if not flops or not seconds else f"{flops / seconds / 1e9:.0f} GFLOP/s"
 
 
 def _fmt_x(x):
@@ -790,7 +797,8 @@ def format_report(s: Settings, res: dict, summ: dict, env: dict) -> str:
                  f"{c['config']['iters']} Lloyd steps ({_fmt_f(c['kmeans_flops_max'])}FLOPs, an upper bound: "
                  f"it stops when converged) + XLA's count of the attention ({_fmt_f(c['cda_xla_flops'])}FLOPs).")
     for path, p in res["prefill"].items():
-        runs = "; ".join(f"{r['seq_len']:,} tokens ({r['frames']} frames): {_fmt_s(r['median_s'])} s, "
+        runs = "; ".join(f"{r['seq_len']:,} tokens ({r['frames']} frames): {_fmt_s(r['median_s'])} s "
+                         f"({_rate(r['xla_flops'], r['median_s'])} by XLA's count), "
                          f"analytic {_fmt_f(r['analytic_flops'])}FLOPs causal / {_fmt_f(r['dense_flops'])}FLOPs dense, "
                          f"XLA {_fmt_f(r['xla_flops'])}FLOPs" for r in p["runs"])
         L.append(f"- prefill {path}: measured {runs}.")
