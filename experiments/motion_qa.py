@@ -38,7 +38,7 @@ _ARMS = (
     dict(name="prune", method="prune", seeds="headline"),
     dict(name="pool", method="pool"),
     dict(name="frames", method="frames"),
-    dict(name="token_learner", method="token_learner", cfg={"mode": "video"}, seeds="headline"),
+    dict(name="token_learner", method="token_learner", cfg={"mode": "video"}),
     dict(name="none (all tokens)", method="none"),
 )
 
@@ -51,7 +51,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.data = mlc.ConfigDict()
     c.data.tfds_name = "moving_shapes_qa/default"
     c.data.data_dir = ""             # "" = {workdir}/tfds
-    c.data.train_examples = 2048     # 0 = the whole train split
+    c.data.train_examples = 0        # 0 = the whole train split (4,096 videos)
     c.data.eval_split = "test"
     c.data.eval_examples = 512       # 0 = the whole eval split
     c.data.max_text_len = 40
@@ -74,19 +74,21 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.model.num_kv_heads = 2
     c.model.rope_theta = 10000.0
     c.model.video_newline = True
+    c.model.projector = "mlp2x_gelu"  # trainable projector on the compressed tokens: mlp2x_gelu | linear | identity
     c.model.cross_heads = 4          # CrossDynamicsAttention heads
 
     c.train = mlc.ConfigDict()
-    c.train.steps = 600
+    c.train.steps = 1500
     c.train.batch_size = 32
-    c.train.lr = 3e-3
+    c.train.lr = 1e-3                 # 3e-3 stalled at chance in the probes
     c.train.compressor_lr = 1e-3     # the compressor's own parameters (attention, TokenLearner)
     c.train.warmup_frac = 0.05
-    c.train.weight_decay = 0.01
+    c.train.weight_decay = 0.1
     c.train.clip_norm = 1.0
-    c.train.none_steps = 150         # the full-token reference is ~60x dearer per step
+    c.train.none_steps = 30          # the full-token reference costs ~8 s per step on 2 cores
     c.train.none_batch_size = 8
     c.train.log_every = 100
+    c.train.steps_per_call = 50      # optimizer steps per jitted call (lax.scan); arms reading frames use 1
     c.train.eval_batch_size = 128
 
     c.seeds = (0,)
@@ -94,7 +96,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.arms = ""                      # comma-separated arm names to run ("" = all of get_arms)
 
     c.full_overrides = mlc.ConfigDict({
-        "train_steps": 3000, "none_steps": 1000, "train_examples": 0, "eval_examples": 0,
+        "train_steps": 6000, "none_steps": 300, "train_examples": 0, "eval_examples": 0,
         "seeds": (0, 1), "headline_seeds": (0, 1, 2)})
 
     if arg == "tiny":

@@ -29,6 +29,7 @@ key is fixed per video (the in-model compressors draw a fresh key each training 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -266,6 +267,7 @@ def make_model_cls():
     from td_jax.attention import CrossDynamicsAttention
     from td_jax.data.patch_embed import patch_embed
     from td_jax.models.llm import Qwen2LM
+    from td_jax.models.vit import Projector
     from td_jax.models.vlm import splice, text_positions
     import td_jax.compressors.token_learner  # noqa: F401  (registers it)
 
@@ -290,11 +292,16 @@ def make_model_cls():
         patch_seed: int = 0
         video_newline: bool = True
         video_token_id: int = 4
+        projector: str = "mlp2x_gelu"
+
+        def project(self, x):
+            """The trainable vision->LLM projector on compressed tokens [..., D] (LLaVA's kinds)."""
+            return Projector(self.llm.hidden_size, kind=self.projector, name="projector")(x)
 
         def visual(self, batch, deterministic):
             d = self.llm.hidden_size
             if self.kind == "slots":
-                return batch["slots"].astype(jnp.float32), batch["slot_mask"].astype(bool)
+                return self.project(batch["slots"].astype(jnp.float32)), batch["slot_mask"].astype(bool)
             if self.kind == "dynamics":
                 base, dmap, valid = batch["base"].astype(jnp.float32), batch["dmap"].astype(jnp.int32), batch["valid"]
                 if self.variant == "random_map":      # as td_jax.compressors.token_dynamics
@@ -307,6 +314,7 @@ def make_model_cls():
                     base = jnp.where(valid[..., None], noise, 0.0)
                 elif self.variant != "full":
                     raise ValueError(f"unknown dynamics variant {self.variant!r}")
+                base = jnp.where(valid[..., None], self.project(base), 0.0)
                 out = CrossDynamicsAttention(num_heads=self.cross_heads, name="cross_dynamics")(
                     base, dmap, valid, deterministic)
                 return out, valid
@@ -314,11 +322,11 @@ def make_model_cls():
                                                        seed=self.patch_seed))
             if self.kind == "full":
                 b = tokens.shape[0]
-                return tokens.reshape(b, -1, d), jnp.ones((b, tokens.shape[1] * tokens.shape[2] * tokens.shape[3]), bool)
+                return self.project(tokens.reshape(b, -1, d)), jnp.ones((b, tokens.shape[1] * tokens.shape[2] * tokens.shape[3]), bool)
             if self.kind == "learner":
                 mod = compressors.get("token_learner", **dict(self.learner_cfg)).module(self.budget)
                 out = mod.clone(parent=self, name="token_learner")(tokens, deterministic=deterministic)
-                return out.tokens, out.mask
+                return jnp.where(out.mask[..., None], self.project(out.tokens), 0.0), out.mask
             raise ValueError(f"unknown model kind {self.kind!r}")
 
         @nn.compact
@@ -394,7 +402,7 @@ class Runner:
                               budget=arm["budget"], cross_heads=self.c["model"]["cross_heads"], learner_cfg=cfg,
                               patch_size=self.c["tokens"]["patch_size"], patch_seed=self.c["tokens"]["seed"],
                               video_newline=self.c["model"]["video_newline"],
-                              video_token_id=int(self.tok.video_token_id))
+                              video_token_id=int(self.tok.video_token_id), projector=self.c["model"]["projector"])
 
     def optimizer(self, steps: int):
         import optax
@@ -407,7 +415,7 @@ class Runner:
             return optax.adamw(sched, weight_decay=t["weight_decay"], mask=lambda p: _ndim_mask(p))
 
         def labels(params):
-            return {k: _label_tree(v, "llm" if k in ("llm", "image_newline") else "compressor") for k, v in params.items()}
+            return {k: _label_tree(v, "llm" if k in ("llm", "image_newline", "projector") else "compressor") for k, v in params.items()}
 
         return optax.chain(optax.clip_by_global_norm(t["clip_norm"]) if t["clip_norm"] else optax.identity(),
                            optax.multi_transform({"llm": adamw(t["lr"]), "compressor": adamw(t["compressor_lr"])},
@@ -434,14 +442,22 @@ class Runner:
             params = nn.unbox(model.init({"params": k1, compressors.RNG_STREAM: k2}, batch)["params"])
             return params, tx.init(params)
 
-        @jax.jit
-        def train_step(params, opt_state, batch, rng):
+        def one_step(carry, inp):
+            params, opt_state = carry
+            batch, rng = inp
+
             def loss_fn(p):
                 logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
                 return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
-            (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def train_step(params, opt_state, batches, rngs):
+            """``batches``: arrays [S, B, ...] of S consecutive steps; ``rngs`` [S]; returns losses [S]."""
+            (params, opt_state), losses = jax.lax.scan(one_step, (params, opt_state), (batches, rngs))
+            return params, opt_state, losses
 
         @jax.jit
         def eval_step(params, batch, rng):
@@ -493,18 +509,25 @@ def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: in
     params, opt_state = init(jax.random.key(seed), gather(arrays, names, np.arange(batch_size)))
     step_key = jax.random.fold_in(jax.random.key(seed), 1)
     losses, first_step_s, log_every = [], None, runner.c["train"]["log_every"]
-    for step in range(steps):
+    chunk = 1 if model.kind in ("full", "learner") else max(1, runner.c["train"]["steps_per_call"])
+    step, next_log = 0, log_every
+    while step < steps:
+        s_n = min(chunk, steps - step)
         ts = time.time()
-        params, opt_state, m = train_step(params, opt_state, gather(arrays, names, next_idx()),
-                                          jax.random.fold_in(step_key, step))
-        if step == 0:
-            jax.block_until_ready(m["loss"])
+        idx = np.stack([next_idx() for _ in range(s_n)])
+        batches = {k: v.reshape((s_n, batch_size) + v.shape[1:]) for k, v in gather(arrays, names, idx.reshape(-1)).items()}
+        rngs = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(np.arange(step, step + s_n))
+        params, opt_state, m = train_step(params, opt_state, batches, rngs)
+        if first_step_s is None:
+            jax.block_until_ready(m)
             first_step_s = time.time() - ts
-        losses.append(m["loss"])
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            recent = float(np.mean(jax.device_get(losses[-log_every:])))
-            log(f"  {label} step {step + 1}/{steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")
-    losses = [float(x) for x in jax.device_get(losses)]
+        losses.append(m)
+        step += s_n
+        if step >= next_log or step == steps:
+            recent = float(np.mean(np.concatenate(jax.device_get(losses))[-log_every:]))
+            log(f"  {label} step {step}/{steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")
+            next_log += log_every
+    losses = [float(x) for x in np.concatenate(jax.device_get(losses))]
     return {"params": params, "loss_first": float(np.mean(losses[: max(1, steps // 10)])),
             "loss_last": float(np.mean(losses[-max(1, steps // 10):])), "train_time_s": time.time() - t0,
             "first_step_s": first_step_s}
