@@ -277,7 +277,7 @@ def default_sample_size(k: int) -> int:
 
 
 def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
-                iters: int = 50, tol: float = 1e-4, refine_iters: int = 2,
+                iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
                 sample_size: int | None = None, n_local_trials: int | None = None,
                 n_init: int = 1, block_rows: int | None = 8192,
                 init: jax.Array | None = None) -> KMeansResult:
@@ -332,8 +332,8 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
 
 
 def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
-           iters: int = 50, tol: float = 1e-4, refine_iters: int = 2,
-           sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 1,
+           iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
+           sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 2,
            block_rows: int | None = 8192) -> KMeansResult:
     """Spherical k-means of rows x [N, D] into k clusters.
 

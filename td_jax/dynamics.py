@@ -93,7 +93,7 @@ _cluster_means.defvjp(_cluster_means_fwd, _cluster_means_bwd)
 
 
 def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
-                   base: str = "raw", iters: int = 50, tol: float = 1e-4, refine_iters: int = 2,
+                   base: str = "raw", iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
                    sample_size: int | None = None, n_init: int = 2,
                    block_rows: int | None = 8192) -> TokenDynamics:
     """Fixed-length Token Dynamics of one video.
@@ -233,7 +233,7 @@ def choose_k(ks: jax.Array, distortion: jax.Array, silhouette: jax.Array, method
 def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, method: str = "elbow",
                             k_min: int = 2, threshold: float = 0.15, elbow_tol: float = 0.05, mask: jax.Array | None = None,
                             base: str = "raw", sample_size: int | None = None, iters: int = 30,
-                            tol: float = 1e-4, refine_iters: int = 2, n_init: int = 2,
+                            tol: float = 1e-4, refine_iters: int = 1, n_init: int = 2,
                             block_rows: int | None = 8192) -> TokenDynamics:
     """Adaptive-length Token Dynamics: K chosen per video in [k_min, k_max].
 

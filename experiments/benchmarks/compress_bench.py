@@ -33,7 +33,7 @@ flags.DEFINE_integer("repeats", 5, "Timed runs of ours (distinct keys); medians 
 flags.DEFINE_integer("baseline_repeats", 3, "Timed runs (distinct seeds) of sklearn and faiss.")
 flags.DEFINE_integer("big_t", 512, "Frames of the large run (0 to skip).")
 flags.DEFINE_integer("n_init", 2, "td_jax.kmeans n_init.")
-flags.DEFINE_integer("refine_iters", 2, "td_jax.kmeans refine_iters.")
+flags.DEFINE_integer("refine_iters", 1, "td_jax.kmeans refine_iters.")
 flags.DEFINE_string("out", "", "Also write the markdown table (and a .json beside it) here.")
 flags.DEFINE_bool("child_big", False, "Internal: run the large-T measurement in this process.")
 

@@ -174,14 +174,14 @@ def kmeans_flops(n: int, d: int, k: int, *, iters: int, n_init: int, refine_iter
 
     Per initialisation: greedy k-means++ (one [S, D] x [D, trials] product per centre), the
     Lloyd steps (assignment + cluster sums, 4 S D K), one final assignment; then
-    ``refine_iters`` passes over all rows (assignment + unit and raw sums, 6 N D K) and the
-    raw base means (2 N K D).
+    ``refine_iters`` passes over all rows (assignment + unit and raw sums, 6 N D K).  The
+    base reuses the last pass's raw means (no further pass over the tokens).
     """
     from td_jax.cluster import default_sample_size
     s = min(n, default_sample_size(k) if sample_size is None else int(sample_size))
     trials = 2 + int(math.log(k))
     per_init = 2 * s * d + (k - 1) * 2 * s * d * trials + iters * 4 * s * d * k + 2 * s * d * k
-    return n_init * per_init + refine_iters * 6 * n * d * k + 2 * n * k * d
+    return n_init * per_init + refine_iters * 6 * n * d * k
 
 
 def pool_flops(t: int, g: int, d: int, stride: int) -> int:

@@ -39,7 +39,7 @@ class _TokenDynamicsBase(CompressorModule):
     base: str = "raw"
     iters: int = 50
     tol: float = 1e-4
-    refine_iters: int = 2
+    refine_iters: int = 1
     sample_size: int | None = None
     n_init: int = 2
     num_heads: int = 8
