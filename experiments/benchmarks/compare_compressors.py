@@ -31,18 +31,23 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("frames", 16, "Frames per video (T).")
-flags.DEFINE_integer("grid", 27, "Token grid side per frame (27 = SigLIP-so400m at 384 px).")
-flags.DEFINE_integer("dim", 256, "Token width D (LLaVA-OV-0.5B projects to 896).")
-flags.DEFINE_integer("batch", 2, "Videos per batch.")
-flags.DEFINE_list("budgets", ["0.07%", "1%", "10%"], "Budgets (percent, fraction or token count).")
-flags.DEFINE_list("methods", [], "Methods to compare (default: every registered one).")
-flags.DEFINE_string("cfg", "{}", 'JSON: per-method config, e.g. {"tome": {"mode": "frame"}}.')
-flags.DEFINE_integer("warmup", 1, "Untimed runs after compilation.")
-flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
-flags.DEFINE_integer("text_tokens", 64, "Text tokens added to the LLM sequence for the FLOP column.")
-flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch and the compressors' keys.")
-flags.DEFINE_string("out", "", "Also write the table (markdown) and rows (.json beside it) here.")
+
+
+def define_flags() -> None:
+    """Define this script's absl flags (only when run as a script, so importing it
+    next to another benchmark in one process does not clash)."""
+    flags.DEFINE_integer("frames", 16, "Frames per video (T).")
+    flags.DEFINE_integer("grid", 27, "Token grid side per frame (27 = SigLIP-so400m at 384 px).")
+    flags.DEFINE_integer("dim", 256, "Token width D (LLaVA-OV-0.5B projects to 896).")
+    flags.DEFINE_integer("batch", 2, "Videos per batch.")
+    flags.DEFINE_list("budgets", ["0.07%", "1%", "10%"], "Budgets (percent, fraction or token count).")
+    flags.DEFINE_list("methods", [], "Methods to compare (default: every registered one).")
+    flags.DEFINE_string("cfg", "{}", 'JSON: per-method config, e.g. {"tome": {"mode": "frame"}}.')
+    flags.DEFINE_integer("warmup", 1, "Untimed runs after compilation.")
+    flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
+    flags.DEFINE_integer("text_tokens", 64, "Text tokens added to the LLM sequence for the FLOP column.")
+    flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch and the compressors' keys.")
+    flags.DEFINE_string("out", "", "Also write the table (markdown) and rows (.json beside it) here.")
 
 # Methods whose ``tokens`` are attention outputs or noise rather than representatives of
 # input tokens: a reconstruction through their map would not measure the method.
@@ -197,4 +202,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

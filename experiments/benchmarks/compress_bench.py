@@ -25,17 +25,22 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("ts", ["16", "32", "64"], "Frame counts to benchmark.")
-flags.DEFINE_integer("k", 32, "Clusters.")
-flags.DEFINE_integer("d", 896, "Token width.")
-flags.DEFINE_integer("grid", 27, "Grid side (27 = SigLIP-so400m at 384 px).")
-flags.DEFINE_integer("repeats", 5, "Timed runs of ours (distinct keys); medians reported.")
-flags.DEFINE_integer("baseline_repeats", 3, "Timed runs (distinct seeds) of sklearn and faiss.")
-flags.DEFINE_integer("big_t", 512, "Frames of the large run (0 to skip).")
-flags.DEFINE_integer("n_init", 2, "td_jax.kmeans n_init.")
-flags.DEFINE_integer("refine_iters", 1, "td_jax.kmeans refine_iters.")
-flags.DEFINE_string("out", "", "Also write the markdown table (and a .json beside it) here.")
-flags.DEFINE_bool("child_big", False, "Internal: run the large-T measurement in this process.")
+
+
+def define_flags() -> None:
+    """Define this script's absl flags (only when run as a script, so importing it
+    next to another benchmark in one process does not clash)."""
+    flags.DEFINE_list("ts", ["16", "32", "64"], "Frame counts to benchmark.")
+    flags.DEFINE_integer("k", 32, "Clusters.")
+    flags.DEFINE_integer("d", 896, "Token width.")
+    flags.DEFINE_integer("grid", 27, "Grid side (27 = SigLIP-so400m at 384 px).")
+    flags.DEFINE_integer("repeats", 5, "Timed runs of ours (distinct keys); medians reported.")
+    flags.DEFINE_integer("baseline_repeats", 3, "Timed runs (distinct seeds) of sklearn and faiss.")
+    flags.DEFINE_integer("big_t", 512, "Frames of the large run (0 to skip).")
+    flags.DEFINE_integer("n_init", 2, "td_jax.kmeans n_init.")
+    flags.DEFINE_integer("refine_iters", 1, "td_jax.kmeans refine_iters.")
+    flags.DEFINE_string("out", "", "Also write the markdown table (and a .json beside it) here.")
+    flags.DEFINE_bool("child_big", False, "Internal: run the large-T measurement in this process.")
 
 
 def inertia_per_token(xn, labels, k):
@@ -203,4 +208,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

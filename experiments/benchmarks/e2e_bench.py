@@ -60,31 +60,36 @@ from typing import Any, Callable
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("frames", 32, "Frames per video (LLaVA-OV / the paper: 32).")
-flags.DEFINE_integer("budget", 32, "Token Dynamics K (base tokens fed to the LLM).")
-flags.DEFINE_integer("text_tokens", 64, "Text prompt tokens after the video.")
-flags.DEFINE_integer("new_tokens", 8, "Answer tokens generated after the prefill (0 skips the stage).")
-flags.DEFINE_list("full_frames", ["2", "4"], "Frame counts at which the full-token prefill is measured "
-                  "(the largest is extrapolated to --frames by FLOPs when --frames is not in the list).")
-flags.DEFINE_integer("vision_frames", 2, "Frames run through the vision tower; scaled linearly to --frames.")
-flags.DEFINE_integer("max_prefill_tokens", 8192, "Longer prefills are measured at fewer frames and "
-                     "extrapolated by FLOPs (dense attention memory grows with the square).")
-flags.DEFINE_list("paths", ["full", "pool", "token_dynamics"], "Paths to compare (full is the reference).")
-flags.DEFINE_list("stages", ["decode", "vision", "projector", "compression", "prefill", "generate"],
-                  "Stages to run; an omitted stage counts as 0 s in the totals (said in the output).")
-flags.DEFINE_bool("compile_full", True, "Compile (not run) the full-token prefill at --frames for XLA's "
-                  "FLOP count and temporary memory.")
-flags.DEFINE_string("llm", "qwen2_0_5b", "td_jax.models.configs name of the decoder.")
-flags.DEFINE_string("vision", "siglip_so400m_llava", "td_jax.models.configs name of the vision tower.")
-flags.DEFINE_integer("select_layer", -1, "Tower hidden state fed to the projector (LLaVA-OV: -1 of 26 blocks).")
-flags.DEFINE_integer("pool_stride", 2, "LLaVA-OV pooling stride (2: 27x27 -> 14x14).")
-flags.DEFINE_string("td_cfg", "{}", 'JSON config of the token_dynamics compressor, e.g. {"iters": 20}.')
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and parameter dtype of the models.")
-flags.DEFINE_integer("warmup", 0, "Untimed runs after compilation (compilation itself is always excluded: "
-                     "stages are compiled ahead of time).")
-flags.DEFINE_integer("repeats", 3, "Timed runs per stage; the median is reported.")
-flags.DEFINE_integer("seed", 0, "Seed of the weights, inputs and compressor keys.")
-flags.DEFINE_string("out", "", "Write the markdown report here and the JSON beside it (.json).")
+
+
+def define_flags() -> None:
+    """Define this script's absl flags (only when run as a script, so importing it
+    next to another benchmark in one process does not clash)."""
+    flags.DEFINE_integer("frames", 32, "Frames per video (LLaVA-OV / the paper: 32).")
+    flags.DEFINE_integer("budget", 32, "Token Dynamics K (base tokens fed to the LLM).")
+    flags.DEFINE_integer("text_tokens", 64, "Text prompt tokens after the video.")
+    flags.DEFINE_integer("new_tokens", 8, "Answer tokens generated after the prefill (0 skips the stage).")
+    flags.DEFINE_list("full_frames", ["2", "4"], "Frame counts at which the full-token prefill is measured "
+                      "(the largest is extrapolated to --frames by FLOPs when --frames is not in the list).")
+    flags.DEFINE_integer("vision_frames", 2, "Frames run through the vision tower; scaled linearly to --frames.")
+    flags.DEFINE_integer("max_prefill_tokens", 8192, "Longer prefills are measured at fewer frames and "
+                         "extrapolated by FLOPs (dense attention memory grows with the square).")
+    flags.DEFINE_list("paths", ["full", "pool", "token_dynamics"], "Paths to compare (full is the reference).")
+    flags.DEFINE_list("stages", ["decode", "vision", "projector", "compression", "prefill", "generate"],
+                      "Stages to run; an omitted stage counts as 0 s in the totals (said in the output).")
+    flags.DEFINE_bool("compile_full", True, "Compile (not run) the full-token prefill at --frames for XLA's "
+                      "FLOP count and temporary memory.")
+    flags.DEFINE_string("llm", "qwen2_0_5b", "td_jax.models.configs name of the decoder.")
+    flags.DEFINE_string("vision", "siglip_so400m_llava", "td_jax.models.configs name of the vision tower.")
+    flags.DEFINE_integer("select_layer", -1, "Tower hidden state fed to the projector (LLaVA-OV: -1 of 26 blocks).")
+    flags.DEFINE_integer("pool_stride", 2, "LLaVA-OV pooling stride (2: 27x27 -> 14x14).")
+    flags.DEFINE_string("td_cfg", "{}", 'JSON config of the token_dynamics compressor, e.g. {"iters": 20}.')
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and parameter dtype of the models.")
+    flags.DEFINE_integer("warmup", 0, "Untimed runs after compilation (compilation itself is always excluded: "
+                         "stages are compiled ahead of time).")
+    flags.DEFINE_integer("repeats", 3, "Timed runs per stage; the median is reported.")
+    flags.DEFINE_integer("seed", 0, "Seed of the weights, inputs and compressor keys.")
+    flags.DEFINE_string("out", "", "Write the markdown report here and the JSON beside it (.json).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -871,4 +876,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
