@@ -51,7 +51,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.data = mlc.ConfigDict()
     c.data.tfds_name = "moving_shapes_qa/default"
     c.data.data_dir = ""             # "" = {workdir}/tfds
-    c.data.train_examples = 0        # 0 = the whole train split (4,096 videos)
+    c.data.train_examples = 2048     # 0 = the whole train split (4,096 videos)
     c.data.eval_split = "test"
     c.data.eval_examples = 512       # 0 = the whole eval split
     c.data.max_text_len = 40
@@ -78,14 +78,14 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.model.cross_heads = 4          # CrossDynamicsAttention heads
 
     c.train = mlc.ConfigDict()
-    c.train.steps = 1500
+    c.train.steps = 1000
     c.train.batch_size = 32
     c.train.lr = 1e-3                 # 3e-3 stalled at chance in the probes
     c.train.compressor_lr = 1e-3     # the compressor's own parameters (attention, TokenLearner)
     c.train.warmup_frac = 0.05
     c.train.weight_decay = 0.1
     c.train.clip_norm = 1.0
-    c.train.none_steps = 30          # the full-token reference costs ~8 s per step on 2 cores
+    c.train.none_steps = 20          # the full-token reference costs ~8 s per step on 2 cores
     c.train.none_batch_size = 8
     c.train.log_every = 100
     c.train.steps_per_call = 50      # optimizer steps per jitted call (lax.scan); arms reading frames use 1

@@ -67,7 +67,7 @@ def effective(config) -> dict:
     c["data"]["data_dir"] = c["data"]["data_dir"] or os.path.join(c["workdir"], "tfds")
     if c["budget"] < 1:
         raise ValueError(f"config.budget must be >= 1, got {c['budget']}")
-    for k in ("steps", "none_steps", "batch_size", "none_batch_size", "eval_batch_size", "log_every"):
+    for k in ("steps", "none_steps", "batch_size", "none_batch_size", "eval_batch_size", "log_every", "steps_per_call"):
         if c["train"][k] < 1:
             raise ValueError(f"config.train.{k} must be >= 1, got {c['train'][k]}")
     if c["model"]["hidden_size"] % c["model"]["cross_heads"]:
@@ -534,12 +534,14 @@ def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: in
 
 
 def evaluate_arm(runner: Runner, model, params, arrays: dict, *, seed: int) -> tuple[np.ndarray, float]:
-    """(predicted option per example [N], seconds)."""
+    """(predicted option per example [N], seconds).  The all-token model evaluates in batches
+    of ``train.none_batch_size`` (its attention over T·h·w tokens does not fit 128 at a time)."""
     import jax
 
     _, _, eval_step = _eval_fn_any(runner, model)
     names = model_inputs(model.kind)
-    n, bs = len(arrays["input_ids"]), runner.c["train"]["eval_batch_size"]
+    bs = runner.c["train"]["none_batch_size"] if model.kind == "full" else runner.c["train"]["eval_batch_size"]
+    n = len(arrays["input_ids"])
     key = jax.random.key(10_000 + seed)
     preds, t0 = [], time.time()
     for start in range(0, n, bs):
@@ -692,6 +694,9 @@ def run(config, results_dir: str) -> list[dict]:
         if spec.kind == "adaptive":
             extra["k_chosen"] = np.bincount(tokens.astype(int), minlength=arm["budget"] + 1).tolist()
         summaries.append(summarise(arm, runs, tokens, n_tokens, families, extra))
+        os.makedirs(c["workdir"], exist_ok=True)
+        with open(os.path.join(c["workdir"], "motion_qa_partial.json"), "w") as f:   # survives a crash later on
+            json.dump(report._jsonable(summaries), f, indent=1)
     order = {a["name"]: i for i, a in enumerate(arms)}
     summaries.sort(key=lambda s: order[s["name"]])
 
