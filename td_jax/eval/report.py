@@ -73,11 +73,26 @@ def _margin(a: Mapping, b: Mapping, fams: Sequence[str]) -> tuple[float, float]:
     return float(d), float(s)
 
 
+def above_chance(a: Mapping, meta: Mapping) -> bool:
+    """True when an arm's accuracy is more than 2 binomial standard errors above chance
+    (1 / options) on ``meta["eval_examples"]`` questions (always True without that count)."""
+    n = meta.get("eval_examples")
+    if not n:
+        return True
+    p = 1.0 / meta.get("num_options", 4)
+    return a["accuracy"] > p + 2 * math.sqrt(p * (1 - p) / n)
+
+
 def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
     """The issue's targets as ``{"target", "measured", "status"}`` rows; status is
-    "met", "missed" or "not measured" (with the reason in ``measured``)."""
+    "met", "missed" or "not measured" (with the reason in ``measured``).  Comparisons whose
+    arms are all at chance level are "not measured": their margins are noise."""
     by = _by_name(arms)
-    out = []
+    out = [] if not arms or any(above_chance(a, meta) for a in arms) else [{
+        "target": "any arm above chance", "status": "missed",
+        "measured": f"every arm is within 2 standard errors of chance on {meta.get('eval_examples')} questions; "
+                    "the comparisons below are noise"}]
+    chance = bool(out)
     full = next((a for a in arms if a["method"] == "none"), None)
     td_arms = [a for a in arms if a["method"] == "token_dynamics" and not a["cfg"].get("adaptive")]
     low = [a for a in td_arms if a["percent_tokens"] <= 0.1 + 1e-9]
@@ -94,6 +109,8 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
         if seen_full < seen_best:
             status = "not measured"
             t1 += f" (the reference saw {seen_full} training examples vs {seen_best}: not a fair upper bound)"
+        if chance:
+            status = "not measured"
         out.append({"target": t1, "status": status,
                     "measured": f"{best['name']} ({best['percent_tokens']:.3f}%): {_pct(best['accuracy'])}% vs "
                                 f"all tokens {_pct(full['accuracy'])}% ({full['steps']} steps) = {100 * ratio:.1f}%"})
@@ -109,7 +126,7 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
             same = abs(r["visual_tokens"] - head["visual_tokens"]) < 0.5
             t = f"token dynamics above `{r['name']}` on {'/'.join(fams)}" + ("" if same else
                                                                          f" ({r['name']} uses {r['visual_tokens']:.0f} tokens)")
-            out.append({"target": t, "status": "met" if d > s and d > 0 else "missed",
+            out.append({"target": t, "status": "not measured" if chance else ("met" if d > s and d > 0 else "missed"),
                         "measured": f"margin {100 * d:+.1f} points (seed spread ±{100 * s:.1f})"})
     fixed = [a for a in td_arms]
     for a in arms:
@@ -122,7 +139,7 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
         best = max(fixed, key=lambda f: f["accuracy"])
         gap = 100 * (best["accuracy"] - a["accuracy"])
         ok = gap <= 1.0 and a["visual_tokens"] < best["visual_tokens"]
-        out.append({"target": t, "status": "met" if ok else "missed",
+        out.append({"target": t, "status": "not measured" if chance else ("met" if ok else "missed"),
                     "measured": f"{_pct(a['accuracy'])}% with {a['visual_tokens']:.2f} tokens vs best fixed "
                                 f"{best['name']} {_pct(best['accuracy'])}% with {best['visual_tokens']:.0f}"})
     out.append({"target": "LLM-side speed-up >= 100x and end to end >= 2x at 0.5B size", "status": "not measured",
