@@ -183,12 +183,13 @@ def make_cache_fn(spec: CacheSpec, c: dict, grid: tuple[int, int, int]):
     import jax
     import jax.numpy as jnp
     from td_jax import adaptive_token_dynamics, token_dynamics
+    from td_jax.compressors import token_dynamics as td_ablation
 
     km = dict(c["kmeans"])
     km["sample_size"] = km["sample_size"] or None
 
-    def scale_of(x):   # the RMS token norm random_base scales its noise to
-        return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x.astype(jnp.float32)), -1)))
+    def scale_of(x):   # the RMS token norm random_base scales its noise to: x [T, H, W, D] -> []
+        return td_ablation.token_scale(x[None])[0]
 
     if spec.kind == "kmeans":
         def one(x, key):
@@ -264,6 +265,7 @@ def make_model_cls():
     import jax.numpy as jnp
 
     from td_jax import compressors
+    from td_jax.compressors import token_dynamics as td_ablation
     from td_jax.attention import CrossDynamicsAttention
     from td_jax.data.patch_embed import patch_embed
     from td_jax.models.llm import Qwen2LM
@@ -304,14 +306,11 @@ def make_model_cls():
                 return self.project(batch["slots"].astype(jnp.float32)), batch["slot_mask"].astype(bool)
             if self.kind == "dynamics":
                 base, dmap, valid = batch["base"].astype(jnp.float32), batch["dmap"].astype(jnp.int32), batch["valid"]
-                if self.variant == "random_map":      # as td_jax.compressors.token_dynamics
-                    n_valid = jnp.maximum(jnp.sum(valid, axis=-1), 1)
-                    u = jax.random.uniform(self.make_rng(compressors.RNG_STREAM), dmap.shape)
-                    dmap = jnp.where(dmap >= 0, jnp.floor(u * n_valid[:, None, None, None]).astype(jnp.int32), -1)
+                if self.variant == "random_map":      # the compressor's own ablation transforms
+                    dmap = td_ablation.random_map(self.make_rng(compressors.RNG_STREAM), dmap, valid)
                 elif self.variant == "random_base":
-                    noise = jax.random.normal(self.make_rng(compressors.RNG_STREAM), base.shape, jnp.float32)
-                    noise = noise / jnp.sqrt(d) * batch["scale"][:, None, None]
-                    base = jnp.where(valid[..., None], noise, 0.0)
+                    base = td_ablation.random_base(self.make_rng(compressors.RNG_STREAM), valid, base.shape[-1],
+                                                   batch["scale"])
                 elif self.variant != "full":
                     raise ValueError(f"unknown dynamics variant {self.variant!r}")
                 base = jnp.where(valid[..., None], self.project(base), 0.0)

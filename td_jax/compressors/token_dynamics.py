@@ -22,6 +22,27 @@ from td_jax.dynamics import ADAPTIVE_METHODS, BASE_MODES, adaptive_token_dynamic
 VARIANTS = ("full", "base_only", "random_map", "random_base")
 
 
+def token_scale(tokens: jax.Array) -> jax.Array:
+    """RMS token norm of each video: tokens [B, T, H, W, D] -> [B]."""
+    return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(tokens.astype(jnp.float32)), -1), axis=(1, 2, 3)))
+
+
+def random_map(key: jax.Array, dynamics_map: jax.Array, valid: jax.Array) -> jax.Array:
+    """The ``random_map`` ablation: every unmasked cell of [B, T, H, W] gets a uniform random
+    id among the video's valid clusters (valid [B, K]); masked cells stay -1."""
+    n_valid = jnp.maximum(jnp.sum(valid, axis=-1), 1)                                  # [B]
+    u = jax.random.uniform(key, dynamics_map.shape)
+    ids = jnp.floor(u * n_valid[:, None, None, None]).astype(jnp.int32)
+    return jnp.where(dynamics_map >= 0, ids, -1)
+
+
+def random_base(key: jax.Array, valid: jax.Array, dim: int, scale: jax.Array) -> jax.Array:
+    """The ``random_base`` ablation: Gaussian base [B, K, dim] whose rows have norm ~scale [B]
+    (zero rows where valid [B, K] is False)."""
+    noise = jax.random.normal(key, valid.shape + (dim,), jnp.float32) / jnp.sqrt(dim)
+    return jnp.where(valid[..., None], noise * scale[:, None, None], 0.0)
+
+
 class _TokenDynamicsBase(CompressorModule):
     """Fields: budget = K (or k_max when adaptive).
 
@@ -75,14 +96,9 @@ class _TokenDynamicsBase(CompressorModule):
         td = jax.vmap(self._cluster)(tokens, jax.random.split(k_cluster, b))
         base, dmap, valid = td.base, td.dynamics_map, td.valid
         if self.variant == "random_map":
-            n_valid = jnp.maximum(jnp.sum(valid, axis=-1), 1)                      # [B]
-            u = jax.random.uniform(k_ablate, dmap.shape)
-            dmap = jnp.where(dmap >= 0, jnp.floor(u * n_valid[:, None, None, None]).astype(jnp.int32), -1)
+            dmap = random_map(k_ablate, dmap, valid)
         elif self.variant == "random_base":
-            scale = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(tokens.astype(jnp.float32)), -1), axis=(1, 2, 3)))
-            noise = jax.random.normal(k_ablate, base.shape, jnp.float32)
-            noise = noise / jnp.sqrt(base.shape[-1]) * scale[:, None, None]
-            base = jnp.where(valid[..., None], noise, 0.0).astype(base.dtype)
+            base = random_base(k_ablate, valid, base.shape[-1], token_scale(tokens)).astype(base.dtype)
         out = base
         if self.variant != "base_only":
             out = CrossDynamicsAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
