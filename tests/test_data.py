@@ -103,6 +103,23 @@ def test_answer_values_balanced():
         assert per_family[fam] == {v: 4 for v in values}, fam
 
 
+def test_family_subset_cycles_balanced_and_checked():
+    """A family subset (the ``motion`` config asks color, direction, order): example i asks
+    families[i % 3], letters and values stay balanced, the checker agrees, ids stay global."""
+    cfg = ms.SceneConfig(num_frames=16, resolution=64)
+    fams = ("color", "direction", "order")
+    per_family = collections.defaultdict(collections.Counter)
+    for i in range(3 * 16):
+        ex = ms.make_example(cfg, 0, "train", i, fams)
+        assert ex["family"] == fams[i % 3] and ex["family_id"] == ms.FAMILIES.index(ex["family"])
+        assert qa_checker.check_answer(ex) == ex["answer"], (ex["question"], ex["options"])
+        per_family[ex["family"]][ex["answer"]] += 1
+    assert all(per_family[f] == {a: 4 for a in range(4)} for f in fams)
+    assert per_family.keys() == set(fams)
+    with pytest.raises(ValueError, match="unknown question families"):
+        ms.make_example(cfg, 0, "train", 0, ("colour",))
+
+
 def test_checker_recomputes_stored_answers(tiny_source):
     n = 0
     for src in tiny_source.values():

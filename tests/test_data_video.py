@@ -220,3 +220,33 @@ def test_extract_tokens_cli_and_token_pipeline(folder, tmp_path):
                                atol=1e-5)
     with pytest.raises(FileNotFoundError, match="missing"):
         tokens_store.read_meta(str(tmp_path / "none"))
+
+
+def test_text_answers_and_option_scoring_rows():
+    """The "text" answer format: the target is the option's words; encode_mc_options gives one
+    row per option, and sequence_logprob over those rows picks the likeliest option."""
+    import jax.numpy as jnp
+    from td_jax.models.vlm import sequence_logprob
+
+    tok = tok_lib.WordTokenizer.for_moving_shapes()
+    opts = ["red circle", "blue square", "cyan cross", "green triangle"]
+    enc = tok_lib.encode_mc(tok, "Which object appears first?", opts, 2, 40, "text", list_options=False)
+    pos = np.flatnonzero(enc["loss_mask"])
+    assert enc["input_ids"][pos].tolist() == tok.encode("cyan cross") + [tok.eos_id]
+    assert tok.decode(enc["input_ids"]).endswith("question : which object appears first ? answer : cyan cross <eos>")
+    listed = tok_lib.encode_mc(tok, "Which object appears first?", opts, 2, 40, "text")
+    assert "options : A . red circle" in tok.decode(listed["input_ids"])
+    rows = tok_lib.encode_mc_options(tok, "Which object appears first?", opts, 40, list_options=False)
+    assert rows["input_ids"].shape == (4, 40)
+    np.testing.assert_array_equal(rows["input_ids"][2], enc["input_ids"])
+    # A model whose logits put all mass on row 1's tokens scores row 1 highest.
+    logits = np.full((4, 40, tok.vocab_size), -5.0, np.float32)
+    tgt = rows["input_ids"][1]
+    logits[:, np.arange(39), tgt[1:]] = 5.0
+    scores = np.asarray(sequence_logprob(jnp.asarray(logits), jnp.asarray(rows["input_ids"]),
+                                         jnp.asarray(rows["loss_mask"])))
+    assert scores.argmax() == 1 and scores[1] > -0.01 * rows["loss_mask"][1].sum()
+    with pytest.raises(ValueError, match="answer_format"):
+        tok_lib.encode_mc(tok, "q", opts, 0, 40, "word")
+    with pytest.raises(ValueError, match="list_options=True"):
+        tok_lib.encode_mc(tok, "q", opts, 0, 40, "letter", list_options=False)

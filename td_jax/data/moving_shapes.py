@@ -370,20 +370,26 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
 
 
-def family_of(index: int) -> str:
-    return FAMILIES[index % len(FAMILIES)]
+def family_of(index: int, families: tuple[str, ...] = FAMILIES) -> str:
+    return families[index % len(families)]
 
 
-def make_example(cfg: SceneConfig, seed: int, split: str, index: int) -> dict[str, Any]:
+def make_example(cfg: SceneConfig, seed: int, split: str, index: int,
+                 families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
     """One example as a dict of numpy arrays / strings (the TFDS feature layout).
 
     Keys: ``id``, ``frames [T,R,R,3] uint8``, ``question``, ``options`` (list of str),
     ``answer`` (int), ``family`` (str), ``family_id`` (int), and ``objects``: a dict of
     ``color [N]``, ``shape [N]`` (str), ``positions [N,T,2]`` float32, ``visible [N,T]`` bool.
+    ``families``: the families to cycle through (example ``i`` asks ``families[i % len]``);
+    ``family_id`` stays the index in the full ``FAMILIES``.
     """
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise ValueError(f"unknown question families {bad or families}; known: {FAMILIES}")
     rng = example_rng(seed, split, index)
-    fam = family_of(index)
-    j = index // len(FAMILIES)
+    fam = family_of(index, tuple(families))
+    j = index // len(families)
     letter, value = j % NUM_OPTIONS, j // NUM_OPTIONS
     for _ in range(_MAX_TRIES):
         objs, question, options = _FAMILY_FNS[fam](rng, cfg, letter, value)

@@ -29,6 +29,7 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
     resolution: int = 64
     seed: int = 0
     split_sizes: tuple[tuple[str, int], ...] = (("train", 4096), ("validation", 512), ("test", 1024))
+    families: tuple[str, ...] = ms.FAMILIES   # the question families asked, in turn
 
     @property
     def scene(self) -> ms.SceneConfig:
@@ -41,6 +42,13 @@ CONFIGS = (
                        split_sizes=(("train", 64), ("validation", 32), ("test", 32))),
     MovingShapesConfig(name="default", description="16 frames of 64x64 px; 4096/512/1024 examples.",
                        num_frames=16, resolution=64),
+    MovingShapesConfig(name="large", description="16 frames of 64x64 px; 32768/512/1024 examples.",
+                       num_frames=16, resolution=64,
+                       split_sizes=(("train", 32768), ("validation", 512), ("test", 1024))),
+    MovingShapesConfig(name="motion", description=("16 frames of 64x64 px; 3 families (color, direction, "
+                                                   "order); 12288/384/768 examples."),
+                       num_frames=16, resolution=64, families=("color", "direction", "order"),
+                       split_sizes=(("train", 12288), ("validation", 384), ("test", 768))),
     MovingShapesConfig(name="long", description="64 frames of 64x64 px; 1024/128/256 examples.",
                        num_frames=64, resolution=64,
                        split_sizes=(("train", 1024), ("validation", 128), ("test", 256))),
@@ -49,8 +57,8 @@ CONFIGS = (
 
 def _generate_one(args):
     """Worker entry (top level so spawned processes can import it)."""
-    scene, seed, split, index = args
-    ex = ms.make_example(scene, seed, split, index)
+    scene, seed, split, index, families = args
+    ex = ms.make_example(scene, seed, split, index, families)
     return ex["id"], ex
 
 
@@ -92,7 +100,7 @@ class MovingShapesQa(tfds.core.GeneratorBasedBuilder):
                          "speed/stop, temporal order or position at a moment. Families: "
                          + ", ".join(ms.FAMILIES)),
             features=features,
-            metadata=tfds.core.MetadataDict(families=list(ms.FAMILIES), seed=c.seed,
+            metadata=tfds.core.MetadataDict(families=list(ms.FAMILIES), asked=list(c.families), seed=c.seed,
                                             num_frames=T, resolution=R),
         )
 
@@ -102,7 +110,7 @@ class MovingShapesQa(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, n: int):
         c = self.builder_config
-        jobs = [(c.scene, c.seed, split, i) for i in range(n)]
+        jobs = [(c.scene, c.seed, split, i, tuple(c.families)) for i in range(n)]
         t0, step = time.time(), max(1, n // 10)
         results = parallel_map(_generate_one, jobs, self._num_workers, min_jobs=64)
         for k, item in enumerate(results, 1):

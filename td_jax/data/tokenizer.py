@@ -26,6 +26,7 @@ LETTERS = string.ascii_uppercase
 _WORD_RE = re.compile(r"<[a-z_]+>|[A-Za-z0-9']+|[^\sA-Za-z0-9]")
 WORD_SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", "<video>")
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+SHORT_INSTRUCTION = "Answer the question using a single word or phrase."
 
 
 def _check_options(options: Sequence[str], num_options: int) -> None:
@@ -83,13 +84,20 @@ class WordTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.vocab[int(i)] for i in ids if int(i) != self.pad_id)
 
-    def prompt_ids(self, question: str, options: Sequence[str]) -> list[int]:
+    def prompt_ids(self, question: str, options: Sequence[str], list_options: bool = True) -> list[int]:
+        """``list_options=False`` leaves the options out: ``<bos> <video> question : {q} answer :``."""
         _check_options(options, self.num_options)
+        if not list_options:
+            return [self.bos_id, self.video_token_id] + self.encode(f"question : {question} answer :")
         opts = " ".join(f"{LETTERS[i]} . {o}" for i, o in enumerate(options))
         return [self.bos_id, self.video_token_id] + self.encode(f"question : {question} options : {opts} answer :")
 
     def answer_ids(self, answer: int) -> list[int]:
         return [int(self.option_ids[answer]), self.eos_id]
+
+    def answer_text_ids(self, text: str) -> list[int]:
+        """The option's own words then ``<eos>`` (the "text" answer format)."""
+        return self.encode(text) + [self.eos_id]
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
@@ -149,17 +157,23 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids if int(i) != self.pad_id], skip_special_tokens=False)
 
-    def prompt_ids(self, question: str, options: Sequence[str]) -> list[int]:
+    def prompt_ids(self, question: str, options: Sequence[str], list_options: bool = True) -> list[int]:
+        """``list_options=False``: no options and LLaVA's short-answer instruction instead."""
         _check_options(options, self.num_options)
-        opts = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+        opts = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options)) if list_options else ""
+        instruction = self.instruction if list_options else SHORT_INSTRUCTION
         nl = self.encode("\n")
         return ([self.im_start] + self.encode(f"system\n{self.system}") + [self.im_end] + nl
                 + [self.im_start] + self.encode("user\n") + [self.video_token_id]
-                + self.encode(f"\n{question}\n{opts}{self.instruction}") + [self.im_end] + nl
+                + self.encode(f"\n{question}\n{opts}{instruction}") + [self.im_end] + nl
                 + [self.im_start] + self.encode("assistant\n"))
 
     def answer_ids(self, answer: int) -> list[int]:
         return [int(self.option_ids[answer]), self.im_end]
+
+    def answer_text_ids(self, text: str) -> list[int]:
+        """The option's own text then ``<|im_end|>`` (the "text" answer format)."""
+        return self.encode(text) + [self.im_end]
 
 
 def make_tokenizer(spec: str, num_options: int = ms.NUM_OPTIONS, **kwargs):
@@ -175,12 +189,28 @@ def make_tokenizer(spec: str, num_options: int = ms.NUM_OPTIONS, **kwargs):
     return HFTokenizer(spec, num_options=num_options, **kwargs)
 
 
-def encode_mc(tok, question: str, options: Sequence[str], answer: int, max_len: int) -> dict[str, np.ndarray]:
+ANSWER_FORMATS = ("letter", "text")
+
+
+def encode_mc(tok, question: str, options: Sequence[str], answer: int, max_len: int,
+              answer_format: str = "letter", list_options: bool = True) -> dict[str, np.ndarray]:
     """One multiple-choice example → ``input_ids [L] int32``, ``attention_mask [L] bool``,
-    ``loss_mask [L] float32`` (1.0 on the answer tokens), right-padded to ``L = max_len``."""
+    ``loss_mask [L] float32`` (1.0 on the answer tokens), right-padded to ``L = max_len``.
+
+    ``answer_format``: "letter" — the target is the option's letter then end-of-turn (the
+    lmms-eval protocol, scored by the letters' logits); "text" — the target is the option's
+    own text then end-of-turn (scored by each option's sequence log-likelihood, see
+    :func:`encode_mc_options`).  ``list_options=False`` (text format only) leaves the
+    options out of the prompt.
+    """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+    if not list_options and answer_format == "letter":
+        raise ValueError("a letter answer needs the options listed in the prompt (list_options=True)")
     if not 0 <= int(answer) < len(options):
         raise ValueError(f"answer index {answer} out of range for {len(options)} options")
-    prompt, ans = tok.prompt_ids(question, options), tok.answer_ids(int(answer))
+    prompt = tok.prompt_ids(question, options, list_options)
+    ans = tok.answer_ids(int(answer)) if answer_format == "letter" else tok.answer_text_ids(options[int(answer)])
     n = len(prompt) + len(ans)
     if n > max_len:
         raise ValueError(f"prompt + answer is {n} tokens, longer than max_text_len={max_len}: {question!r}")
@@ -191,3 +221,11 @@ def encode_mc(tok, question: str, options: Sequence[str], answer: int, max_len: 
     loss = np.zeros(max_len, np.float32)
     loss[len(prompt):n] = 1.0
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def encode_mc_options(tok, question: str, options: Sequence[str], max_len: int,
+                      list_options: bool = True) -> dict[str, np.ndarray]:
+    """Every option as a "text" answer: ``input_ids / attention_mask / loss_mask [n_options, L]``;
+    row ``i`` is :func:`encode_mc` with answer ``i``, for scoring the options by likelihood."""
+    rows = [encode_mc(tok, question, options, i, max_len, "text", list_options) for i in range(len(options))]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -224,6 +224,16 @@ def mc_logits(logits: Array, loss_mask: Array, option_ids: Array) -> Array:
     return at[:, option_ids]
 
 
+def sequence_logprob(logits: Array, input_ids: Array, loss_mask: Array) -> Array:
+    """Sum of the target tokens' log-probabilities per row: ``[B]``.  logits [B, L, V]
+    (text-aligned), input_ids [B, L], loss_mask [B, L] (1.0 on the tokens to score).
+    With rows = one example's options (``encode_mc_options``), argmax over them is the
+    likelihood-scored multiple-choice answer."""
+    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tok_lp = jnp.take_along_axis(lp, input_ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(tok_lp * loss_mask[:, 1:].astype(jnp.float32), axis=1)
+
+
 def mc_accuracy(logits, loss_mask, option_ids, answer, valid=None) -> Array:
     """Fraction of (valid) rows whose argmax option equals ``answer [B]``."""
     hit = (jnp.argmax(mc_logits(logits, loss_mask, option_ids), axis=-1) == answer).astype(jnp.float32)
