@@ -83,6 +83,7 @@ class CrossDynamicsAttention(nn.Module):
     """
 
     num_heads: int = 8
+    own_bias: float = 0.0      # initial per-head logit bonus for a query's own trajectory (learned)
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
@@ -121,6 +122,12 @@ class CrossDynamicsAttention(nn.Module):
         key_ = _dense(d, ("embed", "heads"), "key", **kw)(motion).reshape(b, k * t, self.num_heads, hd)
         val = _dense(d, ("embed", "heads"), "value", **kw)(motion).reshape(b, k * t, self.num_heads, hd)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, key_) / math.sqrt(hd)
+        if self.own_bias:
+            # Bonus for the query's own cluster's trajectory tokens (key index k'·T + t, own iff k' = q).
+            own = (jnp.arange(k)[:, None] == jnp.repeat(jnp.arange(k), t)[None, :])      # [K, K*T]
+            bias = self.param("own_bias", nn.with_logical_partitioning(
+                nn.initializers.constant(self.own_bias), ("heads",)), (self.num_heads,), self.param_dtype)
+            logits = logits + bias[None, :, None, None] * own[None, None].astype(logits.dtype)
         logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)

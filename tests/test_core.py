@@ -270,9 +270,10 @@ def _perturbed_params(module, base, dmap, valid):
     return jax.tree.unflatten(tree, [l + 0.2 * jax.random.normal(kk, l.shape) for l, kk in zip(leaves, keys)])
 
 
-def test_attention_output_is_k_tokens_and_equivariant():
+@pytest.mark.parametrize("own_bias", [0.0, 3.0])
+def test_attention_output_is_k_tokens_and_equivariant(own_bias):
     base, dmap, valid = _attn_inputs()
-    mod = td_jax.CrossDynamicsAttention(num_heads=4)
+    mod = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=own_bias)
     params = _perturbed_params(mod, base, dmap, valid)
     out = np.asarray(mod.apply(params, base, dmap, valid))
     assert out.shape == base.shape
@@ -338,6 +339,27 @@ def test_compressor_module(name, video):
     assert (len(jax.tree.leaves(params)) == 0) == (name == "base_only")
 
 
+def test_base_map_feeds_base_then_one_map_token_per_frame(video):
+    """The "base + map without attention" rung: K base tokens (= base_only's) then T map
+    tokens that change when the map changes; the budget planner gives K = M - T."""
+    x, _ = video
+    xs = jnp.asarray(np.stack([x, x[::-1]]))
+    comp = td_jax.compressors.get("base_map")
+    t = x.shape[0]
+    params = comp.init(jax.random.key(0), xs, budget=6 + t)
+    out = comp(xs, key=jax.random.key(1), budget=6 + t, params=params)
+    assert out.tokens.shape == (2, 6 + t, 64) and bool(out.mask.all())
+    base_only = td_jax.compressors.get("base_only")(xs, key=jax.random.key(1), budget=6)
+    np.testing.assert_allclose(np.asarray(out.tokens[:, :6]), np.asarray(base_only.tokens), atol=1e-6)
+    maps = np.asarray(out.tokens[:, 6:])
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3              # reversed video, different map tokens
+    from td_jax.compressors import budget as budget_lib
+    p = budget_lib.plan("base_map", 6 + t, (t, 12, 12))
+    assert p.budget == 6 + t and p.knobs["k"] == 6
+    with pytest.raises(ValueError, match="no room for K clusters"):
+        budget_lib.plan("base_map", t, (t, 12, 12))
+
+
 def test_compressor_adaptive_and_unknown_keys(video):
     x, _ = video
     comp = td_jax.compressors.get("token_dynamics", adaptive="silhouette", num_heads=4)
@@ -384,3 +406,24 @@ def test_base_gradient_matches_direct_mean(mode, video):
     ours = lambda x: jnp.sum(w * td_jax.token_dynamics(x, 5, key=jax.random.key(0), base=mode).base)
     np.testing.assert_allclose(float(ours(x)), float(direct(x)), rtol=1e-4)
     np.testing.assert_allclose(np.asarray(jax.grad(ours)(x)), np.asarray(jax.grad(direct)(x)), rtol=1e-4, atol=1e-6)
+
+
+def test_attention_own_bias_routes_a_token_to_its_own_trajectory():
+    """With a large own-trajectory bonus, moving another cluster's cells leaves a token's
+    output unchanged (while it still changes that other cluster's)."""
+    base, dmap, valid = _attn_inputs()
+    mod = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=60.0)
+    params = _perturbed_params(mod, base, dmap, valid)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.full_like(p, 60.0) if "own_bias" in str(path) else p, params)
+    out = np.asarray(mod.apply(params, base, dmap, valid))
+    moved = np.asarray(dmap).copy()
+    b0 = 0
+    present = [k for k in range(base.shape[1]) if valid[b0, k] and (moved[b0] == k).any()]
+    k_move, k_keep = present[0], present[1]
+    cells = moved[b0] == k_move
+    moved[b0][cells] = -1                      # cluster k_move vanishes from half the frames
+    moved[b0][cells & (np.arange(moved.shape[1])[:, None, None] % 2 == 0)] = k_move
+    out_m = np.asarray(mod.apply(params, base, moved, valid))
+    np.testing.assert_allclose(out_m[b0, k_keep], out[b0, k_keep], atol=1e-4)
+    assert np.abs(out_m[b0, k_move] - out[b0, k_move]).max() > 1e-3

@@ -199,6 +199,16 @@ def _plan_token_dynamics(m, shape, cfg):
     return cfg, k, {"k_max" if cfg.get("adaptive") else "k": k}
 
 
+@planner("base_map")
+def _plan_base_map(m, shape, cfg):
+    t, h, w = shape
+    if m <= t:
+        raise ValueError(f"base_map: a budget of {m} tokens leaves no room for K clusters next to the "
+                         f"{t} map tokens (one per frame); give more than {t}")
+    k = min(m - t, t * h * w)
+    return cfg, k + t, {"k": k, "map_tokens": t}
+
+
 def plan(method: str, spec: int | float | str, shape: tuple[int, int, int], **cfg: Any) -> BudgetPlan:
     """Set up ``method`` for a budget over videos of ``shape = (T, H, W)`` tokens.
 
