@@ -20,26 +20,28 @@ cross-dynamics attention, TokenLearner).  ``get_arms(config)`` lists the arms.
 import ml_collections as mlc
 
 # The paper's ablation ladder and baselines.  Each arm: name (row label), method (the
-# compressor registry's name; "none" = all tokens), budget (visual slots; 0 = config.budget),
+# compressor registry's name; "none" = all tokens), budget (K or visual slots; 0 = config.budget),
 # cfg (compressor options), seeds ("headline" = config.headline_seeds, else config.seeds),
-# eval_only_of (adaptive arms reuse the weights of the named fixed-K arm, see launch/motion_qa.py).
+# eval_only_of (adaptive arms reuse the weights of the named fixed-K arm, see launch/motion_qa.py),
+# full_only (run only with --config.full=True: the costly or secondary arms).
 _ARMS = (
     dict(name="token_dynamics", method="token_dynamics", seeds="headline"),
     dict(name="token_dynamics K=4", method="token_dynamics", budget=4),
-    dict(name="token_dynamics K=16", method="token_dynamics", budget=16),
+    dict(name="token_dynamics K=16", method="token_dynamics", budget=16, full_only=True),
     dict(name="adaptive (elbow)", method="token_dynamics", cfg={"adaptive": "elbow"},
          eval_only_of="token_dynamics", seeds="headline"),
     dict(name="adaptive (silhouette)", method="token_dynamics", cfg={"adaptive": "silhouette"},
          eval_only_of="token_dynamics", seeds="headline"),
     dict(name="base_only", method="base_only", seeds="headline"),
+    dict(name="base + map (no attention)", method="base_map"),
     dict(name="random_map", method="random_map"),
     dict(name="random_base", method="random_base"),
-    dict(name="tome", method="tome", seeds="headline"),
-    dict(name="prune", method="prune", seeds="headline"),
+    dict(name="tome", method="tome"),
+    dict(name="prune", method="prune"),
     dict(name="pool", method="pool"),
-    dict(name="frames", method="frames"),
-    dict(name="token_learner", method="token_learner", cfg={"mode": "video"}),
-    dict(name="none (all tokens)", method="none"),
+    dict(name="frames", method="frames", full_only=True),
+    dict(name="token_learner", method="token_learner", cfg={"mode": "video"}, full_only=True),
+    dict(name="none (all tokens)", method="none", full_only=True),
 )
 
 
@@ -49,12 +51,16 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.workdir = "/tmp/td_jax_motion_qa"   # TFDS data, caches, per-arm logs ("" = this default)
 
     c.data = mlc.ConfigDict()
-    c.data.tfds_name = "moving_shapes_qa/default"
+    c.data.tfds_name = "moving_shapes_qa/motion"   # color, direction, order; 12,288 train videos
     c.data.data_dir = ""             # "" = {workdir}/tfds
-    c.data.train_examples = 2048     # 0 = the whole train split (4,096 videos)
+    c.data.train_examples = 0        # 0 = the whole train split
     c.data.eval_split = "test"
-    c.data.eval_examples = 512       # 0 = the whole eval split
+    c.data.eval_examples = 0         # 0 = the whole eval split
+    c.data.families = ""             # comma-separated question families to keep ("" = all eight)
     c.data.max_text_len = 40
+    c.data.answer_format = "text"    # "text": the target is the option's words, options scored by likelihood;
+                                     # "letter": the target is the option letter (lmms-eval style)
+    c.data.list_options = False      # list the options in the prompt (required by "letter")
 
     c.tokens = mlc.ConfigDict()       # the frozen vision tower (fixed patch embedding)
     c.tokens.patch_size = 4
@@ -73,12 +79,15 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.rope_theta = 10000.0
+    c.model.tie_embeddings = False   # share the input embedding and the output head (Qwen2-0.5B does;
+                                     # untied learned the order family faster in the probes)
     c.model.video_newline = True
     c.model.projector = "mlp2x_gelu"  # trainable projector on the compressed tokens: mlp2x_gelu | linear | identity
     c.model.cross_heads = 4          # CrossDynamicsAttention heads
+    c.model.own_bias = 0.0           # CrossDynamicsAttention: initial logit bonus for a base token's own trajectory
 
     c.train = mlc.ConfigDict()
-    c.train.steps = 1000
+    c.train.steps = 2500
     c.train.batch_size = 32
     c.train.lr = 1e-3                 # 3e-3 stalled at chance in the probes
     c.train.compressor_lr = 1e-3     # the compressor's own parameters (attention, TokenLearner)
@@ -87,7 +96,10 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.train.clip_norm = 1.0
     c.train.none_steps = 20          # the full-token reference costs ~8 s per step on 2 cores
     c.train.none_batch_size = 8
+    c.train.none_eval_examples = 192  # the full-token reference is evaluated on the first N eval videos (0 = all)
     c.train.log_every = 100
+    c.train.curriculum = "direction:600"  # "family[,family...]:N": the first N steps draw only those families
+                                     # ("" = none); mixed from the start, no arm learned direction in 3,000 steps
     c.train.steps_per_call = 50      # optimizer steps per jitted call (lax.scan); arms reading frames use 1
     c.train.eval_batch_size = 128
 
@@ -111,13 +123,14 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
         c.model.intermediate_size = 64
         c.model.num_layers = 1
         c.train.steps = 4
+        c.train.curriculum = ""      # 4 steps: a family switch would make the loss check noise
         c.train.none_steps = 2
         c.train.batch_size = 8
         c.train.none_batch_size = 4
         c.train.log_every = 2
         c.train.eval_batch_size = 16
         c.headline_seeds = (0, 1)
-        c.arms = "token_dynamics,base_only"
+        c.arms = "token_dynamics,base_only,base + map (no attention)"
     elif arg:
         raise ValueError(f"experiments/motion_qa.py: unknown arg {arg!r}; known: '', 'tiny'")
     return c
@@ -129,7 +142,8 @@ def get_arms(config: mlc.ConfigDict) -> list[dict]:
     seeds = tuple(config.full_overrides.seeds if full else config.seeds)
     head = tuple(config.full_overrides.headline_seeds if full else config.headline_seeds)
     known = [a["name"] for a in _ARMS]
-    wanted = [s.strip() for s in config.arms.split(",") if s.strip()] if config.arms else known
+    default = [a["name"] for a in _ARMS if full or not a.get("full_only")]
+    wanted = [s.strip() for s in config.arms.split(",") if s.strip()] if config.arms else default
     bad = [w for w in wanted if w not in known]
     if bad:
         raise ValueError(f"config.arms: unknown arm(s) {bad}; known: {known}")
@@ -137,7 +151,7 @@ def get_arms(config: mlc.ConfigDict) -> list[dict]:
     for a in _ARMS:
         if a["name"] not in wanted:
             continue
-        arm = {"cfg": {}, "budget": 0, "eval_only_of": "", **a}
+        arm = {"cfg": {}, "budget": 0, "eval_only_of": "", **{k: v for k, v in a.items() if k != "full_only"}}
         arm["seeds"] = head if a.get("seeds") == "headline" else seeds
         arm["budget"] = int(arm["budget"] or config.budget)
         if arm["eval_only_of"] and arm["eval_only_of"] not in wanted:

@@ -46,7 +46,7 @@ config_flags.DEFINE_config_file("config", "experiments/motion_qa.py", "Experimen
 flags.DEFINE_string("results_dir", "results", "Where the JSON, markdown table and plots go.")
 
 SLOT_METHODS = ("tome", "prune", "pool", "frames")
-DYNAMICS_METHODS = ("token_dynamics", "base_only", "random_map", "random_base")
+DYNAMICS_METHODS = ("token_dynamics", "base_only", "random_map", "random_base", "base_map")
 
 
 def log(msg: str) -> None:
@@ -65,6 +65,10 @@ def effective(config) -> dict:
         c["data"]["train_examples"], c["data"]["eval_examples"] = o["train_examples"], o["eval_examples"]
     c["workdir"] = c["workdir"] or "/tmp/td_jax_motion_qa"
     c["data"]["data_dir"] = c["data"]["data_dir"] or os.path.join(c["workdir"], "tfds")
+    if c["data"]["answer_format"] not in ("letter", "text"):
+        raise ValueError(f"config.data.answer_format must be 'letter' or 'text', got {c['data']['answer_format']!r}")
+    if c["data"]["answer_format"] == "letter" and not c["data"]["list_options"]:
+        raise ValueError("config.data.answer_format='letter' needs config.data.list_options=True")
     if c["budget"] < 1:
         raise ValueError(f"config.budget must be >= 1, got {c['budget']}")
     for k in ("steps", "none_steps", "batch_size", "none_batch_size", "eval_batch_size", "log_every", "steps_per_call"):
@@ -99,10 +103,19 @@ def load_split(c: dict, split: str, limit: int, tok) -> dict[str, Any]:
     from td_jax.data import tokenizer as tok_lib
 
     src = dict(source="tfds", tfds_name=c["data"]["tfds_name"], data_dir=c["data"]["data_dir"])
+    fmt, max_len, listed = c["data"]["answer_format"], c["data"]["max_text_len"], c["data"]["list_options"]
     cols: dict[str, list] = {k: [] for k in ("frames", "input_ids", "attention_mask", "loss_mask", "answer",
                                              "family", "question", "options", "id")}
+    if fmt == "text":
+        cols.update({f"opt_{k}": [] for k in ("input_ids", "attention_mask", "loss_mask")})
+    keep = {f.strip() for f in c["data"]["families"].split(",") if f.strip()}
     for meta, frames in pipeline.iter_examples(src, split):
-        text = tok_lib.encode_mc(tok, meta["question"], meta["options"], meta["answer"], c["data"]["max_text_len"])
+        if keep and meta["family"] not in keep:
+            continue
+        text = tok_lib.encode_mc(tok, meta["question"], meta["options"], meta["answer"], max_len, fmt, listed)
+        if fmt == "text":   # every option as a scored continuation: [n_options, L]
+            text.update({f"opt_{k}": v for k, v in
+                         tok_lib.encode_mc_options(tok, meta["question"], meta["options"], max_len, listed).items()})
         cols["frames"].append(frames)
         for k, v in text.items():
             cols[k].append(v)
@@ -279,7 +292,8 @@ def make_model_cls():
         ``__call__(batch, deterministic) -> logits [B, L, V]`` (text-aligned, as VideoLLM).
         kind "slots": ``batch["slots"] [B, M, D]``, ``slot_mask [B, M]`` (cached compressor output);
         kind "dynamics": ``base [B, K, D]``, ``dmap [B, T, h, w]``, ``valid [B, K]``, ``scale [B]``
-          → CrossDynamicsAttention (``variant`` "full" | "random_map" | "random_base");
+          → CrossDynamicsAttention (``variant`` "full" | "random_map" | "random_base"), or for
+          ``variant`` "base_map" the projected base then T map tokens (no attention);
         kind "learner": ``frames [B, T, R, R, 3]`` → frozen patch embedding → TokenLearner;
         kind "full": ``frames`` → frozen patch embedding → all T·h·w tokens.
         """
@@ -289,6 +303,7 @@ def make_model_cls():
         variant: str = "full"
         budget: int = 8
         cross_heads: int = 4
+        own_bias: float = 0.0
         learner_cfg: tuple = ()
         patch_size: int = 4
         patch_seed: int = 0
@@ -311,10 +326,14 @@ def make_model_cls():
                 elif self.variant == "random_base":
                     base = td_ablation.random_base(self.make_rng(compressors.RNG_STREAM), valid, base.shape[-1],
                                                    batch["scale"])
-                elif self.variant != "full":
+                elif self.variant not in ("full", "base_map"):
                     raise ValueError(f"unknown dynamics variant {self.variant!r}")
                 base = jnp.where(valid[..., None], self.project(base), 0.0)
-                out = CrossDynamicsAttention(num_heads=self.cross_heads, name="cross_dynamics")(
+                if self.variant == "base_map":    # the ladder's "base + map without the attention"
+                    maps = td_ablation.MapTokens(d, name="map_tokens")(dmap, base.shape[1])
+                    return (jnp.concatenate([base, maps], axis=1),
+                            jnp.concatenate([valid, jnp.ones(maps.shape[:2], bool)], axis=1))
+                out = CrossDynamicsAttention(num_heads=self.cross_heads, own_bias=self.own_bias, name="cross_dynamics")(
                     base, dmap, valid, deterministic)
                 return out, valid
             tokens = jax.lax.stop_gradient(patch_embed(batch["frames"], patch_size=self.patch_size, dim=d,
@@ -378,7 +397,7 @@ def llm_config(c: dict, vocab_size: int):
     m = c["model"]
     return LLMConfig(vocab_size=int(vocab_size), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
                      num_layers=m["num_layers"], num_heads=m["num_heads"], num_kv_heads=m["num_kv_heads"],
-                     rope_theta=m["rope_theta"], tie_embeddings=True)
+                     rope_theta=m["rope_theta"], tie_embeddings=bool(m["tie_embeddings"]))
 
 
 # ----------------------------------------------------------------------------- training
@@ -399,6 +418,7 @@ class Runner:
         cfg = tuple(sorted(arm["cfg"].items())) if kind == "learner" else ()
         return self.model_cls(llm=llm_config(self.c, self.tok.vocab_size), kind=kind, variant=variant,
                               budget=arm["budget"], cross_heads=self.c["model"]["cross_heads"], learner_cfg=cfg,
+                              own_bias=float(self.c["model"]["own_bias"]),
                               patch_size=self.c["tokens"]["patch_size"], patch_seed=self.c["tokens"]["seed"],
                               video_newline=self.c["model"]["video_newline"],
                               video_token_id=int(self.tok.video_token_id), projector=self.c["model"]["projector"])
@@ -430,7 +450,7 @@ class Runner:
         import jax.numpy as jnp
         import optax
         from td_jax import compressors
-        from td_jax.models.vlm import mc_logits, next_token_loss
+        from td_jax.models.vlm import mc_logits, next_token_loss, sequence_logprob
 
         tx = self.optimizer(steps)
         option_ids = jnp.asarray(self.option_ids)
@@ -460,8 +480,17 @@ class Runner:
 
         @jax.jit
         def eval_step(params, batch, rng):
-            logits = model.apply({"params": params}, batch, rngs={compressors.RNG_STREAM: rng})
-            return mc_logits(logits, batch["loss_mask"], option_ids)
+            """Option scores [B, n_options]: the letters' logits ("letter" format) or each
+            option's sequence log-likelihood ("text" format; batch holds opt_* [B, n, L])."""
+            if "opt_input_ids" not in batch:
+                logits = model.apply({"params": params}, batch, rngs={compressors.RNG_STREAM: rng})
+                return mc_logits(logits, batch["loss_mask"], option_ids)
+            b, n = batch["opt_input_ids"].shape[:2]
+            flat = {k[4:]: v.reshape((b * n,) + v.shape[2:]) for k, v in batch.items() if k.startswith("opt_")}
+            flat.update({k: jnp.repeat(v, n, axis=0) for k, v in batch.items()
+                         if not k.startswith("opt_") and k not in flat})
+            logits = model.apply({"params": params}, flat, rngs={compressors.RNG_STREAM: rng})
+            return sequence_logprob(logits, flat["input_ids"], flat["loss_mask"]).reshape(b, n)
 
         self._fns[key] = (init, train_step, eval_step)
         return self._fns[key]
@@ -484,8 +513,50 @@ def gather(arrays: dict, names: tuple[str, ...], idx: np.ndarray) -> dict:
     return {n: arrays[n][idx] for n in names}
 
 
-def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: int, seed: int, label: str) -> dict:
-    """Trains one (arm, seed); returns params, losses and timings."""
+def parse_curriculum(spec: str, families: dict[str, int]) -> tuple[list[int], int]:
+    """``"direction,order:600"`` -> (family ids [2 ints], 600 steps); "" -> ([], 0)."""
+    if not spec:
+        return [], 0
+    fams, sep, n = spec.rpartition(":")
+    names = [f.strip() for f in fams.split(",") if f.strip()]
+    bad = [f for f in names if f not in families]
+    if not sep or not names or not n.strip().isdigit() or bad:
+        raise ValueError(f"config.train.curriculum {spec!r}: expected 'family[,family...]:steps' with families "
+                         f"from {sorted(families)}" + (f" (unknown: {bad})" if bad else ""))
+    return [families[f] for f in names], int(n)
+
+
+def batch_order(n: int, batch_size: int, seed: int, *, family: np.ndarray | None = None,
+                curriculum: tuple[list[int], int] = ([], 0), label: str = ""):
+    """Endless example indices ``[batch_size]`` per step: seeded epochs without replacement;
+    with ``curriculum = (family ids, N)`` the first N batches come only from those
+    families (``family [n]``), then from every example."""
+    first_fams, first_steps = curriculum
+    pools = [np.arange(n)]
+    if first_steps:
+        sub = np.flatnonzero(np.isin(family, first_fams))
+        if len(sub) < batch_size:
+            raise ValueError(f"{label}: the curriculum's families have {len(sub)} training examples, "
+                             f"fewer than the batch size {batch_size}")
+        pools.insert(0, sub)
+    rng = np.random.default_rng([seed, 7])
+    pool = pools[0]
+    order, pos, drawn = rng.permutation(pool), 0, 0
+    while True:
+        if first_steps and drawn == first_steps:      # curriculum over: every family from here on
+            pool = pools[-1]
+            order, pos = rng.permutation(pool), 0
+        if pos + batch_size > len(order):
+            order, pos = rng.permutation(pool), 0
+        pos += batch_size
+        drawn += 1
+        yield order[pos - batch_size:pos]
+
+
+def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: int, seed: int, label: str,
+              family: np.ndarray | None = None, curriculum: tuple[list[int], int] = ([], 0)) -> dict:
+    """Trains one (arm, seed); returns params, losses and timings.  ``curriculum`` = (family
+    ids, steps): the first steps draw only examples of those families (``family [N]``)."""
     import jax
 
     init, train_step, _ = runner.fns(model, steps)
@@ -493,16 +564,8 @@ def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: in
     n = len(arrays["input_ids"])
     if n < batch_size:
         raise ValueError(f"{label}: {n} training examples, fewer than the batch size {batch_size}")
-    order = np.random.default_rng([seed, 7]).permutation(n)
-    epoch, pos = 0, 0
-
-    def next_idx():
-        nonlocal order, epoch, pos
-        if pos + batch_size > n:
-            epoch += 1
-            order, pos = np.random.default_rng([seed, 7, epoch]).permutation(n), 0
-        pos += batch_size
-        return order[pos - batch_size:pos]
+    batches_idx = batch_order(n, batch_size, seed, family=family, curriculum=curriculum, label=label)
+    next_idx = lambda: next(batches_idx)  # noqa: E731
 
     t0 = time.time()
     params, opt_state = init(jax.random.key(seed), gather(arrays, names, np.arange(batch_size)))
@@ -539,7 +602,12 @@ def evaluate_arm(runner: Runner, model, params, arrays: dict, *, seed: int) -> t
 
     _, _, eval_step = _eval_fn_any(runner, model)
     names = model_inputs(model.kind)
+    if "opt_input_ids" in arrays:   # "text" answers: score every option's continuation
+        names = tuple(n for n in names if n not in ("input_ids", "attention_mask", "loss_mask")) + (
+            "opt_input_ids", "opt_attention_mask", "opt_loss_mask")
     bs = runner.c["train"]["none_batch_size"] if model.kind == "full" else runner.c["train"]["eval_batch_size"]
+    if "opt_input_ids" in arrays:   # each example becomes n_options rows
+        bs = max(1, bs // arrays["opt_input_ids"].shape[1])
     n = len(arrays["input_ids"])
     key = jax.random.key(10_000 + seed)
     preds, t0 = [], time.time()
@@ -564,7 +632,8 @@ def _eval_fn_any(runner: Runner, model):
 def arm_arrays(arm: dict, split_data: dict, caches: dict) -> dict:
     """The arrays an arm's model reads, for one split."""
     kind, _ = arm_kind(arm)
-    out = {k: split_data[k] for k in ("input_ids", "attention_mask", "loss_mask")}
+    out = {k: split_data[k] for k in ("input_ids", "attention_mask", "loss_mask", "opt_input_ids",
+                                      "opt_attention_mask", "opt_loss_mask") if k in split_data}
     if kind == "learner" or kind == "full":
         out["frames"] = split_data["frames"]
         return out
@@ -587,13 +656,16 @@ def visual_tokens(arm: dict, arrays: dict, n_tokens: int) -> np.ndarray:
     if kind == "learner":
         return np.full(n, arm["budget"])
     mask = arrays["valid"] if kind == "dynamics" else arrays["slot_mask"]
+    if arm["method"] == "base_map":       # K base tokens + one map token per frame
+        return mask.sum(-1) + arrays["dmap"].shape[1]
     return mask.sum(-1)
 
 
-def family_accuracy(preds: np.ndarray, answer: np.ndarray, family: np.ndarray, names: list[str]) -> dict:
+def family_accuracy(preds: np.ndarray, answer: np.ndarray, family: np.ndarray, ids: dict[str, int]) -> dict:
+    """Accuracy per family name; ``ids`` maps each reported name to its ``family_id``."""
     hit = preds == answer
     return {name: float(hit[family == i].mean()) if np.any(family == i) else float("nan")
-            for i, name in enumerate(names)}
+            for name, i in ids.items()}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -632,7 +704,14 @@ def run(config, results_dir: str) -> list[dict]:
     arms = get_arms(config)
     log(f"{len(arms)} arms: {', '.join(a['name'] for a in arms)}")
     builder = prepare_benchmark(c)
-    families = list(builder.info.metadata["families"])
+    all_families = list(builder.info.metadata["families"])
+    asked = list(builder.info.metadata.get("asked", all_families))
+    keep = [f.strip() for f in c["data"]["families"].split(",") if f.strip()]
+    bad = [f for f in keep if f not in asked]
+    if bad:
+        raise ValueError(f"config.data.families: {bad} not asked in {c['data']['tfds_name']} (it asks {asked})")
+    families = [f for f in asked if not keep or f in keep]     # the reported columns
+    family_ids = {f: all_families.index(f) for f in families}
     tok = tok_lib.make_tokenizer("word", 4)
     t0 = time.time()
     train = load_split(c, "train", c["data"]["train_examples"], tok)
@@ -654,6 +733,7 @@ def run(config, results_dir: str) -> list[dict]:
     notes = {s.key: slot_plan(s, grid)[1] for s in eval_specs if s.kind == "slots"}
 
     runner = Runner(c, tok)
+    curriculum = parse_curriculum(c["train"]["curriculum"], family_ids)
     summaries, params_by, preds_by = [], {}, {}
     for arm in sorted(arms, key=lambda a: bool(a["eval_only_of"])):
         spec = cache_spec(arm)
@@ -661,6 +741,11 @@ def run(config, results_dir: str) -> list[dict]:
         model = runner.model(arm, grid)
         ev_arrays = arm_arrays(arm, ev, caches_eval)
         is_none = arm["method"] == "none"
+        n_ev = len(ev["answer"])
+        if is_none and c["train"]["none_eval_examples"]:   # its 4k-token prefill is ~1 s per option row
+            n_ev = min(n_ev, c["train"]["none_eval_examples"])
+            ev_arrays = {k: v[:n_ev] for k, v in ev_arrays.items()}
+        ev_answer, ev_family = ev["answer"][:n_ev], ev["family"][:n_ev]
         steps = c["train"]["none_steps"] if is_none else c["train"]["steps"]
         bs = c["train"]["none_batch_size"] if is_none else c["train"]["batch_size"]
         runs = []
@@ -675,18 +760,19 @@ def run(config, results_dir: str) -> list[dict]:
             else:
                 log(f"training {label}: {steps} steps x {bs}")
                 tr = train_arm(runner, model, arm_arrays(arm, train, caches_train), steps=steps, batch_size=bs,
+                               family=train["family"], curriculum=curriculum,
                                seed=seed, label=label)
                 params_by[(arm["name"], seed)] = tr
             preds, et = evaluate_arm(runner, model, tr["params"], ev_arrays, seed=seed)
-            fam = family_accuracy(preds, ev["answer"], ev["family"], families)
-            acc = float(np.mean(preds == ev["answer"]))
+            fam = family_accuracy(preds, ev_answer, ev_family, family_ids)
+            acc = float(np.mean(preds == ev_answer))
             log(f"  {label}: accuracy {100 * acc:.1f}% (eval {et:.0f}s)")
             runs.append({"seed": int(seed), "accuracy": acc, "accuracy_by_family": fam, "train_time_s": tr["train_time_s"],
                          "first_step_s": tr["first_step_s"], "eval_time_s": et, "loss_first": tr["loss_first"],
                          "loss_last": tr["loss_last"], "preds": preds})
         preds_by[arm["name"]] = runs[0]["preds"]
         tokens = visual_tokens(arm, ev_arrays, n_tokens)
-        extra = {"steps": steps, "batch_size": bs, "kind": kind,
+        extra = {"steps": steps, "batch_size": bs, "kind": kind, "eval_examples": n_ev,
                  "eval_only_of": arm["eval_only_of"],
                  "cache_time_s": float(secs_train.get(spec.key, 0.0) + secs_eval.get(spec.key, 0.0)),
                  "note": notes.get(spec.key, "")}
@@ -703,12 +789,13 @@ def run(config, results_dir: str) -> list[dict]:
         "dataset": c["data"]["tfds_name"], "train_examples": len(train["id"]), "eval_split": c["data"]["eval_split"],
         "eval_examples": len(ev["id"]), "token_grid": list(grid), "n_tokens": n_tokens, "budget": c["budget"],
         "budget_percent": 100.0 * c["budget"] / n_tokens, "families": families, "full": bool(c["full"]),
-        "model": c["model"], "train": c["train"], "tokens": c["tokens"], "kmeans": c["kmeans"],
+        "model": c["model"], "train": c["train"], "data": c["data"], "tokens": c["tokens"], "kmeans": c["kmeans"],
         "adaptive": c["adaptive"], "embed_time_s": secs_train.get("_embed", 0.0) + secs_eval.get("_embed", 0.0),
         "total_time_s": time.time() - t_start, "devices": [str(d) for d in jax.devices()[:1]],
         "cpu_count": os.cpu_count(),
     }
     os.makedirs(results_dir, exist_ok=True)
+    meta["e2e_targets"] = report.load_e2e_targets(results_dir)
     example = pick_example(ev, caches_eval, arms, families)
     report.write_all(results_dir, summaries, meta, example=_example_payload(example, ev, caches_eval, preds_by, arms, c),
                      adaptive_k={s["name"]: s["k_chosen"] for s in summaries if "k_chosen" in s})
@@ -718,8 +805,9 @@ def run(config, results_dir: str) -> list[dict]:
 
 def pick_example(ev: dict, caches: dict, arms: list[dict], families: list[str]) -> int:
     """Index of the first eval video of the 'direction' family (else the first video)."""
-    fam = families.index("direction") if "direction" in families else 0
-    hits = np.nonzero(ev["family"] == fam)[0]
+    from td_jax.data.moving_shapes import FAMILIES
+
+    hits = np.nonzero(ev["family"] == FAMILIES.index("direction"))[0] if "direction" in families else []
     return int(hits[0]) if len(hits) else 0
 
 
@@ -733,7 +821,7 @@ def _example_payload(i: int, ev: dict, caches: dict, preds_by: dict, arms: list[
                 break
     return {"frames": ev["frames"][i], "dynamics_map": dmap, "k": k, "question": ev["question"][i],
             "options": ev["options"][i], "answer": int(ev["answer"][i]), "id": ev["id"][i],
-            "predictions": {name: int(p[i]) for name, p in preds_by.items()}}
+            "predictions": {name: int(p[i]) for name, p in preds_by.items() if i < len(p)}}
 
 
 def main(argv):

@@ -29,7 +29,7 @@ def test_driver_writes_well_formed_results(tiny_run):
     cfg, arms, out = tiny_run
     with open(os.path.join(out, "motion_qa.json")) as f:
         saved = json.load(f)
-    assert [a["name"] for a in saved] == ["token_dynamics", "base_only"]
+    assert [a["name"] for a in saved] == ["token_dynamics", "base_only", "base + map (no attention)"]
     with open(os.path.join(out, "motion_qa_meta.json")) as f:
         meta = json.load(f)
     n_tokens = 8 * 4 * 4                      # tiny: 8 frames of 32 px, 8-px patches
@@ -37,12 +37,14 @@ def test_driver_writes_well_formed_results(tiny_run):
     for a in saved:
         for k in REQUIRED:
             assert k in a, (a["name"], k)
-        assert a["seeds"] == [0, 1]
+        assert a["seeds"] == ([0] if a["method"] == "base_map" else [0, 1])   # headline arms: 2 seeds
         assert a["steps"] == cfg.train.steps
         assert 0.0 <= a["accuracy"] <= 1.0
         assert set(a["accuracy_by_family"]) == set(meta["families"])
-        # K = 4 clusters of 128 tokens (an empty cluster would lower it; never raise it)
-        assert 1 <= a["visual_tokens"] <= 4
+        # K = 4 clusters of 128 tokens (an empty cluster would lower it; never raise it);
+        # base + map adds one map token per frame (8)
+        extra = 8 if a["method"] == "base_map" else 0
+        assert 1 + extra <= a["visual_tokens"] <= 4 + extra
         assert math.isclose(a["percent_tokens"], 100 * a["visual_tokens"] / n_tokens)
         assert math.isclose(a["tokdense"], 100 * a["accuracy"] / a["visual_tokens"])
         # the overall accuracy is the per-seed mean of the exact per-example hits
@@ -135,4 +137,63 @@ def test_target_checks_report_met_and_missed():
     assert checks["token dynamics above `prune` on direction/order"] == "missed"
     assert checks["adaptive (elbow)"] == "met"
     lad, sentence = report.ladder_table(arms)
-    assert "not run" in lad and "best first" in sentence
+    assert "| `base + map (no attention)` | not in this run |" in lad and "best first" in sentence
+    speed = [c for c in report.target_checks(arms, {}) if "speed-up" in c["target"]]
+    assert [c["status"] for c in speed] == ["not measured"]
+    e2e = {"llm_side_100x": {"target": 100.0, "time": 1093.0, "flops": 311.0, "met": True},
+           "e2e_2x": {"target": 2.0, "time": 1.5, "flops": 1.8, "met": False}}
+    speed = [c for c in report.target_checks(arms, {"e2e_targets": e2e}) if "speed-up" in c["target"]]
+    assert [c["status"] for c in speed] == ["met", "missed"] and "311.0x by FLOPs" in speed[0]["measured"]
+
+
+def test_curriculum_first_draws_only_its_families_then_all():
+    from launch import motion_qa
+
+    ids = {"color": 0, "direction": 3, "order": 6}
+    assert motion_qa.parse_curriculum("direction,order:600", ids) == ([3, 6], 600)
+    assert motion_qa.parse_curriculum("", ids) == ([], 0)
+    for bad in ("direction", "direction:x", "colour:10", ":5"):
+        with pytest.raises(ValueError, match="curriculum"):
+            motion_qa.parse_curriculum(bad, ids)
+    family = np.array([0, 3, 6] * 20)
+    it = motion_qa.batch_order(60, 4, seed=0, family=family, curriculum=([3], 10))
+    first = np.stack([next(it) for _ in range(10)])
+    assert set(family[first.ravel()]) == {3}                 # 20 direction examples, 2 epochs of them
+    later = np.stack([next(it) for _ in range(15)])          # 60 examples = one epoch, each once
+    assert sorted(later.ravel().tolist()) == list(range(60))
+    with pytest.raises(ValueError, match="fewer than the batch size"):
+        next(motion_qa.batch_order(60, 32, seed=0, family=family, curriculum=([3], 10)))
+
+
+def test_default_run_leaves_the_costly_arms_to_the_full_grid():
+    cfg = exp.get_config("")
+    default = {a["name"] for a in exp.get_arms(cfg)}
+    assert {"token_dynamics", "base_only", "base + map (no attention)", "random_map", "random_base", "tome",
+            "prune", "pool", "adaptive (elbow)", "adaptive (silhouette)"} <= default
+    assert not {"none (all tokens)", "frames", "token_learner"} & default
+    cfg.full = True
+    assert {"none (all tokens)", "frames", "token_learner", "token_dynamics K=16"} <= {a["name"] for a in exp.get_arms(cfg)}
+    cfg.full, cfg.arms = False, "frames"                     # named explicitly, a full-only arm runs
+    assert [a["name"] for a in exp.get_arms(cfg)] == ["frames"]
+
+
+def test_readme_block_is_written_from_the_results(tiny_run, tmp_path):
+    _, _, out = tiny_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold table\n{report.README_END}\nafter\n")
+    report.update_readme(str(readme), out)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{report.README_END}\nafter\n")
+    assert "| token_dynamics | `token_dynamics` |" in text and "#### Targets" in text
+    rel = os.path.relpath(out, str(tmp_path))
+    assert f"]({rel}/accuracy_vs_tokens.png)" in text
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="block to replace"):
+        report.update_readme(str(readme), out)
+
+
+def test_e2e_targets_are_read_from_the_benchmark_json(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t = report.load_e2e_targets(os.path.join(root, "results"))      # the committed benchmark run
+    assert set(t) == {"llm_side_100x", "e2e_2x"} and all(v["flops"] > 1 for v in t.values())
+    assert report.load_e2e_targets(str(tmp_path)) is None

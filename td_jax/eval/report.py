@@ -21,7 +21,7 @@ MOTION_FAMILIES = ("direction", "order")
 # The paper's ablation ladder (NextQA-MC %, 32 tokens): rung -> (our arm name or None, paper accuracy).
 PAPER_LADDER = (
     ("base only", "base_only", 35.2),
-    ("base + map without attention", None, 38.9),
+    ("base + map without attention", "base + map (no attention)", 38.9),
     ("random map", "random_map", 46.9),
     ("random base", "random_base", 37.7),
     ("full method", "token_dynamics", 57.5),
@@ -119,7 +119,7 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
         out.append({"target": "motion questions", "status": "not measured", "measured": f"no {HEADLINE!r} arm"})
     else:
         fams = [f for f in MOTION_FAMILIES if f in head["accuracy_by_family"]]
-        rivals = [a for a in arms if a["method"] not in ("none", "token_dynamics", "random_map", "random_base")
+        rivals = [a for a in arms if a["method"] not in ("none", "token_dynamics", "random_map", "random_base", "base_map")
                   and not a.get("eval_only_of")]
         for r in rivals:
             d, s = _margin(head, r, fams)
@@ -142,9 +142,31 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
         out.append({"target": t, "status": "not measured" if chance else ("met" if ok else "missed"),
                     "measured": f"{_pct(a['accuracy'])}% with {a['visual_tokens']:.2f} tokens vs best fixed "
                                 f"{best['name']} {_pct(best['accuracy'])}% with {best['visual_tokens']:.0f}"})
-    out.append({"target": "LLM-side speed-up >= 100x and end to end >= 2x at 0.5B size", "status": "not measured",
-                "measured": "outside this miniature: see experiments/benchmarks/e2e_bench.py"})
+    e2e = meta.get("e2e_targets")
+    if not e2e:
+        out.append({"target": "LLM-side speed-up >= 100x and end to end >= 2x at 0.5B size", "status": "not measured",
+                    "measured": "no e2e_bench.json next to these results: run experiments/benchmarks/e2e_bench.py"})
+    for key, label in (("llm_side_100x", "LLM-side speed-up (compression + prefill vs full prefill) >= 100x"),
+                       ("e2e_2x", "end-to-end speed-up with the vision tower >= 2x")):
+        if e2e and key in e2e:
+            t = e2e[key]
+            out.append({"target": f"{label} at LLaVA-OV-0.5B size (e2e_bench.json)",
+                        "status": "met" if t["met"] else "missed",
+                        "measured": f"{t['time']:.1f}x by wall time, {t['flops']:.1f}x by FLOPs"})
     return out
+
+
+def load_e2e_targets(results_dir: str) -> dict | None:
+    """The efficiency targets of ``results_dir/e2e_bench.json`` (written by
+    ``experiments/benchmarks/e2e_bench.py``), or None when it is absent."""
+    path = os.path.join(results_dir, "e2e_bench.json")
+    if not os.path.exists(path):
+        return None
+    from experiments.benchmarks import e2e_bench
+
+    with open(path) as f:
+        d = json.load(f)
+    return e2e_bench.summarize(e2e_bench.Settings(**d["settings"]), d["results"])["targets"]
 
 
 def ladder_table(arms: Sequence[Mapping]) -> tuple[str, str]:
@@ -173,38 +195,96 @@ def ladder_table(arms: Sequence[Mapping]) -> tuple[str, str]:
     return "\n".join(lines) + "\n", sent
 
 
-def markdown(arms: Sequence[Mapping], meta: Mapping) -> str:
-    fams = list(meta["families"])
-    t = meta["train"]
-    lines = [
-        "# Motion QA: token reduction in miniature",
-        "",
-        f"`{meta['dataset']}`: {meta['train_examples']} training videos, {meta['eval_examples']} "
-        f"{meta['eval_split']} videos; {meta['token_grid'][0]} frames x {meta['token_grid'][1]}x{meta['token_grid'][2]} "
-        f"frozen patch tokens = **{meta['n_tokens']:,} tokens per video**; compressed arms get "
-        f"**{meta['budget']} visual tokens ({meta['budget_percent']:.3f}%)** unless the row says otherwise. "
-        f"Tiny Qwen2-style decoder ({meta['model']['num_layers']} layers, width {meta['model']['hidden_size']}), "
-        f"{t['steps']} steps x {t['batch_size']} for every compressed arm; the all-token reference trains "
-        f"{t['none_steps']} steps x {t['none_batch_size']} (about "
-        f"{round(meta['n_tokens'] / (meta['budget'] + 1))}x longer sequences). Accuracy in %, chance = 25%; "
-        f"mean ± sample std over seeds where there are several. Total wall time {meta['total_time_s'] / 60:.1f} min "
-        f"on {meta['cpu_count']} CPU cores.",
-        "",
-        results_table(arms, fams),
-    ]
+def _setup_sentence(arms: Sequence[Mapping], meta: Mapping) -> str:
+    t, d = meta["train"], meta.get("data", {})
+    none = next((a for a in arms if a["method"] == "none"), None)
+    fams = ", ".join(meta["families"])
+    ref = (f"the all-token reference trains {none['steps']} steps x {none.get('batch_size', '?')} (about "
+           f"{round(meta['n_tokens'] / (meta['budget'] + 1))}x longer sequences) and is scored on "
+           f"{none.get('eval_examples', meta['eval_examples'])} videos" if none else
+           "the all-token reference is not in this run (it is in `--config.full=True`)")
+    cur = f" The first {t['curriculum'].rpartition(':')[2]} steps draw only `{t['curriculum'].rpartition(':')[0]}` " \
+          f"questions (a curriculum, the same for every arm)." if t.get("curriculum") else ""
+    fmt = ("each option's words are scored by their likelihood and the likeliest wins"
+           if d.get("answer_format", "letter") == "text" else "the option letter with the highest logit wins")
+    return (f"`{meta['dataset']}` (families: {fams}): {meta['train_examples']:,} training videos, "
+            f"{meta['eval_examples']:,} {meta['eval_split']} videos; {meta['token_grid'][0]} frames x "
+            f"{meta['token_grid'][1]}x{meta['token_grid'][2]} frozen patch tokens = **{meta['n_tokens']:,} tokens per "
+            f"video**; compressed arms get **{meta['budget']} visual tokens ({meta['budget_percent']:.3f}%)** unless "
+            f"the row says otherwise. Tiny Qwen2-style decoder ({meta['model']['num_layers']} layers, width "
+            f"{meta['model']['hidden_size']}) trained from scratch, {t['steps']} steps x {t['batch_size']} for every "
+            f"compressed arm; {ref}.{cur} Multiple choice: {fmt}. Accuracy in %, chance = 25%; mean ± sample std "
+            f"over seeds where there are several. Total wall time {meta['total_time_s'] / 60:.1f} min on "
+            f"{meta['cpu_count']} CPU cores.")
+
+
+def _body(arms: Sequence[Mapping], meta: Mapping, img: str, h: str) -> list[str]:
+    lines = [_setup_sentence(arms, meta), "", results_table(arms, list(meta["families"]))]
     notes = [f"- `{a['name']}`: {a['note']}" for a in arms if a.get("note")]
     notes += [f"- `{a['name']}` evaluates the weights of `{a['eval_only_of']}` with K chosen per video "
               f"(k_max = {a['budget']})." for a in arms if a.get("eval_only_of")]
     if notes:
         lines += ["Notes:", "", *notes, ""]
-    lines += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    lines += [f"{h} Targets", "", "| target | measured | status |", "|---|---|---|"]
     for chk in target_checks(arms, meta):
         lines.append(f"| {chk['target']} | {chk['measured']} | **{chk['status']}** |")
     lad, sent = ladder_table(arms)
-    lines += ["", "## The paper's ablation ladder", "", lad, sent, ""]
-    lines += ["## Plots", "", "![accuracy vs tokens](accuracy_vs_tokens.png)", "",
-              "![example](example_dynamics.png)", "", "![adaptive K](adaptive_k.png)", ""]
-    return "\n".join(lines)
+    lines += ["", f"{h} The paper's ablation ladder", "", lad, sent, ""]
+    lines += [f"{h} Plots", "", f"![accuracy vs tokens]({img}accuracy_vs_tokens.png)", "",
+              f"![example]({img}example_dynamics.png)", "", f"![adaptive K]({img}adaptive_k.png)", ""]
+    return lines
+
+
+def markdown(arms: Sequence[Mapping], meta: Mapping) -> str:
+    return "\n".join(["# Motion QA: token reduction in miniature", "", *_body(arms, meta, "", "##")])
+
+
+README_BEGIN = "<!-- motion_qa results: begin (written by python -m td_jax.eval.report --readme=README.md) -->"
+README_END = "<!-- motion_qa results: end -->"
+
+
+def update_readme(readme: str, results_dir: str) -> None:
+    """Replaces the text between ``README_BEGIN`` and ``README_END`` in ``readme`` by the
+    tables and plots of ``results_dir/motion_qa.json`` (+ ``_meta.json``)."""
+    with open(os.path.join(results_dir, "motion_qa.json")) as f:
+        arms = json.load(f)
+    with open(os.path.join(results_dir, "motion_qa_meta.json")) as f:
+        meta = json.load(f)
+    with open(readme) as f:
+        text = f.read()
+    i, j = text.find(README_BEGIN), text.find(README_END)
+    if i < 0 or j < i:
+        raise ValueError(f"{readme}: no '{README_BEGIN}' ... '{README_END}' block to replace")
+    img = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(readme)) or ".").rstrip("/") + "/"
+    block = "\n".join(["", *_body(arms, meta, img, "####")])
+    with open(readme, "w") as f:
+        f.write(text[:i + len(README_BEGIN)] + block + text[j:])
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rewrite the motion-QA markdown and/or the README block "
+                                             "from results_dir/motion_qa.json (+ _meta.json).")
+    ap.add_argument("--results_dir", default="results")
+    ap.add_argument("--readme", default="README.md", help="README to update ('' = none)")
+    ap.add_argument("--markdown", action="store_true", help="also rewrite results_dir/motion_qa.md")
+    a = ap.parse_args(argv)
+    if a.markdown:
+        with open(os.path.join(a.results_dir, "motion_qa.json")) as f:
+            arms = json.load(f)
+        with open(os.path.join(a.results_dir, "motion_qa_meta.json")) as f:
+            meta = json.load(f)
+        meta["e2e_targets"] = load_e2e_targets(a.results_dir)
+        meta["checks"] = target_checks(arms, meta)
+        with open(os.path.join(a.results_dir, "motion_qa_meta.json"), "w") as f:
+            json.dump(_jsonable(meta), f, indent=1)
+        with open(os.path.join(a.results_dir, "motion_qa.md"), "w") as f:
+            f.write(markdown(arms, meta))
+        print(f"rewrote {a.results_dir}/motion_qa.md")
+    if a.readme:
+        update_readme(a.readme, a.results_dir)
+        print(f"updated {a.readme} from {a.results_dir}/motion_qa.json")
 
 
 # ----------------------------------------------------------------------------- plots
@@ -344,3 +424,7 @@ def write_all(results_dir: str, arms: Sequence[Mapping], meta: Mapping, *, examp
         plot_example(example, paths["example"])
     plot_adaptive_k(adaptive_k or {}, paths["adaptive"])
     return paths
+
+
+if __name__ == "__main__":
+    main()
