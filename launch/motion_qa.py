@@ -16,10 +16,14 @@ Stages (progress is printed as it goes):
    (``td_jax.models.llm.Qwen2LM``), a learned video newline, and the arm's trainable
    compressor part: ``CrossDynamicsAttention`` on the cached base + map (token_dynamics,
    random_map, random_base — the ablations transform the cached base/map exactly as the
-   registered compressors do), ``token_learner`` on all tokens, or nothing (base_only,
-   tome, prune, pool, frames; ``none`` feeds all tokens).  Compiled steps are shared
-   across seeds (and across all slot-only arms of one shape).  Adaptive-K arms evaluate
-   the fixed-K arm's weights with K chosen per video (k_max = the budget).
+   registered compressors do), ``MapTokens`` next to the base (base_map: the ladder's
+   "base + map without the attention"), ``token_learner`` on all tokens, or nothing
+   (base_only, tome, prune, pool, frames; ``none`` feeds all tokens).  The target is the
+   option's words (``data.answer_format="text"``); the test scores each option's
+   likelihood.  ``train.curriculum`` ("direction:600") draws only those families first.
+   Compiled steps are shared across seeds (and across all slot-only arms of one shape).
+   Adaptive-K arms evaluate the fixed-K arm's weights with K chosen per video (k_max =
+   the budget).
 5. **Report**: ``results/motion_qa.json`` (+ ``_meta.json``), ``motion_qa.md`` and the
    plots, through ``td_jax.eval.report``.
 
