@@ -4,7 +4,8 @@ r"""The paper's claims in miniature: every compressor at one visual-token budget
     # moving_shapes_qa/motion if absent, compresses every video once, trains + evaluates the
     # main arms, writes results/
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
-    # then the README block:  python -m td_jax.eval.report --results_dir=results --readme=README.md
+    # then the README block (or add --readme=README.md above):
+    python -m launch.motion_qa --report_only --results_dir=results --readme=README.md
     # the complete grid (+ full-token reference, frames, TokenLearner, K=16; more seeds and steps; hours)
     python -m launch.motion_qa --config=experiments/motion_qa.py --config.full=True --results_dir=results_full
     # the test's configuration: tiny data, three arms, a few steps

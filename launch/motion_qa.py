@@ -48,6 +48,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/motion_qa.py", "Experiment config (ml_collections).",
                                 lock_config=True)
 flags.DEFINE_string("results_dir", "results", "Where the JSON, markdown table and plots go.")
+flags.DEFINE_string("readme", "", "Also write the results block into this README (between its motion_qa markers).")
+flags.DEFINE_bool("report_only", False, "Train nothing: rewrite results_dir/motion_qa.md and _meta.json's target "
+                  "checks from motion_qa.json (and the README block with --readme).")
 
 SLOT_METHODS = ("tome", "prune", "pool", "frames")
 DYNAMICS_METHODS = ("token_dynamics", "base_only", "random_map", "random_base", "base_map")
@@ -799,7 +802,7 @@ def run(config, results_dir: str) -> list[dict]:
         "cpu_count": os.cpu_count(),
     }
     os.makedirs(results_dir, exist_ok=True)
-    meta["e2e_targets"] = report.load_e2e_targets(results_dir)
+    meta["e2e_targets"] = e2e_targets(results_dir)
     example = pick_example(ev, caches_eval, arms, families)
     report.write_all(results_dir, summaries, meta, example=_example_payload(example, ev, caches_eval, preds_by, arms, c),
                      adaptive_k={s["name"]: s["k_chosen"] for s in summaries if "k_chosen" in s})
@@ -828,10 +831,51 @@ def _example_payload(i: int, ev: dict, caches: dict, preds_by: dict, arms: list[
             "predictions": {name: int(p[i]) for name, p in preds_by.items() if i < len(p)}}
 
 
+def e2e_targets(results_dir: str) -> dict | None:
+    """The efficiency targets of ``results_dir/e2e_bench.json`` (written by
+    ``experiments/benchmarks/e2e_bench.py``), or None when it is absent."""
+    path = os.path.join(results_dir, "e2e_bench.json")
+    if not os.path.exists(path):
+        return None
+    from experiments.benchmarks import e2e_bench
+
+    with open(path) as f:
+        d = json.load(f)
+    return e2e_bench.summarize(e2e_bench.Settings(**d["settings"]), d["results"])["targets"]
+
+
+def rewrite_report(results_dir: str, readme: str = "") -> None:
+    """Re-renders ``motion_qa.md`` and the target checks of ``motion_qa_meta.json`` from
+    ``motion_qa.json`` with the current report code, and the README block if ``readme``."""
+    from td_jax.eval import report
+
+    paths = {k: os.path.join(results_dir, f"motion_qa{k}") for k in (".json", "_meta.json", ".md")}
+    missing = [p for p in paths.values() if not os.path.exists(p) and not p.endswith(".md")]
+    if missing:
+        raise FileNotFoundError(f"--report_only needs a finished run's results: missing {missing}")
+    with open(paths[".json"]) as f:
+        arms = json.load(f)
+    with open(paths["_meta.json"]) as f:
+        meta = json.load(f)
+    meta["e2e_targets"] = e2e_targets(results_dir)
+    meta["checks"] = report.target_checks(arms, meta)
+    with open(paths["_meta.json"], "w") as f:
+        json.dump(report._jsonable(meta), f, indent=1)
+    with open(paths[".md"], "w") as f:
+        f.write(report.markdown(arms, meta))
+    log(f"rewrote {paths['.md']}")
+    if readme:
+        report.update_readme(readme, results_dir)
+        log(f"updated {readme} from {paths['.json']}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run(FLAGS.config, FLAGS.results_dir)
+    if not FLAGS.report_only:
+        run(FLAGS.config, FLAGS.results_dir)
+    if FLAGS.report_only or FLAGS.readme:
+        rewrite_report(FLAGS.results_dir, FLAGS.readme)
 
 
 if __name__ == "__main__":

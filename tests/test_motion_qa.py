@@ -193,7 +193,26 @@ def test_readme_block_is_written_from_the_results(tiny_run, tmp_path):
 
 
 def test_e2e_targets_are_read_from_the_benchmark_json(tmp_path):
+    from launch import motion_qa
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    t = report.load_e2e_targets(os.path.join(root, "results"))      # the committed benchmark run
+    t = motion_qa.e2e_targets(os.path.join(root, "results"))         # the committed benchmark run
     assert set(t) == {"llm_side_100x", "e2e_2x"} and all(v["flops"] > 1 for v in t.values())
-    assert report.load_e2e_targets(str(tmp_path)) is None
+    assert motion_qa.e2e_targets(str(tmp_path)) is None
+
+
+def test_report_only_rewrites_markdown_and_readme(tiny_run, tmp_path):
+    import shutil
+    from launch import motion_qa
+
+    _, _, out = tiny_run
+    res = tmp_path / "res"
+    shutil.copytree(out, res)
+    (res / "motion_qa.md").write_text("stale")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
+    motion_qa.rewrite_report(str(res), str(readme))
+    assert (res / "motion_qa.md").read_text().startswith("# Motion QA")
+    assert "| token_dynamics | `token_dynamics` |" in readme.read_text()
+    with pytest.raises(FileNotFoundError, match="finished run"):
+        motion_qa.rewrite_report(str(tmp_path / "nothing"))

@@ -142,7 +142,7 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
         out.append({"target": t, "status": "not measured" if chance else ("met" if ok else "missed"),
                     "measured": f"{_pct(a['accuracy'])}% with {a['visual_tokens']:.2f} tokens vs best fixed "
                                 f"{best['name']} {_pct(best['accuracy'])}% with {best['visual_tokens']:.0f}"})
-    e2e = meta.get("e2e_targets")
+    e2e = meta.get("e2e_targets")   # experiments/benchmarks/e2e_bench.py's targets, if it ran
     if not e2e:
         out.append({"target": "LLM-side speed-up >= 100x and end to end >= 2x at 0.5B size", "status": "not measured",
                     "measured": "no e2e_bench.json next to these results: run experiments/benchmarks/e2e_bench.py"})
@@ -155,18 +155,6 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
                         "measured": f"{t['time']:.1f}x by wall time, {t['flops']:.1f}x by FLOPs"})
     return out
 
-
-def load_e2e_targets(results_dir: str) -> dict | None:
-    """The efficiency targets of ``results_dir/e2e_bench.json`` (written by
-    ``experiments/benchmarks/e2e_bench.py``), or None when it is absent."""
-    path = os.path.join(results_dir, "e2e_bench.json")
-    if not os.path.exists(path):
-        return None
-    from experiments.benchmarks import e2e_bench
-
-    with open(path) as f:
-        d = json.load(f)
-    return e2e_bench.summarize(e2e_bench.Settings(**d["settings"]), d["results"])["targets"]
 
 
 def ladder_table(arms: Sequence[Mapping]) -> tuple[str, str]:
@@ -239,7 +227,7 @@ def markdown(arms: Sequence[Mapping], meta: Mapping) -> str:
     return "\n".join(["# Motion QA: token reduction in miniature", "", *_body(arms, meta, "", "##")])
 
 
-README_BEGIN = "<!-- motion_qa results: begin (written by python -m td_jax.eval.report --readme=README.md) -->"
+README_BEGIN = "<!-- motion_qa results: begin (written by python -m launch.motion_qa --report_only --readme=README.md) -->"
 README_END = "<!-- motion_qa results: end -->"
 
 
@@ -259,32 +247,6 @@ def update_readme(readme: str, results_dir: str) -> None:
     block = "\n".join(["", *_body(arms, meta, img, "####")])
     with open(readme, "w") as f:
         f.write(text[:i + len(README_BEGIN)] + block + text[j:])
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Rewrite the motion-QA markdown and/or the README block "
-                                             "from results_dir/motion_qa.json (+ _meta.json).")
-    ap.add_argument("--results_dir", default="results")
-    ap.add_argument("--readme", default="README.md", help="README to update ('' = none)")
-    ap.add_argument("--markdown", action="store_true", help="also rewrite results_dir/motion_qa.md")
-    a = ap.parse_args(argv)
-    if a.markdown:
-        with open(os.path.join(a.results_dir, "motion_qa.json")) as f:
-            arms = json.load(f)
-        with open(os.path.join(a.results_dir, "motion_qa_meta.json")) as f:
-            meta = json.load(f)
-        meta["e2e_targets"] = load_e2e_targets(a.results_dir)
-        meta["checks"] = target_checks(arms, meta)
-        with open(os.path.join(a.results_dir, "motion_qa_meta.json"), "w") as f:
-            json.dump(_jsonable(meta), f, indent=1)
-        with open(os.path.join(a.results_dir, "motion_qa.md"), "w") as f:
-            f.write(markdown(arms, meta))
-        print(f"rewrote {a.results_dir}/motion_qa.md")
-    if a.readme:
-        update_readme(a.readme, a.results_dir)
-        print(f"updated {a.readme} from {a.results_dir}/motion_qa.json")
 
 
 # ----------------------------------------------------------------------------- plots
@@ -424,7 +386,3 @@ def write_all(results_dir: str, arms: Sequence[Mapping], meta: Mapping, *, examp
         plot_example(example, paths["example"])
     plot_adaptive_k(adaptive_k or {}, paths["adaptive"])
     return paths
-
-
-if __name__ == "__main__":
-    main()
