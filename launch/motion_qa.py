@@ -56,6 +56,9 @@ SLOT_METHODS = ("tome", "prune", "pool", "frames")
 DYNAMICS_METHODS = ("token_dynamics", "base_only", "random_map", "random_base", "base_map")
 
 
+LOG_SECONDS = 60.0   # training also prints progress at least this often (the all-token arm is ~20 s per step)
+
+
 def log(msg: str) -> None:
     print(f"[motion_qa {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -499,8 +502,20 @@ class Runner:
             logits = model.apply({"params": params}, flat, rngs={compressors.RNG_STREAM: rng})
             return sequence_logprob(logits, flat["input_ids"], flat["loss_mask"]).reshape(b, n)
 
-        self._fns[key] = (init, train_step, eval_step)
+        self._fns[key] = (init, train_step, eval_step, jax.jit(tx.init))
         return self._fns[key]
+
+
+def check_same_tree(params, init_params, label: str) -> None:
+    """Raises ValueError unless ``init_params`` has the paths and shapes of ``params``."""
+    import jax
+
+    want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    have = {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(init_params)}
+    if want != have:
+        diff = sorted((set(want.items()) ^ set(have.items())))[:6]
+        raise ValueError(f"{label}: the warm-start weights do not fit this model (first differences, "
+                         f"(path, shape): {diff})")
 
 
 def _ndim_mask(params):
@@ -561,12 +576,15 @@ def batch_order(n: int, batch_size: int, seed: int, *, family: np.ndarray | None
 
 
 def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: int, seed: int, label: str,
-              family: np.ndarray | None = None, curriculum: tuple[list[int], int] = ([], 0)) -> dict:
+              family: np.ndarray | None = None, curriculum: tuple[list[int], int] = ([], 0),
+              init_params: Any = None) -> dict:
     """Trains one (arm, seed); returns params, losses and timings.  ``curriculum`` = (family
-    ids, steps): the first steps draw only examples of those families (``family [N]``)."""
+    ids, steps): the first steps draw only examples of those families (``family [N]``).
+    ``init_params``: start from these weights (a warm start; fresh optimizer state) instead of
+    a random init; their tree must match the model's (ValueError naming the difference)."""
     import jax
 
-    init, train_step, _ = runner.fns(model, steps)
+    init, train_step, _, _ = runner.fns(model, steps)
     names = model_inputs(model.kind)
     n = len(arrays["input_ids"])
     if n < batch_size:
@@ -576,10 +594,14 @@ def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: in
 
     t0 = time.time()
     params, opt_state = init(jax.random.key(seed), gather(arrays, names, np.arange(batch_size)))
+    if init_params is not None:
+        check_same_tree(params, init_params, label)
+        params = jax.tree.map(lambda p: jax.numpy.array(p, copy=True), init_params)
+        opt_state = runner.fns(model, steps)[3](params)
     step_key = jax.random.fold_in(jax.random.key(seed), 1)
     losses, first_step_s, log_every = [], None, runner.c["train"]["log_every"]
     chunk = 1 if model.kind in ("full", "learner") else max(1, runner.c["train"]["steps_per_call"])
-    step, next_log = 0, log_every
+    step, next_log, last_log = 0, log_every, time.time()
     while step < steps:
         s_n = min(chunk, steps - step)
         ts = time.time()
@@ -592,10 +614,11 @@ def train_arm(runner: Runner, model, arrays: dict, *, steps: int, batch_size: in
             first_step_s = time.time() - ts
         losses.append(m)
         step += s_n
-        if step >= next_log or step == steps:
+        if step >= next_log or step == steps or time.time() - last_log > LOG_SECONDS:   # slow arms: by time too
             recent = float(np.mean(np.concatenate(jax.device_get(losses))[-log_every:]))
             log(f"  {label} step {step}/{steps} loss {recent:.4f} ({time.time() - t0:.0f}s)")
-            next_log += log_every
+            next_log = step + log_every if step >= next_log else next_log
+            last_log = time.time()
     losses = [float(x) for x in np.concatenate(jax.device_get(losses))]
     return {"params": params, "loss_first": float(np.mean(losses[: max(1, steps // 10)])),
             "loss_last": float(np.mean(losses[-max(1, steps // 10):])), "train_time_s": time.time() - t0,
@@ -607,7 +630,7 @@ def evaluate_arm(runner: Runner, model, params, arrays: dict, *, seed: int) -> t
     of ``train.none_batch_size`` (its attention over T·h·w tokens does not fit 128 at a time)."""
     import jax
 
-    _, _, eval_step = _eval_fn_any(runner, model)
+    eval_step = _eval_fn_any(runner, model)[2]
     names = model_inputs(model.kind)
     if "opt_input_ids" in arrays:   # "text" answers: score every option's continuation
         names = tuple(n for n in names if n not in ("input_ids", "attention_mask", "loss_mask")) + (
@@ -741,8 +764,9 @@ def run(config, results_dir: str) -> list[dict]:
 
     runner = Runner(c, tok)
     curriculum = parse_curriculum(c["train"]["curriculum"], family_ids)
-    summaries, params_by, preds_by = [], {}, {}
-    for arm in sorted(arms, key=lambda a: bool(a["eval_only_of"])):
+    warm = warm_start_source(arms, c)
+    summaries, params_by, preds_by, preds_all = [], {}, {}, {}
+    for arm in sorted(arms, key=lambda a: (bool(a["eval_only_of"]), a["method"] == "none")):
         spec = cache_spec(arm)
         kind, _ = arm_kind(arm)
         model = runner.model(arm, grid)
@@ -765,10 +789,11 @@ def run(config, results_dir: str) -> list[dict]:
                 tr = {"params": src["params"], "train_time_s": 0.0, "first_step_s": 0.0,
                       "loss_first": src["loss_first"], "loss_last": src["loss_last"]}
             else:
-                log(f"training {label}: {steps} steps x {bs}")
+                src = params_by[(warm, seed)] if is_none and warm else None
+                log(f"training {label}: {steps} steps x {bs}" + (f", starting from {warm!r} seed {seed}" if src else ""))
                 tr = train_arm(runner, model, arm_arrays(arm, train, caches_train), steps=steps, batch_size=bs,
-                               family=train["family"], curriculum=curriculum,
-                               seed=seed, label=label)
+                               family=train["family"], curriculum=([], 0) if src else curriculum,
+                               seed=seed, label=label, init_params=src["params"] if src else None)
                 params_by[(arm["name"], seed)] = tr
             preds, et = evaluate_arm(runner, model, tr["params"], ev_arrays, seed=seed)
             fam = family_accuracy(preds, ev_answer, ev_family, family_ids)
@@ -778,8 +803,11 @@ def run(config, results_dir: str) -> list[dict]:
                          "first_step_s": tr["first_step_s"], "eval_time_s": et, "loss_first": tr["loss_first"],
                          "loss_last": tr["loss_last"], "preds": preds})
         preds_by[arm["name"]] = runs[0]["preds"]
+        preds_all[arm["name"]] = [r["preds"] for r in runs]
         tokens = visual_tokens(arm, ev_arrays, n_tokens)
         extra = {"steps": steps, "batch_size": bs, "kind": kind, "eval_examples": n_ev,
+                 "init_from": warm if is_none and warm else "",
+                 "init_examples": (c["train"]["steps"] * c["train"]["batch_size"]) if is_none and warm else 0,
                  "eval_only_of": arm["eval_only_of"],
                  "cache_time_s": float(secs_train.get(spec.key, 0.0) + secs_eval.get(spec.key, 0.0)),
                  "note": notes.get(spec.key, "")}
@@ -791,6 +819,7 @@ def run(config, results_dir: str) -> list[dict]:
             json.dump(report._jsonable(summaries), f, indent=1)
     order = {a["name"]: i for i, a in enumerate(arms)}
     summaries.sort(key=lambda s: order[s["name"]])
+    add_subset_accuracy(summaries, preds_all, ev["answer"])
 
     meta = {
         "dataset": c["data"]["tfds_name"], "train_examples": len(train["id"]), "eval_split": c["data"]["eval_split"],
@@ -803,11 +832,72 @@ def run(config, results_dir: str) -> list[dict]:
     }
     os.makedirs(results_dir, exist_ok=True)
     meta["e2e_targets"] = e2e_targets(results_dir)
+    meta["reference"] = reference_run(results_dir)
     example = pick_example(ev, caches_eval, arms, families)
     report.write_all(results_dir, summaries, meta, example=_example_payload(example, ev, caches_eval, preds_by, arms, c),
                      adaptive_k={s["name"]: s["k_chosen"] for s in summaries if "k_chosen" in s})
     log(f"done in {time.time() - t_start:.0f}s -> {results_dir}")
     return summaries
+
+
+def warm_start_source(arms: list[dict], c: dict) -> str:
+    """The arm whose trained weights the all-token arm starts from (``train.none_init_from``),
+    or "" (a random init); ValueError if that arm does not train in this run for the
+    all-token arm's seeds."""
+    src = c["train"]["none_init_from"]
+    none = [a for a in arms if a["method"] == "none"]
+    if not src or not none:
+        return ""
+    by = {a["name"]: a for a in arms}
+    if src not in by or by[src]["eval_only_of"] or by[src]["method"] == "none":
+        raise ValueError(f"config.train.none_init_from={src!r}: the all-token arm starts from that arm's trained "
+                         f"weights, so it must be a trained arm of this run (config.arms); trained arms here: "
+                         f"{[a['name'] for a in arms if not a['eval_only_of'] and a['method'] != 'none']}")
+    if arm_kind(by[src])[0] != "slots":
+        raise ValueError(f"config.train.none_init_from={src!r}: only a slot arm (base_only, tome, prune, pool, "
+                         f"frames) has the all-token model's weights (projector + decoder + newline)")
+    missing = sorted(set(none[0]["seeds"]) - set(by[src]["seeds"]))
+    if missing:
+        raise ValueError(f"config.train.none_init_from={src!r}: it has no seed(s) {missing} of the all-token arm")
+    return src
+
+
+def add_subset_accuracy(summaries: list[dict], preds_all: dict, answer: np.ndarray) -> None:
+    """When an arm (the all-token one) was scored on the first n < N eval videos only, give
+    every arm ``accuracy_subset`` (mean over seeds) on those same n videos, and
+    ``subset_examples = n``, so that comparisons with it are on the same questions."""
+    n_sub = min((s["eval_examples"] for s in summaries), default=0)
+    if not summaries or n_sub >= len(answer):
+        return
+    for s in summaries:
+        s["subset_examples"] = int(n_sub)
+        s["accuracy_subset"] = float(np.mean([np.mean(p[:n_sub] == answer[:n_sub]) for p in preds_all[s["name"]]]))
+
+
+REFERENCE_DIR = "reference"
+
+
+def reference_run(results_dir: str) -> dict | None:
+    """The all-token reference from a separate run in ``results_dir/reference`` (its
+    ``motion_qa.json`` and target check), or None when there is none."""
+    d = os.path.join(results_dir, REFERENCE_DIR)
+    paths = [os.path.join(d, f) for f in ("motion_qa.json", "motion_qa_meta.json")]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    with open(paths[0]) as f:
+        arms = json.load(f)
+    with open(paths[1]) as f:
+        meta = json.load(f)
+    none = next((a for a in arms if a["method"] == "none"), None)
+    if none is None:
+        return None
+    from td_jax.eval import report
+
+    check = next((r for r in report.target_checks(arms, meta) if r["target"].startswith(report.FULL_TARGET)), None)
+    return {"dir": REFERENCE_DIR, "none": {k: none.get(k) for k in (
+        "name", "accuracy", "accuracy_by_family", "steps", "batch_size", "eval_examples", "init_from",
+        "init_examples", "train_time_s", "eval_time_s")}, "check": check,
+        "arms": [a["name"] for a in arms], "total_time_s": meta.get("total_time_s")}
 
 
 def pick_example(ev: dict, caches: dict, arms: list[dict], families: list[str]) -> int:
@@ -858,6 +948,7 @@ def rewrite_report(results_dir: str, readme: str = "") -> None:
     with open(paths["_meta.json"]) as f:
         meta = json.load(f)
     meta["e2e_targets"] = e2e_targets(results_dir)
+    meta["reference"] = reference_run(results_dir)
     meta["checks"] = report.target_checks(arms, meta)
     with open(paths["_meta.json"], "w") as f:
         json.dump(report._jsonable(meta), f, indent=1)

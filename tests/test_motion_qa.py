@@ -216,3 +216,100 @@ def test_report_only_rewrites_markdown_and_readme(tiny_run, tmp_path):
     assert "| token_dynamics | `token_dynamics` |" in readme.read_text()
     with pytest.raises(FileNotFoundError, match="finished run"):
         motion_qa.rewrite_report(str(tmp_path / "nothing"))
+
+
+def test_reference_compares_on_its_subset_and_counts_the_warm_start():
+    fam = {"direction": 0.5, "order": 0.5}
+    td4 = _arm("token_dynamics K=4", "token_dynamics", 0.40, fam, 4, eval_examples=768, accuracy_subset=0.59)
+    none = _arm("none (all tokens)", "none", 0.60, fam, 4096, eval_examples=192, steps=300, batch_size=8,
+                init_from="base_only", init_examples=80_000)
+    td4["percent_tokens"] = 0.098
+    td4["batch_size"] = 32
+    td4["steps"] = 2500
+    row = next(c for c in report.target_checks([td4, none], {"eval_split": "test"})
+               if c["target"].startswith(report.FULL_TARGET))
+    # compared on the same first 192 videos: 0.59 / 0.60 = 98.3% (not 0.40 / 0.60 on different questions)
+    assert row["status"] == "met" and "98.3%" in row["measured"] and "first 192 test videos" in row["measured"]
+    assert "starts from `base_only`" in row["measured"]
+    cold = dict(none, init_from="", init_examples=0)   # 2,400 examples vs 80,000: not an upper bound
+    row = next(c for c in report.target_checks([td4, cold], {}) if c["target"].startswith(report.FULL_TARGET))
+    assert row["status"] == "not measured" and "not a fair upper bound" in row["target"]
+
+
+def test_default_report_reads_the_separate_reference_run(tmp_path):
+    from launch import motion_qa
+
+    assert motion_qa.reference_run(str(tmp_path)) is None
+    ref = tmp_path / motion_qa.REFERENCE_DIR
+    ref.mkdir()
+    fam = {"direction": 0.5, "order": 0.5}
+    td4 = _arm("token_dynamics K=4", "token_dynamics", 0.45, fam, 4, eval_examples=768, accuracy_subset=0.40,
+               batch_size=32, steps=2500)
+    td4["percent_tokens"] = 0.098
+    none = _arm("none (all tokens)", "none", 0.50, fam, 4096, eval_examples=192, steps=300, batch_size=8,
+                init_from="base_only", init_examples=80_000)
+    (ref / "motion_qa.json").write_text(json.dumps([td4, none]))
+    (ref / "motion_qa_meta.json").write_text(json.dumps({"eval_split": "test", "total_time_s": 10.0}))
+    got = motion_qa.reference_run(str(tmp_path))
+    assert got["none"]["accuracy"] == 0.50 and got["check"]["status"] == "missed"     # 0.40 / 0.50 = 80%
+    row = next(c for c in report.target_checks([td4], {"reference": got}) if c["target"].startswith(report.FULL_TARGET))
+    assert row["status"] == "missed" and row["measured"].startswith("separate run in `reference/`")
+
+
+def test_subset_accuracy_is_on_the_first_n_videos_for_every_arm():
+    from launch import motion_qa
+
+    answer = np.array([0, 1, 2, 3, 0, 1])
+    s = [{"name": "a", "eval_examples": 6}, {"name": "none", "eval_examples": 2}]
+    preds = {"a": [np.array([0, 0, 2, 3, 0, 1]), np.array([0, 1, 0, 0, 0, 0])], "none": [np.array([0, 1])]}
+    motion_qa.add_subset_accuracy(s, preds, answer)
+    assert s[0]["subset_examples"] == 2 and s[0]["accuracy_subset"] == pytest.approx(0.75)   # (1/2 + 2/2) / 2
+    assert s[1]["accuracy_subset"] == 1.0
+
+
+def test_warm_start_trains_on_from_the_given_weights_and_checks_them():
+    import jax
+    from launch import motion_qa
+    from td_jax.data import tokenizer as tok_lib
+
+    cfg = exp.get_config("tiny")
+    c = motion_qa.effective(cfg)
+    tok = tok_lib.make_tokenizer("word", 4)
+    runner = motion_qa.Runner(c, tok)
+    arm = next(a for a in exp.get_arms(cfg) if a["name"] == "base_only")
+    model = runner.model(arm, (8, 4, 4))
+    rng = np.random.default_rng(0)
+    n, length = 8, 12
+    ids = rng.integers(10, tok.vocab_size, (n, length)).astype(np.int32)
+    ids[:, 1] = tok.video_token_id
+    arrays = {"input_ids": ids, "attention_mask": np.ones((n, length), np.int32),
+              "loss_mask": np.r_[np.zeros(8), np.ones(4)][None].repeat(n, 0).astype(np.int32),
+              "slots": rng.normal(size=(n, 4, 32)).astype(np.float32), "slot_mask": np.ones((n, 4), bool)}
+    kw = dict(steps=1, batch_size=4, label="warm")
+    start = motion_qa.train_arm(runner, model, arrays, seed=3, **kw)["params"]
+    warm = motion_qa.train_arm(runner, model, arrays, seed=0, init_params=start, **kw)["params"]
+    cold = motion_qa.train_arm(runner, model, arrays, seed=0, **kw)["params"]
+    dist = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))  # noqa: E731
+                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert dist(warm, start) < 0.01 < dist(cold, start)     # one Adam step (lr 1e-3) from the given weights
+    bad = jax.tree.map(lambda p: p[..., :1] if p.ndim else p, start)
+    with pytest.raises(ValueError, match="warm-start weights do not fit"):
+        motion_qa.train_arm(runner, model, arrays, seed=0, init_params=bad, **kw)
+
+
+def test_warm_start_source_must_be_a_trained_slot_arm_of_the_run():
+    from launch import motion_qa
+
+    cfg = exp.get_config()
+    c = motion_qa.effective(cfg)
+    cfg.arms = "token_dynamics,none (all tokens)"
+    with pytest.raises(ValueError, match="must be a trained arm of this run"):
+        motion_qa.warm_start_source(exp.get_arms(cfg), c)
+    c["train"]["none_init_from"] = "token_dynamics"
+    with pytest.raises(ValueError, match="only a slot arm"):
+        motion_qa.warm_start_source(exp.get_arms(cfg), c)
+    cfg.arms = "base_only,none (all tokens)"
+    c["train"]["none_init_from"] = "base_only"
+    assert motion_qa.warm_start_source(exp.get_arms(cfg), c) == "base_only"
+    c["train"]["none_init_from"] = ""
+    assert motion_qa.warm_start_source(exp.get_arms(cfg), c) == ""
