@@ -209,6 +209,23 @@ def test_tome_round_matches_reference():
     assert len(set(pos[0::2][[i for i in range(12) if i not in src]])) == n_unm
 
 
+@pytest.mark.parametrize("na,block", [(300, 128), (256, 64), (7, 128)])
+def test_tome_blocked_best_match_equals_argmax(na, block):
+    # the blocked (lax.map) search must pick exactly argmax's partner, ties to the lowest index
+    rng = np.random.default_rng(na)
+    a = rng.standard_normal((2, na, 8)).astype(np.float32)
+    b = rng.standard_normal((2, 40, 8)).astype(np.float32)
+    b[:, 20] = b[:, 3]                      # duplicate B rows: exact ties
+    a[:, :5] = b[:, 3:4]                    # A rows whose best partner is tied between 3 and 20
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    a, b = unit(a), unit(b)
+    best, top = tome_mod.best_match(jnp.asarray(a), jnp.asarray(b), block=block)
+    scores = np.einsum("bid,bjd->bij", a, b)
+    np.testing.assert_array_equal(np.asarray(best), np.asarray(jnp.argmax(jnp.asarray(scores), -1)))
+    np.testing.assert_array_equal(np.asarray(best)[:, :5], 3)
+    np.testing.assert_allclose(np.asarray(top), scores.max(-1), atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["video", "frame"])
 def test_tome_conserves_size_weighted_sum(mode, tokens):
     budget = 13
@@ -324,3 +341,16 @@ def test_token_learner_permutation_invariant_and_trainable(tokens):
     grads = jax.grad(loss)(params)
     g = grads["learner"]["hidden"]["kernel"]
     assert float(jnp.abs(getattr(g, "value", g)).max()) > 0
+
+
+def test_tome_bench_times_dense_and_blocked_search_side_by_side():
+    from experiments.benchmarks import tome_bench
+
+    rows = tome_bench.measure(batch=2, tokens=600, dim=8, budget=8, blocks=[None, 64], repeats=1)
+    assert [r["block"] for r in rows] == [None, 64]
+    assert all(r["same_merge"] for r in rows) and rows[0]["speedup_vs_dense"] == 1.0
+    assert "| blocked, 64 A rows |" in tome_bench.table(rows, 2, 600, 8, 8)
+    with pytest.raises(ValueError, match="--budget"):
+        tome_bench.measure(batch=1, tokens=8, dim=4, budget=8, blocks=[], repeats=1)
+    with pytest.raises(ValueError, match="block size"):
+        tome_bench.parse_block("0")

@@ -97,15 +97,49 @@ def _scatter_add(v: jax.Array, idx: jax.Array, upd: jax.Array) -> jax.Array:
     return flat.reshape(v.shape)
 
 
-def bipartite_soft_matching(metric: jax.Array, r: int) -> Matching:
-    """ToMe's matching on ``metric [B, N, Dk]``: merge the ``r`` most similar A->B edges."""
+MATCH_BLOCK = 128   # A rows per block of the similarity matrix (see best_match)
+
+
+def _best_in_block(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """a [B, n, D], b [B, M, D] (unit rows) -> (index of the best b per a row [B, n] int32,
+    its cosine [B, n]); ties go to the lowest index, as ``argmax``."""
+    scores = jnp.einsum("bid,bjd->bij", a, b)
+    top = jnp.max(scores, axis=-1)
+    # max + "first index reaching it" is ~2x faster on CPU than a variadic argmax reduce
+    iota = jnp.arange(scores.shape[-1], dtype=jnp.int32)
+    best = jnp.min(jnp.where(scores >= top[..., None], iota, scores.shape[-1]), axis=-1)
+    return best.astype(jnp.int32), top
+
+
+def best_match(a: jax.Array, b: jax.Array, block: int | None = MATCH_BLOCK) -> tuple[jax.Array, jax.Array]:
+    """Each A token's most similar B token: ``a [B, NA, D]``, ``b [B, NB, D]`` unit rows ->
+    (best [B, NA] int32, cosine [B, NA]).
+
+    The [B, NA, NB] similarity is never materialised whole: A is processed ``block`` rows at
+    a time (``lax.map``; ``None`` = one dense block), which keeps each block's scores in
+    cache (``experiments/benchmarks/tome_bench.py`` times both).
+    """
+    bsz, na, d = a.shape
+    if block is None or na <= block:
+        return _best_in_block(a, b)
+    nblk = -(-na // block)
+    pad = nblk * block - na
+    ap = jnp.pad(a, ((0, 0), (0, pad), (0, 0))) if pad else a
+    blocks = ap.reshape(bsz, nblk, block, d).transpose(1, 0, 2, 3)            # [nblk, B, block, D]
+    best, top = jax.lax.map(lambda x: _best_in_block(x, b), blocks)           # [nblk, B, block]
+    best = best.transpose(1, 0, 2).reshape(bsz, nblk * block)[:, :na]
+    top = top.transpose(1, 0, 2).reshape(bsz, nblk * block)[:, :na]
+    return best, top
+
+
+def bipartite_soft_matching(metric: jax.Array, r: int, block: int | None = MATCH_BLOCK) -> Matching:
+    """ToMe's matching on ``metric [B, N, Dk]``: merge the ``r`` most similar A->B edges
+    (``block``: see :func:`best_match`)."""
     n = metric.shape[1]
     if not 0 <= r <= n // 2:
         raise ValueError(f"tome: r={r} must be in [0, N//2] for N={n} tokens")
     m = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
-    scores = jnp.einsum("bid,bjd->bij", m[:, 0::2], m[:, 1::2])  # [B, |A|, |B|] cosine
-    best = jnp.argmax(scores, axis=-1).astype(jnp.int32)
-    node_max = jnp.take_along_axis(scores, best[..., None], axis=-1)[..., 0]  # no second pass over scores
+    best, node_max = best_match(m[:, 0::2], m[:, 1::2], block)   # cosine of every A token's best B edge
     order = jnp.argsort(-node_max, axis=-1, stable=True).astype(jnp.int32)
     src_idx = order[:, :r]
     return Matching(src_idx=src_idx, dst_idx=jnp.take_along_axis(best, src_idx, axis=1),
@@ -134,14 +168,15 @@ def new_positions(n: int, match: Matching) -> jax.Array:
     return jnp.zeros((bsz, n), jnp.int32).at[:, 0::2].set(pos_a).at[:, 1::2].set(pos_b)
 
 
-def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None = None):
+def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None = None,
+                block: int | None = MATCH_BLOCK):
     """One ToMe round on ``x [B, N, D]`` with sizes ``size [B, N]``.
 
     Returns (x [B, N-r, D] size-weighted means, size [B, N-r], metric [B, N-r, Dk] or None,
     new_pos [B, N] int32).  A given metric is merged by the same size-weighted average.
     """
     n = x.shape[1]
-    match = bipartite_soft_matching(x if metric is None else metric, r)
+    match = bipartite_soft_matching(x if metric is None else metric, r, block)
     w = size[..., None].astype(x.dtype)
     new_size = merge_sum(size, match)
     nx = merge_sum(x * w, match) / new_size[..., None].astype(x.dtype)
@@ -150,7 +185,7 @@ def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None 
 
 
 def merge_to(x: jax.Array, target: int, *, r: int | None = None, metric: jax.Array | None = None,
-             max_rounds: int = DEFAULT_MAX_ROUNDS):
+             max_rounds: int = DEFAULT_MAX_ROUNDS, block: int | None = MATCH_BLOCK):
     """Repeated ToMe rounds on ``x [B, N, D]`` until ``target`` tokens remain per sequence.
 
     ``metric [B, N, Dk]`` (optional) is what similarity is measured on (ToMe: attention
@@ -165,7 +200,7 @@ def merge_to(x: jax.Array, target: int, *, r: int | None = None, metric: jax.Arr
     size = jnp.ones((bsz, n), jnp.float32)
     assign = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (bsz, n))
     for ri in merge_schedule(n, target, r, max_rounds):
-        x, size, metric, pos = merge_round(x, size, ri, metric)
+        x, size, metric, pos = merge_round(x, size, ri, metric, block)
         assign = jnp.take_along_axis(pos, assign, axis=1)
     return x, size, assign
 
