@@ -231,6 +231,12 @@ def test_reference_compares_on_its_subset_and_counts_the_warm_start():
     # compared on the same first 192 videos: 0.59 / 0.60 = 98.3% (not 0.40 / 0.60 on different questions)
     assert row["status"] == "met" and "98.3%" in row["measured"] and "first 192 test videos" in row["measured"]
     assert "starts from `base_only`" in row["measured"]
+    # a compressed arm above the all-token one on the same videos: the reference is no upper bound
+    strong = _arm("base_only", "base_only", 0.50, fam, 8, eval_examples=768, accuracy_subset=0.65,
+                  batch_size=32, steps=2500)
+    row = next(c for c in report.target_checks([td4, strong, none], {"eval_split": "test"})
+               if c["target"].startswith(report.FULL_TARGET))
+    assert row["status"] == "not measured" and "scores below `base_only`" in row["target"]
     cold = dict(none, init_from="", init_examples=0)   # 2,400 examples vs 80,000: not an upper bound
     row = next(c for c in report.target_checks([td4, cold], {}) if c["target"].startswith(report.FULL_TARGET))
     assert row["status"] == "not measured" and "not a fair upper bound" in row["target"]
@@ -252,8 +258,20 @@ def test_default_report_reads_the_separate_reference_run(tmp_path):
     (ref / "motion_qa_meta.json").write_text(json.dumps({"eval_split": "test", "total_time_s": 10.0}))
     got = motion_qa.reference_run(str(tmp_path))
     assert got["none"]["accuracy"] == 0.50 and got["check"]["status"] == "missed"     # 0.40 / 0.50 = 80%
-    row = next(c for c in report.target_checks([td4], {"reference": got}) if c["target"].startswith(report.FULL_TARGET))
+    meta = {"reference": got, "eval_split": "test"}
+    row = next(c for c in report.target_checks([td4], meta) if c["target"].startswith(report.FULL_TARGET))
     assert row["status"] == "missed" and row["measured"].startswith("separate run in `reference/`")
+    # the reference is a marked row of the table (and a point of the plot), with a note on how it was made
+    shown = report.display_arms([td4], meta)
+    assert [a["name"] for a in shown] == ["token_dynamics K=4", "none (all tokens)" + report.REFERENCE_MARK]
+    notes = report.reference_notes([td4], meta)
+    assert "starts from `base_only`" in notes[0] and "first 192 test videos" in notes[0]
+    assert "scored identically in both" in notes[1]
+    # a run whose shared arm scored differently says the reference is not about its arms
+    other = dict(td4, accuracy=0.5)
+    assert "disagree on shared arms" in report.reference_notes([other], meta)[1]
+    # a run with its own all-token arm shows no second one
+    assert report.display_arms([td4, none], meta) == [td4, none] and report.reference_notes([td4, none], meta) == []
 
 
 def test_subset_accuracy_is_on_the_first_n_videos_for_every_arm():
@@ -313,3 +331,51 @@ def test_warm_start_source_must_be_a_trained_slot_arm_of_the_run():
     assert motion_qa.warm_start_source(exp.get_arms(cfg), c) == "base_only"
     c["train"]["none_init_from"] = ""
     assert motion_qa.warm_start_source(exp.get_arms(cfg), c) == ""
+
+
+@pytest.mark.parametrize("arm_name", ["base_only", "token_dynamics", "none (all tokens)"])
+def test_shared_prefix_option_scores_equal_full_row_scores(arm_name):
+    # the eval path runs video + prompt once and scores every option against its KV cache;
+    # it must equal scoring each option's whole row (sequence_logprob), for slot, dynamics
+    # and all-token models, with a masked slot and options of different lengths
+    import jax
+    from launch import motion_qa
+    from td_jax.data import tokenizer as tok_lib
+    from td_jax.models.vlm import sequence_logprob
+
+    c = motion_qa.effective(exp.get_config("tiny"))
+    c["model"]["num_layers"] = 2
+    tok = tok_lib.make_tokenizer("word", 4)
+    runner = motion_qa.Runner(c, tok)
+    every = exp.get_config("")
+    every.full = True
+    arm = next(a for a in exp.get_arms(every) if a["name"] == arm_name)
+    grid = (8, 4, 4)                                          # tiny: 8 frames of 32 px, 8-px patches
+    model = runner.model(dict(arm, budget=4), grid)
+    rng = np.random.default_rng(1)
+    b, d = 3, c["model"]["hidden_size"]
+    questions = ["what color is the square", "which way does the red circle move", "what appears first"]
+    options = [["red", "green", "dark blue", "yellow"], ["up", "down", "left", "right"], ["a", "b c d", "e", "f g"]]
+    text = [tok_lib.encode_mc_options(tok, q, o, 40, False) for q, o in zip(questions, options)]
+    one = [tok_lib.encode_mc(tok, q, o, 0, 40, "text", False) for q, o in zip(questions, options)]
+    batch = {f"opt_{k}": np.stack([t[k] for t in text]) for k in text[0]}
+    batch.update({k: np.stack([t[k] for t in one]) for k in one[0]})
+    mask = np.ones((b, 4), bool)
+    mask[1, 2] = False
+    batch.update(slots=rng.normal(size=(b, 4, d)).astype(np.float32), slot_mask=mask,
+                 base=rng.normal(size=(b, 4, d)).astype(np.float32), valid=mask,
+                 dmap=rng.integers(0, 4, (b,) + grid).astype(np.int32), scale=np.ones(b, np.float32),
+                 frames=rng.integers(0, 255, (b, 8, 32, 32, 3)).astype(np.uint8))
+    names = motion_qa.model_inputs(model.kind)
+    init_batch = {k: batch[k] for k in names}
+    params = jax.jit(lambda k: model.init({"params": k, "compress": k}, init_batch)["params"])(jax.random.key(0))
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape), params)  # non-zero residuals
+    vis = [n for n in names if n not in ("input_ids", "attention_mask", "loss_mask")]
+    shared = model.apply({"params": params}, {**{k: batch[k] for k in vis}, **{k: v for k, v in batch.items() if k.startswith("opt_")}},
+                         rngs={"compress": jax.random.key(3)})
+    rows = {k[4:]: v.reshape((b * 4,) + v.shape[2:]) for k, v in batch.items() if k.startswith("opt_")}
+    rows.update({k: np.repeat(batch[k], 4, axis=0) for k in vis})
+    logits = model.apply({"params": params}, rows, rngs={"compress": jax.random.key(3)})
+    full = np.asarray(sequence_logprob(logits, rows["input_ids"], rows["loss_mask"])).reshape(b, 4)
+    assert shared.shape == (b, 4)
+    np.testing.assert_allclose(np.asarray(shared), full, rtol=1e-4, atol=1e-4)
