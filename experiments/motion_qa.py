@@ -82,7 +82,8 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.model = mlc.ConfigDict()       # the tiny Qwen2-style decoder (its width is the token width)
     c.model.hidden_size = 64
     c.model.intermediate_size = 256
-    c.model.num_layers = 2
+    c.model.num_layers = 3           # 2 layers learned `direction` in 1 of 3 seeds, 3 layers in 3 of 4
+                                     # (validation split, own_bias 4); ~35% more time per step
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.rope_theta = 10000.0
@@ -91,7 +92,9 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.model.video_newline = True
     c.model.projector = "mlp2x_gelu"  # trainable projector on the compressed tokens: mlp2x_gelu | linear | identity
     c.model.cross_heads = 4          # CrossDynamicsAttention heads
-    c.model.own_bias = 0.0           # CrossDynamicsAttention: initial logit bonus for a base token's own trajectory
+    c.model.own_bias = 4.0           # CrossDynamicsAttention: initial logit bonus for a base token's own trajectory
+                                     # (learned); validation accuracy over seeds 0-2 at 2 layers: 56.0% at 0,
+                                     # 60.4% at 2, 61.5% at 4 (the gain is on `order`)
 
     c.train = mlc.ConfigDict()
     c.train.steps = 2500
@@ -101,12 +104,13 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.train.warmup_frac = 0.05
     c.train.weight_decay = 0.1
     c.train.clip_norm = 1.0
-    c.train.none_steps = 100         # the full-token reference costs ~20 s per step of 8 on 2 cores
+    c.train.none_steps = 100         # the full-token reference costs ~21 s per step of 8 on 2 cores (3 layers)
     c.train.none_batch_size = 8
     c.train.none_init_from = "base_only"  # the full-token reference starts from this slot arm's trained weights
                                      # (same projector + decoder + newline; "" = random init): 2,500 steps
                                      # from scratch at ~8 s each is out of reach on 2 cores
-    c.train.none_eval_examples = 192  # the full-token reference is evaluated on the first N eval videos (0 = all)
+    c.train.none_eval_examples = 0   # the full-token reference is evaluated on the first N eval videos (0 = all;
+                                     # ~0.75 s per video on 2 cores, video + prompt run once for the 4 options)
     c.train.log_every = 100
     c.train.curriculum = "direction:600"  # "family[,family...]:N": the first N steps draw only those families
                                      # ("" = none); mixed from the start, no arm learned direction in 3,000 steps

@@ -357,8 +357,8 @@ def plot_example(example: Mapping[str, Any], path: str, n_frames: int = 6) -> No
     t = frames.shape[0]
     idx = np.linspace(0, t - 1, min(n_frames, t)).round().astype(int)
     rows = 2 if dmap is not None else 1
-    fig, axes = plt.subplots(rows + 1, len(idx), figsize=(2 * len(idx), 2 * rows + 2.6),
-                             gridspec_kw={"height_ratios": [1] * rows + [1.3]})
+    fig, axes = plt.subplots(rows + 1, len(idx), figsize=(2 * len(idx), 2 * rows + 1.3),
+                             gridspec_kw={"height_ratios": [1] * rows + [0.6]})
     axes = np.asarray(axes).reshape(rows + 1, len(idx))
     cmap = plt.get_cmap("tab20", max(int(example.get("k") or 1), 1))
     for j, f in enumerate(idx):
