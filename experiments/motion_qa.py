@@ -1,6 +1,6 @@
 r"""The paper's claims in miniature: every compressor at one visual-token budget on moving_shapes_qa.
 
-    # the default run (README's first command; 23 min on 2 CPU cores): builds
+    # the default run (README's first command; 16 min on 2 CPU cores): builds
     # moving_shapes_qa/motion if absent, compresses every video once, trains + evaluates the
     # main arms, writes results/
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
@@ -9,7 +9,7 @@ r"""The paper's claims in miniature: every compressor at one visual-token budget
     # the complete grid (+ full-token reference, frames, TokenLearner, K=16; more seeds and steps; hours)
     python -m launch.motion_qa --config=experiments/motion_qa.py --config.full=True --results_dir=results_full
     # the full-token reference (~1 h): all-token model warm-started from base_only, scored on
-    # the first 192 test videos next to token dynamics; the default run's report then reads it
+    # the test videos next to token dynamics; the default run's report then reads it
     python -m launch.motion_qa --config=experiments/motion_qa.py \
         --config.arms="token_dynamics,token_dynamics K=4,base_only,none (all tokens)" --results_dir=results/reference
     # the test's configuration: tiny data, three arms, a few steps
