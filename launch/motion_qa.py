@@ -81,9 +81,13 @@ def effective(config) -> dict:
         raise ValueError("config.data.answer_format='letter' needs config.data.list_options=True")
     if c["budget"] < 1:
         raise ValueError(f"config.budget must be >= 1, got {c['budget']}")
-    for k in ("steps", "none_steps", "batch_size", "none_batch_size", "eval_batch_size", "log_every", "steps_per_call"):
+    for k in ("steps", "none_steps", "batch_size", "none_batch_size", "eval_batch_size", "log_every", "steps_per_call",
+              "none_microbatches"):
         if c["train"][k] < 1:
             raise ValueError(f"config.train.{k} must be >= 1, got {c['train'][k]}")
+    if c["train"]["none_batch_size"] % c["train"]["none_microbatches"]:
+        raise ValueError(f"config.train.none_batch_size={c['train']['none_batch_size']} is not divisible by "
+                         f"config.train.none_microbatches={c['train']['none_microbatches']}")
     if c["model"]["hidden_size"] % c["model"]["cross_heads"]:
         raise ValueError(f"config.model.hidden_size={c['model']['hidden_size']} is not divisible by "
                          f"config.model.cross_heads={c['model']['cross_heads']}")
@@ -495,6 +499,11 @@ class Runner:
                            optax.multi_transform({"llm": adamw(t["lr"]), "compressor": adamw(t["compressor_lr"])},
                                                  labels))
 
+    def microbatches(self, model) -> int:
+        """Micro-batches per optimizer step: ``train.none_microbatches`` for the all-token
+        model (its attention maps for a whole batch do not fit in memory), else 1."""
+        return int(self.c["train"]["none_microbatches"]) if model.kind == "full" else 1
+
     def fns(self, model, steps: int):
         """(init, train_step, eval_step) for ``model`` trained ``steps`` steps (cached)."""
         key = (model, steps)
@@ -516,14 +525,40 @@ class Runner:
             params = nn.unbox(model.init({"params": k1, compressors.RNG_STREAM: k2}, batch)["params"])
             return params, tx.init(params)
 
+        micro = self.microbatches(model)
+
+        def nll_sum(p, batch, rng):
+            """(summed next-token NLL, target-token count) of one (micro-)batch."""
+            logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
+            loss, m = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+            return loss * m["num_target_tokens"], m["num_target_tokens"]
+
+        def loss_and_grads(params, batch, rng):
+            """The batch's mean next-token loss and its gradient; with ``micro`` > 1 summed over
+            micro-batches (a ``lax.scan``), so only one micro-batch's activations are live —
+            the same mean over all target tokens as one big batch."""
+            if micro == 1:
+                def mean_loss(p):
+                    logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
+                    return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])[0]
+                return jax.value_and_grad(mean_loss)(params)
+            grad_fn = jax.value_and_grad(nll_sum, has_aux=True)
+            parts = jax.tree.map(lambda x: x.reshape((micro, x.shape[0] // micro) + x.shape[1:]), batch)
+
+            def acc(carry, inp):
+                g_sum, l_sum, n_sum = carry
+                part, i = inp
+                (l, n), g = grad_fn(params, part, jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, g_sum, g), l_sum + l, n_sum + n), None
+            zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+            (grads, total, n), _ = jax.lax.scan(acc, zero, (parts, jnp.arange(micro)))
+            n = jnp.maximum(n, 1.0)
+            return total / n, jax.tree.map(lambda g: g / n, grads)
+
         def one_step(carry, inp):
             params, opt_state = carry
             batch, rng = inp
-
-            def loss_fn(p):
-                logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
-                return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
-            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            loss, grads = loss_and_grads(params, batch, rng)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 

@@ -379,3 +379,41 @@ def test_shared_prefix_option_scores_equal_full_row_scores(arm_name):
     full = np.asarray(sequence_logprob(logits, rows["input_ids"], rows["loss_mask"])).reshape(b, 4)
     assert shared.shape == (b, 4)
     np.testing.assert_allclose(np.asarray(shared), full, rtol=1e-4, atol=1e-4)
+
+
+def test_all_token_microbatches_give_the_same_step():
+    # the all-token arm accumulates micro-batches: same loss and update as the whole batch at once
+    import jax
+    from launch import motion_qa
+    from td_jax.data import tokenizer as tok_lib
+
+    tok = tok_lib.make_tokenizer("word", 4)
+    every = exp.get_config("")
+    every.full = True
+    arm = next(a for a in exp.get_arms(every) if a["method"] == "none")
+    rng = np.random.default_rng(2)
+    n, length = 4, 12
+    ids = rng.integers(10, tok.vocab_size, (n, length)).astype(np.int32)
+    ids[:, 1] = tok.video_token_id
+    loss_mask = np.zeros((n, length), np.float32)
+    loss_mask[:, 8:] = 1.0
+    loss_mask[0, 10:] = 0.0                       # unequal target counts per micro-batch
+    arrays = {"input_ids": ids, "attention_mask": np.ones((n, length), bool), "loss_mask": loss_mask,
+              "frames": rng.integers(0, 255, (n, 8, 32, 32, 3)).astype(np.uint8)}
+    out = {}
+    for micro in (1, 2, 4):
+        c = motion_qa.effective(exp.get_config("tiny"))
+        c["train"]["none_microbatches"] = micro
+        runner = motion_qa.Runner(c, tok)
+        model = runner.model(arm, (8, 4, 4))
+        assert runner.microbatches(model) == micro
+        tr = motion_qa.train_arm(runner, model, arrays, steps=1, batch_size=4, seed=0, label=f"micro {micro}")
+        out[micro] = (tr["loss_first"], tr["params"])
+    for micro in (2, 4):
+        assert out[micro][0] == pytest.approx(out[1][0], rel=1e-5)
+        for a, b in zip(jax.tree.leaves(out[micro][1]), jax.tree.leaves(out[1][1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    cfg = exp.get_config("tiny")
+    cfg.train.none_microbatches = 3               # 4 is not divisible by 3
+    with pytest.raises(ValueError, match="none_microbatches"):
+        motion_qa.effective(cfg)
