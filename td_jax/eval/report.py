@@ -205,6 +205,12 @@ def ladder_table(arms: Sequence[Mapping]) -> tuple[str, str]:
     return "\n".join(lines) + "\n", sent
 
 
+def _videos(n: int | None, meta: Mapping) -> str:
+    """'all 768 test videos' or 'the first 192 test videos' (n of meta's eval videos)."""
+    split = meta.get("eval_split", "eval")
+    return f"all {n:,} {split} videos" if n == meta.get("eval_examples") else f"the first {n} {split} videos"
+
+
 def _setup_sentence(arms: Sequence[Mapping], meta: Mapping) -> str:
     t, d = meta["train"], meta.get("data", {})
     none = next((a for a in arms if a["method"] == "none"), None)
@@ -214,11 +220,11 @@ def _setup_sentence(arms: Sequence[Mapping], meta: Mapping) -> str:
         ref = ((f"the all-token reference starts from `{none['init_from']}`'s trained weights and trains "
                 if none.get("init_from") else "the all-token reference trains ")
                + f"{none['steps']} steps x {none.get('batch_size', '?')} (about "
-               f"{round(meta['n_tokens'] / (meta['budget'] + 1))}x longer sequences) and is scored on the first "
-               f"{none.get('eval_examples', meta['eval_examples'])} videos")
+               f"{round(meta['n_tokens'] / (meta['budget'] + 1))}x longer sequences) and is scored on "
+               + _videos(none.get("eval_examples", meta["eval_examples"]), meta))
     elif other:
         ref = (f"the all-token reference (row marked{REFERENCE_MARK}) ran separately in `{other['dir']}/` and is "
-               f"scored on the first {other['none'].get('eval_examples')} videos")
+               f"scored on " + _videos(other["none"].get("eval_examples"), meta))
     else:
         ref = "the all-token reference is not in this run (it is in `--config.full=True`)"
     cur = f" The first {t['curriculum'].rpartition(':')[2]} steps draw only `{t['curriculum'].rpartition(':')[0]}` " \
@@ -258,10 +264,11 @@ def reference_notes(arms: Sequence[Mapping], meta: Mapping) -> list[str]:
     start = (f"starts from `{n['init_from']}`'s trained weights ({n.get('init_examples', 0):,} examples) and trains "
              f"{n['steps']} steps x {n.get('batch_size', '?')} on all {int(n['visual_tokens']):,} tokens"
              if n.get("init_from") else f"trains {n['steps']} steps x {n.get('batch_size', '?')} from scratch")
+    some = n.get("eval_examples") != meta.get("eval_examples")
     out = [f"- `{n['name']}{REFERENCE_MARK}`: from the separate run in `{ref['dir']}/` (its command is in "
-           f"experiments/motion_qa.py); it {start}, and is scored on the first {n.get('eval_examples')} "
-           f"{meta.get('eval_split', 'eval')} videos only (its per-family numbers are on those videos). The "
-           f"≥ 98% target compares with token dynamics on the same videos, within that run."]
+           f"experiments/motion_qa.py); it {start}, and is scored on {_videos(n.get('eval_examples'), meta)}"
+           + (" only (its per-family numbers are on those videos)" if some else "")
+           + ". The ≥ 98% target compares with token dynamics on the same videos, within that run."]
     mine = _by_name(arms)
     diff = [f"`{name}` {_pct(r['accuracy'])}% there vs {_pct(mine[name]['accuracy'])}% here"
             for name, r in sorted((ref.get("arms") or {}).items())
@@ -333,10 +340,12 @@ def plot_accuracy_vs_tokens(arms: Sequence[Mapping], path: str) -> None:
     """Accuracy (%) vs % of tokens kept, log x, one marker per arm with seed error bars."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for a in arms:
+    colors = plt.get_cmap("tab20" if len(arms) > 10 else "tab10")
+    for i, a in enumerate(arms):
         x, y, e = a["percent_tokens"], 100 * a["accuracy"], 100 * a["accuracy_std"]
         m = "*" if a["method"] == "token_dynamics" else ("s" if a["method"] == "none" else "o")
-        ax.errorbar([x], [y], yerr=[e], fmt=m, ms=10 if m == "*" else 7, capsize=3, label=a["name"])
+        ax.errorbar([x], [y], yerr=[e], fmt=m, ms=10 if m == "*" else 7, capsize=3, label=a["name"],
+                    color=colors(i % colors.N))
     ax.axhline(25.0, color="grey", ls=":", lw=1, label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("visual tokens fed to the LLM (% of all tokens, log scale)")
