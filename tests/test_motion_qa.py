@@ -58,6 +58,36 @@ def test_driver_writes_well_formed_results(tiny_run):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_every_other_arm_runs_through_the_driver(tmp_path):
+    """The arms the default tiny run does not train (baselines, ablations, the full-grid-only
+    frames / TokenLearner / all-token arms) go through the same driver on tiny data."""
+    from launch import motion_qa
+
+    cfg = exp.get_config("tiny")
+    cfg.workdir = str(tmp_path / "work")
+    cfg.seeds = (0,)
+    cfg.arms = "random_map,random_base,tome,prune,pool,frames,token_learner,none (all tokens)"
+    cfg.train.none_init_from = "tome"      # the all-token arm warm-starts from a slot arm of this run
+    arms = {a["name"]: a for a in motion_qa.run(cfg, str(tmp_path / "results"))}
+    assert list(arms) == [s.strip() for s in cfg.arms.split(",")]
+    n = 8 * 4 * 4                          # tiny: 8 frames of 4 x 4 tokens; budget 4
+    expected = {"random_map": 4, "random_base": 4, "tome": 4, "prune": 4, "token_learner": 4,
+                "pool": 8,                 # at least one token per frame
+                "frames": 16,              # one whole frame
+                "none (all tokens)": n}
+    for name, a in arms.items():
+        assert a["seeds"] == [0]
+        if name in ("random_map", "random_base"):
+            assert 1 <= a["visual_tokens"] <= 4, name     # K = 4 clusters; an empty one lowers it
+        else:
+            assert a["visual_tokens"] == expected[name], (name, a["visual_tokens"])
+        assert 0.0 <= a["accuracy"] <= 1.0 and a["accuracy"] * 32 == pytest.approx(round(a["accuracy"] * 32))
+        (s,) = a["per_seed"]
+        assert np.isfinite(s["loss_first"]) and np.isfinite(s["loss_last"]), name
+    assert arms["none (all tokens)"]["steps"] == cfg.train.none_steps
+    assert arms["tome"]["steps"] == cfg.train.steps
+
+
 def test_training_moves_the_loss(tiny_run):
     _, arms, _ = tiny_run
     for a in arms:

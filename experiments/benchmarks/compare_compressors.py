@@ -129,6 +129,7 @@ def compare(tokens, methods, budgets, method_cfg, *, warmup, repeats, text_token
                 p = plan(name, spec, (t, h, w), **method_cfg.get(name, {}))
             except ValueError as e:
                 rows.append({**row, "error": str(e)})
+                print(f"  {name} @ {spec}: unreachable", flush=True)
                 continue
             comp = p.compressor()
             params = comp.init(jax.random.key(seed + 1), x, budget=p.budget)
@@ -140,6 +141,8 @@ def compare(tokens, methods, budgets, method_cfg, *, warmup, repeats, text_token
                          "kept_pct": 100.0 * real / n, "rel_err": reconstruction_error(name, tokens, out),
                          "compile_s": compile_s, "ms": 1e3 * run_s,
                          "prefill_gflops": rep["flops_compressed"] / 1e9, "llm_speedup": rep["llm_speedup"]})
+            print(f"  {name} @ {spec}: {real:.0f} tokens, {1e3 * run_s:.1f} ms (compile {compile_s:.1f} s)",
+                  flush=True)
     return rows
 
 
