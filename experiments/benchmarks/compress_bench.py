@@ -7,7 +7,8 @@ regions whose prototypes drift, plus noise: td_jax.synthetic.structured_tokens).
 T, in one process: median wall time after warm-up and inertia per token (mean 1 - cos to
 the token's cluster mean, recomputed the same way for every method) of
 
-  ours     td_jax.kmeans under jit (greedy k-means++ and Lloyd on a sample, refinement on all)
+  ours     td_jax.kmeans under jit (greedy k-means++ and Lloyd on a sample, refinement on all;
+           --n_init starts, best kept), and again with --fast_n_init starts
   sklearn  sklearn.cluster.KMeans(k-means++, greedy, n_init=1) on L2-normalised rows
   faiss    faiss.Kmeans(spherical=True), its default training sample of 256*K rows
 
@@ -39,6 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("big_t", 512, "Frames of the large run (0 to skip).")
     flags.DEFINE_integer("n_init", 2, "td_jax.kmeans n_init.")
     flags.DEFINE_integer("refine_iters", 1, "td_jax.kmeans refine_iters.")
+    flags.DEFINE_integer("fast_n_init", 1, "Also time ours with this n_init (a faster, single-start row; 0 = skip).")
     flags.DEFINE_string("out", "", "Also write the markdown table (and a .json beside it) here.")
     flags.DEFINE_bool("child_big", False, "Internal: run the large-T measurement in this process.")
 
@@ -60,14 +62,15 @@ def tokens_for(t, seed=0):
     return x.reshape(-1, FLAGS.d)
 
 
-def run_ours(x):
+def run_ours(x, n_init=None):
     import functools
     import jax
     import jax.numpy as jnp
     import numpy as np
     import td_jax
 
-    f = jax.jit(functools.partial(td_jax.kmeans, k=FLAGS.k, n_init=FLAGS.n_init, refine_iters=FLAGS.refine_iters))
+    f = jax.jit(functools.partial(td_jax.kmeans, k=FLAGS.k, n_init=n_init or FLAGS.n_init,
+                                  refine_iters=FLAGS.refine_iters))
     xj = jnp.asarray(x)
     jax.block_until_ready(f(xj, key=jax.random.key(100)))                     # compile + warm-up
     times, inert = [], []
@@ -165,13 +168,17 @@ def main(argv):
         return
     import numpy as np
     rows = []
+    load_start = os.getloadavg()[0]
     print(f"k-means benchmark: grid {FLAGS.grid}x{FLAGS.grid}, D={FLAGS.d}, K={FLAGS.k}; "
           f"{os.cpu_count()} CPU cores", flush=True)
     for t_str in FLAGS.ts:
         t = int(t_str)
         x = tokens_for(t)
         res = {}
-        for name, fn in (("ours", run_ours), ("sklearn", run_sklearn), ("faiss", run_faiss)):
+        methods = [("ours", run_ours)]
+        if FLAGS.fast_n_init and FLAGS.fast_n_init != FLAGS.n_init:
+            methods.append((f"ours n_init={FLAGS.fast_n_init}", lambda v: run_ours(v, FLAGS.fast_n_init)))
+        for name, fn in methods + [("sklearn", run_sklearn), ("faiss", run_faiss)]:
             print(f"  T={t} ({len(x)} tokens): {name} ...", flush=True)
             times, inert = fn(x)
             res[name] = (float(np.median(times)), float(np.median(inert)), float(np.min(inert)), float(np.max(inert)))
@@ -197,6 +204,10 @@ def main(argv):
                       f"ours {big['median_s']:.3f} s median, peak resident memory {big['peak_over_input']:.2f}x the input "
                       f"(+{big['extra_peak_bytes'] / 2**20:.0f} MiB; XLA temporaries {big['xla_temp_bytes'] / 2**20:.0f} MiB), "
                       f"inertia per token {big['inertia_per_token']:.4f}"]
+    load_end, cpus = os.getloadavg()[0], os.cpu_count()
+    busy = load_start > cpus or load_end > cpus + 1
+    lines += ["", f"Machine: {cpus} CPU cores; 1-min load average {load_start:.1f} at start, {load_end:.1f} at end"
+                  + (" (other jobs shared the cores: the seconds are inflated, compare the ratios)." if busy else ".")]
     table = "\n".join(lines)
     print(table)
     if FLAGS.out:
@@ -204,7 +215,7 @@ def main(argv):
         with open(FLAGS.out, "w") as f:
             f.write(table + "\n")
         with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
-            json.dump({"rows": rows, "big": big}, f, indent=2)
+            json.dump({"rows": rows, "big": big, "load_average": [load_start, load_end], "cpus": cpus}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -829,7 +829,8 @@ def format_report(s: Settings, res: dict, summ: dict, env: dict) -> str:
     L.append("- Prefill FLOPs in the tables are the causal analytic count (`td_jax.eval.budget.prefill_flops`); "
              "the implementation runs dense masked attention (XLA's count above).")
     L.append("\n`*` = extrapolated by FLOPs from a shorter measured prefill (see above).")
-    L.append(f"\nRe-run on a quiet machine: `{env['command']}`")
+    if busy:
+        L.append(f"\nRe-run on a quiet machine: `{env['command']}`")
     return "\n".join(L) + "\n"
 
 
