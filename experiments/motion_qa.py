@@ -1,6 +1,6 @@
 r"""The paper's claims in miniature: every compressor at one visual-token budget on moving_shapes_qa.
 
-    # the default run (README's first command; 16 min on 2 CPU cores): builds
+    # the default run (README's first command; 16-20 min on 2 CPU cores, data build included): builds
     # moving_shapes_qa/motion if absent, compresses every video once, trains + evaluates the
     # main arms, writes results/
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
