@@ -78,6 +78,8 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.cache_seed = 0                 # key of the cached k-means / ToMe / ... (fixed per video)
     c.kmeans = mlc.ConfigDict({"iters": 20, "n_init": 1, "sample_size": 1024, "refine_iters": 2})
     c.adaptive = mlc.ConfigDict({"k_min": 2, "elbow_tol": 0.05})
+    # k_min on the validation split (fixed K=8: 66.1%): elbow 65.6 / 65.9 / 66.1% with 7.83 / 7.95 /
+    # 7.99 tokens, silhouette 43.5 / 52.3 / 57.8% with 2.34 / 3.82 / 5.16 tokens at k_min 2 / 3 / 4
 
     c.model = mlc.ConfigDict()       # the tiny Qwen2-style decoder (its width is the token width)
     c.model.hidden_size = 64
