@@ -12,6 +12,10 @@ r"""The paper's claims in miniature: every compressor at one visual-token budget
     # the test videos next to token dynamics; the default run's report then reads it
     python -m launch.motion_qa --config=experiments/motion_qa.py \
         --config.arms="token_dynamics,token_dynamics K=4,base_only,none (all tokens)" --results_dir=results/reference
+    # a second seed of the single-seed arms (~10 min; results/baselines_seed1 in the README)
+    python -m launch.motion_qa --config=experiments/motion_qa.py --config.seeds="(1,)" \
+        --config.arms="base + map (no attention),random_map,random_base,tome,prune,pool" \
+        --results_dir=results/baselines_seed1
     # the test's configuration: tiny data, three arms, a few steps
     python -m launch.motion_qa --config=experiments/motion_qa.py:tiny --results_dir=/tmp/mqa_tiny
 
