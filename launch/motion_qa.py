@@ -527,10 +527,14 @@ class Runner:
 
         micro = self.microbatches(model)
 
-        def nll_sum(p, batch, rng):
-            """(summed next-token NLL, target-token count) of one (micro-)batch."""
+        def forward_loss(p, batch, rng):
+            """(mean next-token NLL, its metrics) of one (micro-)batch."""
             logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
-            loss, m = next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+            return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])
+
+        def nll_sum(p, batch, rng):
+            """(summed next-token NLL, target-token count) of one micro-batch."""
+            loss, m = forward_loss(p, batch, rng)
             return loss * m["num_target_tokens"], m["num_target_tokens"]
 
         def loss_and_grads(params, batch, rng):
@@ -538,10 +542,7 @@ class Runner:
             micro-batches (a ``lax.scan``), so only one micro-batch's activations are live —
             the same mean over all target tokens as one big batch."""
             if micro == 1:
-                def mean_loss(p):
-                    logits = model.apply({"params": p}, batch, deterministic=False, rngs={compressors.RNG_STREAM: rng})
-                    return next_token_loss(logits, batch["input_ids"], batch["loss_mask"])[0]
-                return jax.value_and_grad(mean_loss)(params)
+                return jax.value_and_grad(lambda p: forward_loss(p, batch, rng)[0])(params)
             grad_fn = jax.value_and_grad(nll_sum, has_aux=True)
             parts = jax.tree.map(lambda x: x.reshape((micro, x.shape[0] // micro) + x.shape[1:]), batch)
 
@@ -953,23 +954,22 @@ REFERENCE_DIR = "reference"
 def reference_run(results_dir: str) -> dict | None:
     """The all-token reference from a separate run in ``results_dir/reference`` (its
     ``motion_qa.json`` and target check), or None when there is none."""
-    d = os.path.join(results_dir, REFERENCE_DIR)
-    paths = [os.path.join(d, f) for f in ("motion_qa.json", "motion_qa_meta.json")]
-    if not all(os.path.exists(p) for p in paths):
+    from td_jax.eval import report
+
+    paths = report.result_paths(os.path.join(results_dir, REFERENCE_DIR))
+    if not (os.path.exists(paths["json"]) and os.path.exists(paths["meta"])):
         return None
-    with open(paths[0]) as f:
+    with open(paths["json"]) as f:
         arms = json.load(f)
-    with open(paths[1]) as f:
+    with open(paths["meta"]) as f:
         meta = json.load(f)
     none = next((a for a in arms if a["method"] == "none"), None)
     if none is None:
         return None
-    from td_jax.eval import report
-
     check = next((r for r in report.target_checks(arms, meta) if r["target"].startswith(report.FULL_TARGET)), None)
     return {"dir": REFERENCE_DIR, "none": none, "check": check,
             "arms": {a["name"]: {k: a.get(k) for k in ("accuracy", "accuracy_subset", "seeds")} for a in arms},
-            "subset_examples": none.get("eval_examples"), "total_time_s": meta.get("total_time_s")}
+            "total_time_s": meta.get("total_time_s")}
 
 
 def pick_example(ev: dict, caches: dict, arms: list[dict], families: list[str]) -> int:
@@ -1011,26 +1011,21 @@ def rewrite_report(results_dir: str, readme: str = "") -> None:
     ``motion_qa.json`` with the current report code, and the README block if ``readme``."""
     from td_jax.eval import report
 
-    paths = {k: os.path.join(results_dir, f"motion_qa{k}") for k in (".json", "_meta.json", ".md")}
-    missing = [p for p in paths.values() if not os.path.exists(p) and not p.endswith(".md")]
+    paths = report.result_paths(results_dir)
+    missing = [paths[k] for k in ("json", "meta") if not os.path.exists(paths[k])]
     if missing:
         raise FileNotFoundError(f"--report_only needs a finished run's results: missing {missing}")
-    with open(paths[".json"]) as f:
+    with open(paths["json"]) as f:
         arms = json.load(f)
-    with open(paths["_meta.json"]) as f:
+    with open(paths["meta"]) as f:
         meta = json.load(f)
     meta["e2e_targets"] = e2e_targets(results_dir)
     meta["reference"] = reference_run(results_dir)
-    meta["checks"] = report.target_checks(arms, meta)
-    with open(paths["_meta.json"], "w") as f:
-        json.dump(report._jsonable(meta), f, indent=1)
-    with open(paths[".md"], "w") as f:
-        f.write(report.markdown(arms, meta))
-    report.plot_accuracy_vs_tokens(report.display_arms(arms, meta), os.path.join(results_dir, "accuracy_vs_tokens.png"))
-    log(f"rewrote {paths['.md']} and accuracy_vs_tokens.png")
+    report.write_report(results_dir, arms, meta)
+    log(f"rewrote {paths['md']}, {paths['meta']} and {paths['plot']}")
     if readme:
         report.update_readme(readme, results_dir)
-        log(f"updated {readme} from {paths['.json']}")
+        log(f"updated {readme} from {paths['json']}")
 
 
 def main(argv):

@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from experiments.benchmarks import load_sentence
+
 FLAGS = flags.FLAGS
 
 
@@ -205,9 +207,7 @@ def main(argv):
                       f"(+{big['extra_peak_bytes'] / 2**20:.0f} MiB; XLA temporaries {big['xla_temp_bytes'] / 2**20:.0f} MiB), "
                       f"inertia per token {big['inertia_per_token']:.4f}"]
     load_end, cpus = os.getloadavg()[0], os.cpu_count()
-    busy = load_start > cpus or load_end > cpus + 1
-    lines += ["", f"Machine: {cpus} CPU cores; 1-min load average {load_start:.1f} at start, {load_end:.1f} at end"
-                  + (" (other jobs shared the cores: the seconds are inflated, compare the ratios)." if busy else ".")]
+    lines += ["", f"Machine: {cpus} CPU cores; " + load_sentence(load_start, load_end, cpus)]
     table = "\n".join(lines)
     print(table)
     if FLAGS.out:

@@ -59,6 +59,8 @@ from typing import Any, Callable
 
 from absl import app, flags
 
+from experiments.benchmarks import load_sentence, shared_cores
+
 FLAGS = flags.FLAGS
 
 
@@ -735,11 +737,10 @@ def format_report(s: Settings, res: dict, summ: dict, env: dict) -> str:
     L = []
     L.append(f"# End-to-end efficiency: {s.llm} + {s.vision}, {s.frames} frames, random weights\n")
     L.append(f"Command: `{env['command']}`  ")
-    busy = env["load_start"][0] > env["cpus"] or env["load_end"][0] > env["cpus"] + 1
+    load = (env["load_start"][0], env["load_end"][0], env["cpus"])
+    busy = shared_cores(*load)
     L.append(f"Machine: {env['cpus']} CPU cores, {env['platform']}; jax {env['jax']}; dtype {s.dtype}; "
-             f"1-min load average {env['load_start'][0]} at start, {env['load_end'][0]} at end"
-             + (" (other jobs shared the cores: the seconds are inflated and noisy, compare the ratios)." if busy
-                else "."))
+             + load_sentence(*load))
     L.append(f"Median of {s.repeats} timed runs after {s.warmup} warm-up run(s); compilation excluded. "
              f"Whole run {res['wall_s']:.0f} s, peak resident memory {res['peak_rss_gib']:.1f} GiB.\n")
 

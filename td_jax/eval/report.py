@@ -245,11 +245,19 @@ def _setup_sentence(arms: Sequence[Mapping], meta: Mapping) -> str:
 REFERENCE_MARK = " †"
 
 
+def _separate_reference(arms: Sequence[Mapping], meta: Mapping) -> Mapping | None:
+    """``meta["reference"]`` (a separate run's all-token arm) when this run has no all-token arm."""
+    ref = meta.get("reference")
+    if any(a["method"] == "none" for a in arms) or not ref or not isinstance(ref.get("none"), Mapping):
+        return None
+    return ref
+
+
 def display_arms(arms: Sequence[Mapping], meta: Mapping) -> list[Mapping]:
     """The arms to tabulate and plot: this run's, plus the all-token reference of a separate
     run (``meta["reference"]``, name marked with a dagger) when this run has none."""
-    ref = meta.get("reference")
-    if any(a["method"] == "none" for a in arms) or not ref or not isinstance(ref.get("none"), Mapping):
+    ref = _separate_reference(arms, meta)
+    if ref is None:
         return list(arms)
     return [*arms, {**ref["none"], "name": ref["none"]["name"] + REFERENCE_MARK, "reference_dir": ref["dir"]}]
 
@@ -257,8 +265,8 @@ def display_arms(arms: Sequence[Mapping], meta: Mapping) -> list[Mapping]:
 def reference_notes(arms: Sequence[Mapping], meta: Mapping) -> list[str]:
     """Notes on a separate reference run: how its all-token arm was trained and scored, and
     whether the arms both runs share scored the same (the runs are deterministic, so they should)."""
-    ref = meta.get("reference")
-    if any(a["method"] == "none" for a in arms) or not ref or not isinstance(ref.get("none"), Mapping):
+    ref = _separate_reference(arms, meta)
+    if ref is None:
         return []
     n = ref["none"]
     start = (f"starts from `{n['init_from']}`'s trained weights ({n.get('init_examples', 0):,} examples) and trains "
@@ -295,8 +303,8 @@ def _body(arms: Sequence[Mapping], meta: Mapping, img: str, h: str) -> list[str]
         lines.append(f"| {chk['target']} | {chk['measured']} | **{chk['status']}** |")
     lad, sent = ladder_table(arms)
     lines += ["", f"{h} The paper's ablation ladder", "", lad, sent, ""]
-    lines += [f"{h} Plots", "", f"![accuracy vs tokens]({img}accuracy_vs_tokens.png)", "",
-              f"![example]({img}example_dynamics.png)", "", f"![adaptive K]({img}adaptive_k.png)", ""]
+    lines += [f"{h} Plots", "", f"![accuracy vs tokens]({img}{RESULT_FILES['plot']})", "",
+              f"![example]({img}{RESULT_FILES['example']})", "", f"![adaptive K]({img}{RESULT_FILES['adaptive']})", ""]
     return lines
 
 
@@ -447,20 +455,35 @@ def _jsonable(x):
     return x
 
 
-def write_all(results_dir: str, arms: Sequence[Mapping], meta: Mapping, *, example: Mapping | None = None,
-              adaptive_k: Mapping[str, Sequence[int]] | None = None) -> dict[str, str]:
-    """Writes the JSON, markdown and plots; returns {what: path}."""
-    os.makedirs(results_dir, exist_ok=True)
-    paths = {k: os.path.join(results_dir, v) for k, v in {
-        "json": "motion_qa.json", "meta": "motion_qa_meta.json", "md": "motion_qa.md",
-        "plot": "accuracy_vs_tokens.png", "example": "example_dynamics.png", "adaptive": "adaptive_k.png"}.items()}
-    with open(paths["json"], "w") as f:
-        json.dump(_jsonable(list(arms)), f, indent=1)
+RESULT_FILES = {"json": "motion_qa.json", "meta": "motion_qa_meta.json", "md": "motion_qa.md",
+                "plot": "accuracy_vs_tokens.png", "example": "example_dynamics.png", "adaptive": "adaptive_k.png"}
+
+
+def result_paths(results_dir: str) -> dict[str, str]:
+    """{what: path} of a run's files in ``results_dir`` (names in ``RESULT_FILES``)."""
+    return {k: os.path.join(results_dir, v) for k, v in RESULT_FILES.items()}
+
+
+def write_report(results_dir: str, arms: Sequence[Mapping], meta: Mapping) -> dict[str, str]:
+    """What is rendered from the arms and meta alone: the meta JSON with the target checks,
+    the markdown and the accuracy plot (a finished run's are re-rendered by --report_only)."""
+    paths = result_paths(results_dir)
     with open(paths["meta"], "w") as f:
         json.dump(_jsonable({**meta, "checks": target_checks(arms, meta)}), f, indent=1)
     with open(paths["md"], "w") as f:
         f.write(markdown(arms, meta))
     plot_accuracy_vs_tokens(display_arms(arms, meta), paths["plot"])
+    return paths
+
+
+def write_all(results_dir: str, arms: Sequence[Mapping], meta: Mapping, *, example: Mapping | None = None,
+              adaptive_k: Mapping[str, Sequence[int]] | None = None) -> dict[str, str]:
+    """Writes the JSON, markdown and plots; returns {what: path}."""
+    os.makedirs(results_dir, exist_ok=True)
+    paths = result_paths(results_dir)
+    with open(paths["json"], "w") as f:
+        json.dump(_jsonable(list(arms)), f, indent=1)
+    write_report(results_dir, arms, meta)
     if example is not None:
         plot_example(example, paths["example"])
     plot_adaptive_k(adaptive_k or {}, paths["adaptive"])
