@@ -15,6 +15,8 @@ import time
 
 from absl import app, flags, logging
 
+from launch import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "moving_shapes_qa/default", "NAME/CONFIG: moving_shapes_qa/{tiny,default,long} "
                     "or video_qa_folder/{tiny,f16_r64,f16_r224,f32_r384}.")
@@ -75,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

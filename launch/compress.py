@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags
 
+from launch import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("video", None, "Input video file (mp4/avi/webm/...).", required=True)
 flags.DEFINE_string("out", None, "Output directory.", required=True)
@@ -175,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

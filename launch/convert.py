@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from launch import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (config.json + *.safetensors).")
 flags.DEFINE_string("out", None, "Output directory for the Orbax checkpoint and model.json.")
@@ -45,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,6 +16,8 @@ import time
 
 from absl import app, flags, logging
 
+from launch import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "moving_shapes_qa/tiny", "TFDS NAME/CONFIG to read (ignored with --folder_jsonl).")
 flags.DEFINE_string("data_dir", "", "TFDS data_dir.")
@@ -75,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

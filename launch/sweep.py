@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from launch import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file with get_config/get_sweep: path[:arg].")
 flags.DEFINE_string("workdir", None, "Root directory; each run gets WORKDIR/<run name>.")
@@ -132,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -21,6 +21,8 @@ import sys
 
 from absl import app, flags
 
+from launch import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("tpu", None, "TPU VM name.")
 flags.DEFINE_string("zone", None, "GCP zone, e.g. us-west4-a.")
@@ -121,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
