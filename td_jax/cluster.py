@@ -1,27 +1,50 @@
 """Spherical k-means in pure JAX (cosine distance on L2-normalised rows).
 
-The recipe, chosen for speed *and* cluster quality (see experiments/benchmarks/compress_bench.py):
+The recipe, chosen for speed *and* cluster quality (measured against scikit-learn and faiss
+in experiments/benchmarks/compress_bench.py):
 
-1. draw a sample of ``sample_size`` tokens (all of them when N is small);
-2. greedy k-means++ seeding on the sample (``n_local_trials`` candidates per centre, the
-   best one by potential, as scikit-learn does);
-3. Lloyd steps on the sample until the centres move less than ``tol``;
-4. ``refine_iters`` Lloyd steps on *all* tokens (one GEMM to assign, one to update);
-5. centres and inertia come from the last assignment of all tokens, so they are consistent.
+1. one read of all rows: per-row max-abs and sum of squares (finite check, safe inverse
+   norms, a global power-of-two scale), so nothing below depends on the tokens' scale;
+2. a sample of ``sample_size`` rows (all of them when N is small; masked rows never drawn);
+3. greedy k-means++ seeding on the first ``seed_sample_size`` rows of the sample
+   (``n_local_trials`` candidates per centre, the best by potential, as scikit-learn does),
+   ``n_init`` seedings vectorised with ``vmap``;
+4. Lloyd steps on the sample until the centres move less than ``tol``;
+5. ``refine_iters`` Lloyd steps on *all* rows, in row blocks (one GEMM assigns a block, one
+   GEMM sums it per cluster, unit-weighted and raw), so centres, raw means and inertia come
+   from the last assignment of all rows and are consistent.
+
+Large k (more than 256 clusters by default) seeds and iterates in two levels, so no step
+runs k times in sequence and no pass compares every row with every centre: ``G ≈ √k``
+coarse centres (steps 2–4 with G clusters) split the rows into groups; greedy k-means++
+seeds up to ``2k/G`` fine centres in every group at once (on the group's own rows), and the
+k seeds with the largest potential gains over all groups are kept — the allocation a
+global greedy seeding would make. Lloyd then runs on all rows (or a row sample) where a row
+sees only the fine centres of its two nearest groups (row tiles of one group each, a small
+GEMM per tile; cluster sums by scatter-add). Costs: about ``3√k`` sequential seeding steps
+instead of k, and ``N·D·(G + 4k/G)`` per pass instead of ``N·D·k``.
 
 Distances are cosine distances ``1 - cos(x, c)``. Rows are never copied normalised: the
 assignment ``argmax_j x·c_j`` does not depend on ``|x|``, and the update weights each row by
 ``1/|x|`` inside the GEMM. All-zero rows have cosine 0 to every centre (distance 1).
+The result is the same for any positive rescaling of the rows by a power of two (and, up
+to float rounding of the input itself, by any factor): norms are taken after scaling each
+row by a power of two, and the centres are scaled to the data's largest exponent, so no
+square over- or underflows anywhere in the float32 range.
 
 Empty clusters are re-seeded from the sample points farthest from their centres while
 iterating; a cluster still empty at the end is reported by ``counts == 0`` (its centroid is
 a zero vector and ``valid`` is False), never silently used.
 
 Everything is a pure function of arrays and a PRNG key: ``jax.jit``, ``jax.vmap`` (a batch
-of videos) and inputs sharded over a mesh work unchanged.
+of videos) and inputs sharded over a mesh work unchanged. The public :func:`kmeans` is
+itself compiled (one cached executable per static configuration); called on concrete
+arrays it turns a compiled non-finite count into a ``ValueError``; on tracers (inside a
+user's ``jit``/``vmap``/``grad``) non-finite rows are treated as masked instead.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -29,17 +52,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_EPS = 1e-12
+# Rows whose largest |element| has a binary exponent in this range square and sum in
+# float32 without over- or underflow (896 * 2^(2*58) < 2^126, 2^(-2*60) > 2^-126).
+_SAFE_EXP = (-60, 58)
+# Clamp for power-of-two scales so 2^-e stays a normal float32.
+_MAX_EXP = 126
+# Rows per tile in the grouped (two-level) passes.
+_TILE_ROWS = 256
+# Groups seeded together (vmapped) in the two-level path; the rest run one batch after another.
+_SEED_GROUPS_AT_ONCE = 4
+# k above which seeding and passes run in two levels when ``coarse_groups`` is None.
+TWO_LEVEL_MIN_K = 257
 
 
 class KMeansResult(NamedTuple):
     """Result of :func:`kmeans`.
 
     centroids:   [K, D] unit-norm cluster centres (zero rows for empty / disabled slots).
-    assignments: [N] int32 cluster id of each row; -1 for masked rows.
+    assignments: [N] int32 cluster id of each row; -1 for masked (or non-finite) rows.
     counts:      [K] int32 rows per cluster.
     inertia:     [] float32, sum over unmasked rows of ``1 - cos(x, centroid)``.
-    n_iter:      [] int32 Lloyd steps run on the sample (of the initialisation kept).
+    n_iter:      [] int32 Lloyd steps run on the sample (of the initialisation kept; the
+                 largest over groups in the two-level path).
     raw_means:   [K, D] f32 mean of the *raw* rows of each cluster (zero when empty).
     unit_means:  [K, D] f32 mean of the L2-normalised rows of each cluster (zero when empty).
     """
@@ -53,34 +87,32 @@ class KMeansResult(NamedTuple):
     unit_means: jax.Array
 
 
-# ----------------------------------------------------------------------------- checks
+class Finiteness(NamedTuple):
+    """Unmasked non-finite rows found by the compiled check: count and first flat row (-1)."""
+
+    n_bad: jax.Array
+    first_bad: jax.Array
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+# ----------------------------------------------------------------------------- checks (eager, cheap)
 
 
-def assert_finite(x, name: str = "tokens") -> None:
-    """Raise ValueError if a concrete array holds NaN or Inf (no-op on tracers).
+def as_float_array(x, name: str = "x") -> jax.Array:
+    """``x`` as a JAX array of a floating dtype: integer and bool arrays are cast to float32.
 
-    Inside ``jit`` the check cannot raise; there, non-finite rows are treated as masked
-    (excluded from clustering, assigned -1) — see :func:`kmeans`.
+    Raises ValueError for complex or non-numeric input (cosine k-means is defined on reals).
     """
-    if not _is_concrete(x):
-        return
-    arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.floating):
-        return
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        rows = np.argwhere(bad.reshape(-1, arr.shape[-1]).any(-1)).ravel() if arr.ndim else np.array([0])
-        raise ValueError(
-            f"{name} of shape {tuple(arr.shape)} contains {int(bad.sum())} NaN/Inf values "
-            f"(in {rows.size} rows, first flat row {int(rows[0])}); clean or mask them first")
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+        return x.astype(jnp.float32)
+    raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
 
 
-def _check_k(k, n: int, what: str = "k") -> int:
-    if not isinstance(k, (int, np.integer)):
+def check_k(k, n: int, what: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"{what} must be a Python int (it sets static shapes), got {type(k).__name__}")
     k = int(k)
     if k < 1:
@@ -90,32 +122,183 @@ def _check_k(k, n: int, what: str = "k") -> int:
     return k
 
 
-# ----------------------------------------------------------------------------- pieces
+def check_int_option(name: str, value, minimum: int, allow_none: bool = False):
+    """An integer keyword option (static: it sets shapes or loop counts) >= minimum."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}{' or None' if allow_none else ''}, "
+                        f"got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
+    return int(value)
 
 
-def _finite_rows(x: jax.Array) -> jax.Array:
-    """[N, D] -> [N] bool, False where a row holds NaN/Inf.
+def check_float_option(name: str, value, minimum: float = 0.0):
+    """A real keyword option >= minimum; tracers (options computed under jit) pass as they are."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v) or v < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return v
 
-    Tested through the row sum (a NaN or Inf element makes the sum non-finite), a fused
-    reduction that never materialises an [N, D] mask.
+
+def check_rows(x: jax.Array, what: str, name: str = "x") -> None:
+    """At least one row and one feature: N >= 1 and D >= 1 (shape names in the message)."""
+    if x.shape[-1] < 1:
+        raise ValueError(f"{name} has D=0 features (shape {tuple(x.shape)}); {what} needs D >= 1")
+    if math.prod(x.shape[:-1]) < 1:
+        raise ValueError(f"{name} has no rows (shape {tuple(x.shape)}); {what} needs at least one")
+
+
+def check_mask(mask, shape: tuple, name: str = "mask", of: str = "x rows"):
+    """``mask`` as a bool array of ``shape`` (or None)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, jax.Array):
+        mask = jnp.asarray(mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} shape {tuple(mask.shape)} does not match {of} {tuple(shape)}")
+    return mask.astype(bool) if mask.dtype != jnp.bool_ else mask
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays))
+
+
+def raise_if_nonfinite(check: Finiteness, name: str, shape: tuple) -> None:
+    """Turn the compiled non-finite count into a ValueError (no-op on tracers: inside a
+    user's jit/vmap the rows were treated as masked instead). Reads two scalars only."""
+    if _is_traced(check):
+        return
+    n_bad = int(check.n_bad)
+    if n_bad:
+        raise ValueError(f"{name} of shape {tuple(shape)} holds NaN/Inf in {n_bad} unmasked rows "
+                         f"(first flat row {int(check.first_bad)}); clean or mask them first")
+
+
+@jax.jit
+def _nonfinite(x: jax.Array) -> Finiteness:
+    bad = ~jnp.isfinite(jnp.max(jnp.abs(x.reshape(-1, x.shape[-1] if x.ndim else 1)), axis=-1))
+    return Finiteness(jnp.sum(bad, dtype=jnp.int32), jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32))
+
+
+def assert_finite(x, name: str = "tokens") -> None:
+    """Raise ValueError if a concrete array holds NaN or Inf (no-op on tracers).
+
+    The check is one compiled reduction on the array's device (no host copy). Inside
+    ``jit`` it cannot raise; there :func:`kmeans` treats non-finite rows as masked.
     """
-    return jnp.isfinite(jnp.sum(x, axis=-1, dtype=jnp.float32))
+    if _is_traced(x):
+        return
+    x = as_float_array(x, name)
+    raise_if_nonfinite(_nonfinite(x), name, x.shape)
 
 
-def _row_inv_norm(x: jax.Array) -> jax.Array:
-    """[N, D] -> [N] 1/|x| (0 for all-zero rows)."""
-    sq = jnp.einsum("nd,nd->n", x, x, preferred_element_type=jnp.float32)
-    return jnp.where(sq > _EPS, jax.lax.rsqrt(jnp.maximum(sq, _EPS)), 0.0)
+# ----------------------------------------------------------------------------- rows
 
 
-def _normalize(v: jax.Array) -> jax.Array:
-    """Rows to unit norm; zero rows stay zero."""
-    sq = jnp.sum(v * v, axis=-1, keepdims=True)
-    return jnp.where(sq > _EPS, v * jax.lax.rsqrt(jnp.maximum(sq, _EPS)), 0.0)
+class RowStats(NamedTuple):
+    """What one read of all rows x [N, D] yields (all [N] except the scalars)."""
+
+    valid: jax.Array      # bool: finite and not masked
+    finite: jax.Array     # bool
+    inv_norm: jax.Array   # f32 1/|x| (0 for zero or non-finite rows)
+    scale: jax.Array      # [] f32 power of two: |scale * x| <= 1 elementwise over valid rows
+    check: Finiteness     # unmasked non-finite rows
 
 
-def _assign(x: jax.Array, c: jax.Array, cmask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Nearest centre by cosine. x [N, D] (any norm), c [K, D] unit, cmask [K].
+def _pow2(e: jax.Array) -> jax.Array:
+    """2^e as float32 for an integer array e, clamped to normal float32 exponents."""
+    return jnp.ldexp(jnp.float32(1.0), jnp.clip(e, -_MAX_EXP, _MAX_EXP).astype(jnp.int32))
+
+
+def row_stats(x: jax.Array, mask: jax.Array | None) -> RowStats:
+    """Finite flags, safe inverse norms and a global scale from one read of x [N, D].
+
+    The max-abs and the sum of squares are sibling reductions of one read. Rows whose
+    max-abs exponent lies outside ``_SAFE_EXP`` (only when some exist) get their norm from
+    a second, scaled reduction: ``|x| = 2^e |x 2^-e|``.
+    """
+    amax = jnp.max(jnp.abs(x), axis=-1).astype(jnp.float32)
+    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
+    finite = jnp.isfinite(amax)
+    m = jnp.ones_like(finite) if mask is None else mask
+    valid = finite & m
+    bad = m & ~finite
+    check = Finiteness(jnp.sum(bad, dtype=jnp.int32),
+                       jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32))
+    _, e = jnp.frexp(jnp.where(finite, amax, 0.0))               # amax = f * 2^e, f in [0.5, 1)
+    unsafe = finite & (amax > 0) & ((e < _SAFE_EXP[0]) | (e > _SAFE_EXP[1]))
+
+    def rescued():
+        s = _pow2(-e)
+        sq2 = jnp.sum(jnp.square(x.astype(jnp.float32) * s[:, None]), axis=-1)
+        return jnp.where(unsafe, s * jax.lax.rsqrt(jnp.maximum(sq2, 0.25)), jax.lax.rsqrt(jnp.maximum(sq, 1e-37)))
+
+    inv = jax.lax.cond(jnp.any(unsafe), rescued, lambda: jax.lax.rsqrt(jnp.maximum(sq, 1e-37)))
+    inv = jnp.where(finite & (amax > 0), inv, 0.0)
+    top = jnp.max(jnp.where(valid & (amax > 0), e, -_MAX_EXP))
+    scale = _pow2(-jnp.where(jnp.any(valid & (amax > 0)), top, 0))
+    return RowStats(valid, finite, inv, scale, check)
+
+
+def normalize_rows(v: jax.Array) -> jax.Array:
+    """Rows of v [..., D] to unit norm, safely for any scale; zero (and non-finite) rows become 0."""
+    v = v.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(v), axis=-1, keepdims=True)
+    ok = jnp.isfinite(amax) & (amax > 0)
+    _, e = jnp.frexp(jnp.where(ok, amax, 1.0))
+    y = jnp.where(ok, v * _pow2(-e), 0.0)
+    sq = jnp.sum(y * y, axis=-1, keepdims=True)
+    return jnp.where(ok, y * jax.lax.rsqrt(jnp.maximum(sq, 0.25)), 0.0)
+
+
+def unit_rows(x: jax.Array, rows: RowStats, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gathered rows x[idx] as unit float32 rows [S, D] (zero where not valid) and 0/1 weights [S]."""
+    ws = rows.valid[idx]
+    xs = x[idx].astype(jnp.float32) * rows.inv_norm[idx][:, None]
+    return jnp.where(ws[:, None], xs, 0.0), ws.astype(jnp.float32)
+
+
+def sample_indices(key: jax.Array, valid: jax.Array, size: int) -> jax.Array:
+    """``size`` row indices drawn with replacement, uniformly among valid rows (all rows,
+    in order, when size >= N)."""
+    n = valid.shape[0]
+    if size >= n:
+        return jnp.arange(n)
+    w = valid.astype(jnp.float32)
+    total = jnp.sum(w)
+    p = jnp.where(total > 0, w / jnp.maximum(total, 1.0), 1.0 / n)
+    cdf = jnp.cumsum(p)
+    u = jax.random.uniform(key, (size,), maxval=cdf[-1])
+    return jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
+
+
+def default_sample_size(k: int) -> int:
+    """Rows for the Lloyd steps on a sample: 64 per centre, at least 2048."""
+    return max(2048, 64 * k)
+
+
+def default_seed_sample_size(k: int) -> int:
+    """Rows (a prefix of the sample) for greedy k-means++ seeding: 16 per centre, >= 1024."""
+    return max(1024, 16 * k)
+
+
+def default_coarse_groups(k: int) -> int:
+    """Coarse groups of the two-level path: 1 (flat) up to 256 clusters, else round(√k)."""
+    return 1 if k < TWO_LEVEL_MIN_K else int(round(math.sqrt(k)))
+
+
+# ----------------------------------------------------------------------------- seeding and Lloyd on a sample
+
+
+def assign(x: jax.Array, c: jax.Array, cmask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Nearest centre by cosine. x [N, D] (unit or any norm), c [K, D], cmask [K].
 
     Returns labels [N] int32 and the winning dot product x·c [N] (not divided by |x|).
     """
@@ -125,10 +308,10 @@ def _assign(x: jax.Array, c: jax.Array, cmask: jax.Array) -> tuple[jax.Array, ja
     return labels, jnp.max(scores, axis=-1)
 
 
-def _cluster_sums(x: jax.Array, weight: jax.Array, labels: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+def cluster_sums(x: jax.Array, weight: jax.Array, labels: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Per-cluster weighted sums as one GEMM: returns sums [K, D] (f32) and counts [K].
 
-    weight [N] multiplies each row (1/|x| for unit sums; 0 drops a row).
+    weight [N] multiplies each row (0 drops a row).
     """
     onehot = labels[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]
     counts = jnp.sum(onehot & (weight[:, None] != 0), axis=0, dtype=jnp.int32)
@@ -153,8 +336,10 @@ def _reseed_empty(c: jax.Array, counts: jax.Array, cmask: jax.Array, xs: jax.Arr
     return jnp.where(usable[:, None], xs[far_idx[slot]], c)
 
 
-def _greedy_kmeanspp(key: jax.Array, xs: jax.Array, w: jax.Array, k: int, n_trials: int) -> jax.Array:
-    """Greedy k-means++ seeding. xs [S, D] unit rows, w [S] 0/1 weights -> centres [k, D].
+def _greedy_kmeanspp(key: jax.Array, xs: jax.Array, w: jax.Array, k: int, n_trials: int,
+                     trace: bool = False):
+    """Greedy k-means++ seeding. xs [S, D] unit rows, w [S] 0/1 weights -> centres [k, D]
+    (and, with ``trace``, the potential [k] left after each centre).
 
     Each new centre is the best of ``n_trials`` candidates drawn with probability
     proportional to the current distance (1 - cos) to the nearest centre, judged by the
@@ -174,25 +359,26 @@ def _greedy_kmeanspp(key: jax.Array, xs: jax.Array, w: jax.Array, k: int, n_tria
     c0 = xs[first]
     closest = jnp.maximum(1.0 - xs @ c0, 0.0)
     centres = jnp.zeros((k, xs.shape[1]), xs.dtype).at[0].set(c0)
+    pots = jnp.zeros((k,), jnp.float32).at[0].set(jnp.sum(closest * w))
 
     def body(i, carry):
-        centres, closest = carry
+        centres, closest, pots = carry
         cand = draw(jax.random.fold_in(key_loop, i), closest, (n_trials,))
         d_cand = jnp.maximum(1.0 - xs @ xs[cand].T, 0.0)                  # [S, L]
         new_closest = jnp.minimum(closest[:, None], d_cand)
         pot = jnp.sum(new_closest * w[:, None], axis=0)                      # [L]
         best = jnp.argmin(pot)
-        return centres.at[i].set(xs[cand[best]]), new_closest[:, best]
+        return centres.at[i].set(xs[cand[best]]), new_closest[:, best], pots.at[i].set(pot[best])
 
-    centres, _ = jax.lax.fori_loop(1, k, body, (centres, closest))
-    return centres
+    centres, _, pots = jax.lax.fori_loop(1, k, body, (centres, closest, pots))
+    return (centres, pots) if trace else centres
 
 
 def _lloyd_sample(xs: jax.Array, w: jax.Array, c: jax.Array, cmask: jax.Array, iters: int,
-                  tol: float) -> tuple[jax.Array, jax.Array]:
+                  tol) -> tuple[jax.Array, jax.Array]:
     """Lloyd steps on unit sample rows xs [S, D] with weights w [S]; c [K, D] unit.
 
-    Stops when the summed squared centre shift is <= tol or after ``iters`` steps.
+    Stops when the summed squared shift of the centres is <= tol or after ``iters`` steps.
     """
     k = c.shape[0]
 
@@ -202,9 +388,9 @@ def _lloyd_sample(xs: jax.Array, w: jax.Array, c: jax.Array, cmask: jax.Array, i
 
     def body(state):
         c, _, i = state
-        labels, best = _assign(xs, c, cmask)
-        sums, counts = _cluster_sums(xs, w, labels, k)
-        c_new = jnp.where((counts > 0)[:, None], _normalize(sums), c)
+        labels, best = assign(xs, c, cmask)
+        sums, counts = cluster_sums(xs, w, labels, k)
+        c_new = jnp.where((counts > 0)[:, None], normalize_rows(sums), c)
         dist = jnp.where(w > 0, 1.0 - best, -jnp.inf)
         c_new = _reseed_empty(c_new, counts, cmask, xs, dist)
         c_new = jnp.where(cmask[:, None], c_new, 0.0)
@@ -215,159 +401,437 @@ def _lloyd_sample(xs: jax.Array, w: jax.Array, c: jax.Array, cmask: jax.Array, i
     return c, n
 
 
-def _full_pass(x: jax.Array, valid: jax.Array, c: jax.Array, cmask: jax.Array, block_rows: int | None):
-    """Assign all rows and sum them per cluster, in row blocks so no [N, D] temporary exists.
+def fit_sample(key: jax.Array, xs: jax.Array, ws: jax.Array, cmask: jax.Array, *, seed_rows: int,
+                iters: int, tol, n_trials: int, n_init: int) -> tuple[jax.Array, jax.Array]:
+    """``n_init`` x (greedy k-means++ on xs[:seed_rows], then Lloyd on all of xs); the one
+    with the lowest sample potential wins. xs [S, D] unit, ws [S], cmask [K] -> c [K, D], n_iter."""
+    k = cmask.shape[0]
+    seed_rows = min(seed_rows, xs.shape[0])
 
-    x [N, D] raw rows (non-finite rows are zeroed block by block), valid [N] bool.
-    Returns labels [N] int32, unit sums [K, D] f32, raw sums [K, D] f32, counts [K] int32.
+    def one_init(key):
+        c = _greedy_kmeanspp(key, xs[:seed_rows], ws[:seed_rows], k, n_trials)
+        c = jnp.where(cmask[:, None], c, 0.0)
+        c, n_iter = _lloyd_sample(xs, ws, c, cmask, iters, tol)
+        _, best = assign(xs, c, cmask)
+        return c, n_iter, jnp.sum(ws * (1.0 - best))
+
+    if n_init == 1:
+        c, n_iter, _ = one_init(key)
+        return c, n_iter
+    cs, n_iters, pots = jax.vmap(one_init)(jax.random.split(key, n_init))
+    pick = jnp.argmin(pots)
+    return cs[pick], n_iters[pick]
+
+
+def greedy_trials(k: int, n_local_trials: int | None) -> int:
+    return 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
+
+
+# ----------------------------------------------------------------------------- passes over all rows
+
+
+def _scan_blocks(fn, n: int, block_rows: int | None, arrays: tuple, init):
+    """Apply ``fn(carry, fresh, *block_slices) -> (carry, per_row_out)`` over row blocks of
+    the [N, ...] arrays; returns the final carry and the per-row outputs [N, ...].
+
+    Every block has the same size (one compiled body): the last one starts at N - size and
+    overlaps its predecessor; ``fresh [size]`` is False on the rows an earlier block already
+    covered (fn must leave them out of the carry; their per-row outputs are dropped).
     """
-    k = c.shape[0]
-
-    def block(xb, vb):
-        vb = vb & _finite_rows(xb)
-        xb = jnp.where(vb[:, None], xb, 0.0)
-        labels, _ = _assign(xb, c, cmask)
-        inv = jnp.where(vb, _row_inv_norm(xb), 0.0)
-        onehot = (labels[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]) & vb[:, None]
-        w = jnp.concatenate([jnp.where(onehot, inv[:, None], 0.0), onehot.astype(jnp.float32)], axis=1)
-        sums = jnp.einsum("nk,nd->kd", w.astype(xb.dtype), xb, preferred_element_type=jnp.float32)
-        return labels, sums[:k], sums[k:], jnp.sum(onehot, axis=0, dtype=jnp.int32)
-
-    n, d = x.shape
     if block_rows is None or n <= block_rows:
-        return block(x, valid)
-    nb, rem = divmod(n, block_rows)
+        return fn(init, jnp.ones((n,), bool), *arrays)
+    size = block_rows
+    nb = -(-n // size)
+    ar = jnp.arange(size)
 
     def body(carry, i):
-        start = i * block_rows
-        xb = jax.lax.dynamic_slice_in_dim(x, start, block_rows)
-        vb = jax.lax.dynamic_slice_in_dim(valid, start, block_rows)
-        lab, us, rs, cnt = block(xb, vb)
-        return (carry[0] + us, carry[1] + rs, carry[2] + cnt), lab
+        start = jnp.minimum(i * size, n - size)
+        sl = tuple(jax.lax.dynamic_slice_in_dim(a, start, size) for a in arrays)
+        return fn(carry, start + ar >= i * size, *sl)
 
-    zero = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.int32))
-    (us, rs, cnt), labels = jax.lax.scan(body, zero, jnp.arange(nb))
-    labels = labels.reshape(-1)
-    if rem:
-        lab, us2, rs2, cnt2 = block(x[nb * block_rows:], valid[nb * block_rows:])
-        labels = jnp.concatenate([labels, lab])
-        us, rs, cnt = us + us2, rs + rs2, cnt + cnt2
+    carry, outs = jax.lax.scan(body, init, jnp.arange(nb))
+    skip = nb * size - n                                   # rows of the last block seen before
+    outs = jax.tree.map(lambda o: jnp.concatenate([o[:-1].reshape((-1,) + o.shape[2:]), o[-1, skip:]]), outs)
+    return carry, outs
+
+
+def _full_pass(x: jax.Array, rows: RowStats, c: jax.Array, cmask: jax.Array, block_rows: int | None):
+    """Assign all rows to unit centres c [K, D] and sum them per cluster, in row blocks (no
+    [N, D] temporary).
+
+    Returns labels [N] int32, unit sums [K, D] f32 (of x/|x|), raw sums [K, D] f32 (of
+    ``scale * x``: divide by ``rows.scale`` for the raw sums; they cannot overflow), counts [K].
+    """
+    k = c.shape[0]
+    cs = c * rows.scale                                   # scores x·c·scale are <= sqrt(D)
+
+    def block(carry, fresh, xb, vb, fb, ib):
+        xb = jnp.where(fb[:, None], xb.astype(jnp.float32), 0.0)       # non-finite rows -> 0
+        labels, _ = assign(xb, cs, cmask)
+        onehot = (labels[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]) & (vb & fresh)[:, None]
+        w = jnp.concatenate([jnp.where(onehot, ib[:, None], 0.0), jnp.where(onehot, rows.scale, 0.0)], axis=1)
+        sums = jnp.einsum("nk,nd->kd", w, xb, preferred_element_type=jnp.float32)
+        us, rs, cnt = carry
+        return (us + sums[:k], rs + sums[k:], cnt + jnp.sum(onehot, axis=0, dtype=jnp.int32)), labels
+
+    d = x.shape[1]
+    init = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.int32))
+    (us, rs, cnt), labels = _scan_blocks(block, x.shape[0], block_rows,
+                                         (x, rows.valid, rows.finite, rows.inv_norm), init)
     return labels, us, rs, cnt
 
 
-def _sample_indices(key: jax.Array, valid: jax.Array, size: int) -> jax.Array:
-    """``size`` row indices drawn with replacement, uniformly among valid rows."""
-    n = valid.shape[0]
-    if size >= n:
-        return jnp.arange(n)
-    w = valid.astype(jnp.float32)
-    total = jnp.sum(w)
-    p = jnp.where(total > 0, w / jnp.maximum(total, 1.0), 1.0 / n)
-    cdf = jnp.cumsum(p)
-    u = jax.random.uniform(key, (size,), maxval=cdf[-1])
-    return jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
+def _coarse_pass(x: jax.Array, rows: RowStats, c: jax.Array, block_rows: int | None):
+    """The two nearest coarse centres of every row: x [N, D], c [G, D] unit (G >= 2) ->
+    first [N], second [N] int32 (G for invalid rows)."""
+    g = c.shape[0]
+    cs = c * rows.scale
+
+    def block(carry, fresh, xb, vb, fb):
+        del fresh                                          # no carry
+        xb = jnp.where(fb[:, None], xb.astype(jnp.float32), 0.0)
+        scores = jnp.einsum("nd,kd->nk", xb, cs, preferred_element_type=jnp.float32)
+        _, top = jax.lax.top_k(scores, 2)
+        return carry, (jnp.where(vb, top[:, 0], g), jnp.where(vb, top[:, 1], g))
+
+    _, out = _scan_blocks(block, x.shape[0], block_rows, (x, rows.valid, rows.finite), 0)
+    return out
 
 
-def default_sample_size(k: int) -> int:
-    """Sample used for seeding and the first Lloyd steps: 128 rows per centre, >= 4096."""
-    return max(4096, 128 * k)
+class _Groups(NamedTuple):
+    """Entries sorted by group: perm [E] (entry indices, valid ones first, random order
+    inside a group), start [G], size [G] (entries per group)."""
+
+    perm: jax.Array
+    start: jax.Array
+    size: jax.Array
+
+
+def _sort_groups(key: jax.Array, groups: jax.Array, n_groups: int) -> _Groups:
+    """groups [E] in [0, G] (G = invalid) -> entries sorted by group, shuffled inside each."""
+    e = groups.shape[0]
+    tie = jax.random.permutation(key, e)
+    perm = jnp.lexsort((tie, groups))
+    size = jnp.zeros((n_groups + 1,), jnp.int32).at[groups].add(1)[:n_groups]
+    start = jnp.cumsum(size) - size
+    return _Groups(perm.astype(jnp.int32), start.astype(jnp.int32), size)
+
+
+def _group_rows(grp: _Groups, m: int) -> tuple[jax.Array, jax.Array]:
+    """The first min(size, m) entries of each group: indices [G, m] and 0/1 weights [G, m]."""
+    j = jnp.arange(m)
+    ok = j[None, :] < grp.size[:, None]
+    pos = jnp.clip(grp.start[:, None] + j[None, :], 0, grp.perm.shape[0] - 1)
+    return grp.perm[pos], ok
+
+
+def _tile_table(grp: _Groups, tile: int):
+    """Static-length list of entry tiles, each inside one group: group [T], first sorted
+    position [T], entries used [T] (0 for padding tiles). T = ceil(E / tile) + G."""
+    g = grp.size.shape[0]
+    n_tiles = -(-grp.perm.shape[0] // tile) + g
+    per = (grp.size + tile - 1) // tile
+    end = jnp.cumsum(per)
+    t = jnp.arange(n_tiles)
+    gi = jnp.clip(jnp.searchsorted(end, t, side="right"), 0, g - 1)
+    j = t - (end[gi] - per[gi])
+    used = jnp.where(t < end[-1], jnp.clip(grp.size[gi] - j * tile, 0, tile), 0)
+    return gi.astype(jnp.int32), (grp.start[gi] + j * tile).astype(jnp.int32), used.astype(jnp.int32)
+
+
+class _Probe(NamedTuple):
+    """Rows of a two-level pass, each probed in its two nearest groups.
+
+    rows [M] indices into x (None = all rows in order), first [M] its nearest group
+    (G when invalid), entries: the 2M (row, group) pairs sorted by group (entry e < M is
+    row e in its nearest group, e >= M row e - M in its second)."""
+
+    rows: jax.Array | None
+    first: jax.Array
+    entries: _Groups
+
+
+def _make_probe(key, rows, first, second, n_groups) -> _Probe:
+    return _Probe(rows, first, _sort_groups(key, jnp.concatenate([first, second]), n_groups))
+
+
+def _probe_pass(x: jax.Array, stats: RowStats, probe: _Probe, f: jax.Array, fmask: jax.Array,
+                block_rows: int | None):
+    """One Lloyd pass where a row sees the fine centres of its two nearest groups only.
+
+    f [G, C, D] unit fine centres, fmask [G, C]. Each (row, group) entry is scored in tiles
+    of one group (one small GEMM each), the better of a row's two entries wins, and the
+    rows are summed per winning slot by scatter-add (no [K]-wide GEMM). Returns slot ids
+    [M] (g * C + s; -1 for invalid rows), unit sums [G*C, D], scaled raw sums [G*C, D] and
+    counts [G*C].
+    """
+    g, cap, d = f.shape
+    m = probe.first.shape[0]
+    ent = probe.entries
+    row_of = (lambda e: e) if probe.rows is None else (lambda e: probe.rows[e])
+    t_group, t_start, t_used = _tile_table(ent, _TILE_ROWS)
+    fs = f * stats.scale
+    ar = jnp.arange(_TILE_ROWS)
+
+    def tile(_, tab):
+        gi, s0, used = tab
+        ok = ar < used
+        e = ent.perm[jnp.clip(s0 + ar, 0, 2 * m - 1)]
+        r = row_of(e % m)
+        xb = jnp.where(ok[:, None], x[r].astype(jnp.float32), 0.0)
+        slot, best = assign(xb, fs[gi], fmask[gi])
+        cos = best / stats.scale * stats.inv_norm[r]
+        return None, (jnp.where(ok, e, 2 * m), gi * cap + slot, jnp.where(ok, cos, -jnp.inf))
+
+    _, (dest, slot, cos) = jax.lax.scan(tile, None, (t_group, t_start, t_used))
+    dest = dest.reshape(-1)
+    e_slot = jnp.full((2 * m,), -1, jnp.int32).at[dest].set(slot.reshape(-1), mode="drop").reshape(2, m)
+    e_cos = jnp.full((2 * m,), -jnp.inf, jnp.float32).at[dest].set(cos.reshape(-1), mode="drop").reshape(2, m)
+    labels = jnp.where(e_cos[1] > e_cos[0], e_slot[1], e_slot[0])
+    labels = jnp.where(probe.first < g, labels, -1)
+
+    n_slots = g * cap
+    inv = stats.inv_norm if probe.rows is None else stats.inv_norm[probe.rows]
+    finite = stats.finite if probe.rows is None else stats.finite[probe.rows]
+
+    def block(carry, fresh, rb, lb, ib, fb):
+        xb = x[rb] if probe.rows is not None else rb
+        xb = jnp.where(fb[:, None], xb.astype(jnp.float32), 0.0)
+        seg = jnp.where(fresh & (lb >= 0), lb, n_slots)
+        us, rs, cnt = carry
+        us = us + jax.ops.segment_sum(xb * ib[:, None], seg, n_slots + 1)[:n_slots]
+        rs = rs + jax.ops.segment_sum(xb * stats.scale, seg, n_slots + 1)[:n_slots]
+        cnt = cnt + jax.ops.segment_sum(jnp.ones_like(lb), seg, n_slots + 1)[:n_slots]
+        return (us, rs, cnt), None
+
+    init = (jnp.zeros((n_slots, d), jnp.float32), jnp.zeros((n_slots, d), jnp.float32),
+            jnp.zeros((n_slots,), jnp.int32))
+    src = x if probe.rows is None else probe.rows
+    (us, rs, cnt), _ = _scan_blocks(block, m, block_rows, (src, labels, inv, finite), init)
+    return labels, us, rs, cnt
+
+
+def _two_level(x: jax.Array, stats: RowStats, k: int, n_groups: int, *, key: jax.Array, iters: int, tol,
+               refine_iters: int, sample_size: int, seed_sample_size: int, n_trials: int | None,
+               n_init: int, block_rows: int | None) -> KMeansResult:
+    """Two-level spherical k-means (see the module docstring) -> KMeansResult with k slots."""
+    n, d = x.shape
+    g = n_groups
+    k_coarse, k_sort, k_fine, k_rows = jax.random.split(key, 4)
+
+    # Coarse centres on a sample, then every row's two nearest groups.
+    k_samp, k_seed = jax.random.split(k_coarse)
+    xs, ws = unit_rows(x, stats, sample_indices(k_samp, stats.valid, min(n, max(2048, 64 * g))))
+    coarse, _ = fit_sample(k_seed, xs, ws, jnp.ones((g,), bool), seed_rows=max(1024, 16 * g), iters=iters,
+                           tol=tol, n_trials=greedy_trials(g, n_trials), n_init=n_init)
+    first, second = _coarse_pass(x, stats, coarse, block_rows)
+
+    # Up to C fine seeds per group by greedy k-means++ on the group's own rows (sampled),
+    # then the k seeds whose potential gains are largest over all groups: the allocation a
+    # global greedy seeding would make, found in parallel (gains made non-increasing within a
+    # group, so every group keeps a prefix of its seeds; each non-empty group keeps >= 1).
+    own = _sort_groups(k_sort, first, g)
+    cap = min(k, 2 * -(-k // g) + 1)
+    m_seed = max(2 * cap, -(-seed_sample_size // g))
+    idx, ok = _group_rows(own, m_seed)                                         # [G, m]
+    xg = jnp.where(ok[..., None], x[idx].astype(jnp.float32) * stats.inv_norm[idx][..., None], 0.0)
+    # a few groups at a time, so a group's rows stay in cache through its sequential steps
+    seeds, pots = jax.lax.map(
+        lambda a: _greedy_kmeanspp(a[0], a[1], a[2], cap, greedy_trials(cap, n_trials), trace=True),
+        (jax.random.split(k_fine, g), xg, ok.astype(jnp.float32)), batch_size=_SEED_GROUPS_AT_ONCE)
+    per_row = own.size / jnp.maximum(jnp.minimum(own.size, m_seed), 1)        # sample -> group scale
+    gains = jnp.concatenate([jnp.full((g, 1), jnp.inf), (pots[:, :-1] - pots[:, 1:]) * per_row[:, None]], axis=1)
+    gains = jax.lax.cummin(gains, axis=1)
+    gains = jnp.where((own.size[:, None] > 0) & (jnp.arange(cap)[None, :] < own.size[:, None]), gains, -jnp.inf)
+    order = jnp.argsort(-gains.reshape(-1), stable=True)
+    fmask = (jnp.zeros((g * cap,), bool).at[order[:k]].set(True) & (gains.reshape(-1) > -jnp.inf)).reshape(g, cap)
+    kg = jnp.sum(fmask, axis=1).astype(jnp.int32)
+    f = jnp.where(fmask[..., None], seeds, 0.0)
+
+    def update(f, sums):
+        us, cnt = sums
+        us, cnt = us.reshape(g, cap, d), cnt.reshape(g, cap)
+        new = jnp.where((cnt > 0)[..., None], normalize_rows(us), f)
+        # an empty slot moves to the seeding row of its group farthest from its centre
+        _, best = jax.vmap(assign)(xg, new, fmask)
+        dist = jnp.where(ok, 1.0 - best, -jnp.inf)
+        new = jax.vmap(_reseed_empty)(new, cnt, fmask, xg, dist)
+        return jnp.where(fmask[..., None], new, 0.0)
+
+    # Lloyd on a row sample (all rows when N <= sample_size), then passes over all rows.
+    everything = _make_probe(k_rows, None, first, second, g)
+    if sample_size >= n:
+        fit = everything
+    else:
+        rows = sample_indices(k_rows, stats.valid, sample_size)
+        fit = _make_probe(k_rows, rows, jnp.where(stats.valid[rows], first[rows], g),
+                          jnp.where(stats.valid[rows], second[rows], g), g)
+
+    def cond(state):
+        _, shift, i = state
+        return (i < iters) & (shift > tol)
+
+    def body(state):
+        f, _, i = state
+        _, us, _, cnt = _probe_pass(x, stats, fit, f, fmask, block_rows)
+        new = update(f, (us, cnt))
+        shift = jnp.max(jnp.sum((new - f) ** 2, axis=(1, 2)))
+        return new, shift, i + 1
+
+    f, _, n_iter = jax.lax.while_loop(cond, body, (f, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32)))
+
+    def step(_, carry):
+        f, _ = carry
+        out = _probe_pass(x, stats, everything, f, fmask, block_rows)
+        return update(f, (out[1], out[3])), out
+
+    empty = jax.eval_shape(lambda: _probe_pass(x, stats, everything, f, fmask, block_rows))
+    out0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), empty)
+    _, (slot, us, rs, cnt) = jax.lax.fori_loop(0, refine_iters, step, (f, out0))
+
+    # Slot g * C + s -> cluster id offset[g] + s.
+    offset = jnp.cumsum(kg) - kg
+    gid = jnp.where(fmask, offset[:, None] + jnp.arange(cap)[None, :], k).reshape(-1)   # k = dropped
+    put = lambda v: jnp.zeros((k,) + v.shape[1:], v.dtype).at[gid].set(v, mode="drop")
+    labels = jnp.where(slot >= 0, gid[jnp.maximum(slot, 0)], -1).astype(jnp.int32)
+    return _result(put(us), put(rs), put(cnt), labels, stats, n_iter)
+
+
+def _result(us, rs, counts, labels, stats: RowStats, n_iter) -> KMeansResult:
+    denom = jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
+    raw_means = (rs / denom) / stats.scale
+    unit_means = us / denom
+    centroids = normalize_rows(us)
+    inertia = jnp.sum(counts).astype(jnp.float32) - jnp.sum(jnp.linalg.norm(us, axis=-1))
+    return KMeansResult(centroids, labels, counts, jnp.maximum(inertia, 0.0), n_iter, raw_means, unit_means)
+
+
+# ----------------------------------------------------------------------------- the traced core
+
+
+def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
+                iters: int = 50, tol=1e-4, refine_iters: int = 1, sample_size: int | None = None,
+                seed_sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 2,
+                block_rows: int | None = 4096, coarse_groups: int | None = None,
+                init: jax.Array | None = None, rows: RowStats | None = None) -> tuple[KMeansResult, Finiteness]:
+    """:func:`kmeans` without eager checks, traceable: returns the result and the
+    non-finite count (for the caller to raise on).
+
+    ``cmask [K]`` disables slots (they take no rows; the adaptive path). ``init [K, D]``
+    skips seeding and the sample steps (refines given centres on all rows). ``rows`` reuses
+    a :func:`row_stats` already taken of x.
+    """
+    n, _ = x.shape
+    k = cmask.shape[0]
+    stats = row_stats(x, mask) if rows is None else rows
+    groups = default_coarse_groups(k) if coarse_groups is None else min(int(coarse_groups), k)
+    if init is None and groups > 1:
+        size = default_sample_size(k) if sample_size is None else sample_size
+        seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
+        res = _two_level(x, stats, k, groups, key=key, iters=iters, tol=tol, refine_iters=refine_iters,
+                         sample_size=size, seed_sample_size=seed, n_trials=n_local_trials, n_init=n_init,
+                         block_rows=block_rows)
+        return res, stats.check
+
+    if init is None:
+        k_sample, k_seed = jax.random.split(key)
+        size = min(n, default_sample_size(k) if sample_size is None else sample_size)
+        seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
+        xs, ws = unit_rows(x, stats, sample_indices(k_sample, stats.valid, size))
+        c, n_iter = fit_sample(k_seed, xs, ws, cmask, seed_rows=seed, iters=iters, tol=tol,
+                                n_trials=greedy_trials(k, n_local_trials), n_init=n_init)
+    else:
+        c = jnp.where(cmask[:, None], normalize_rows(init), 0.0)
+        n_iter = jnp.asarray(0, jnp.int32)
+
+    def step(_, carry):
+        c, _ = carry
+        out = _full_pass(x, stats, c, cmask, block_rows)
+        return jnp.where((out[3] > 0)[:, None], normalize_rows(out[1]), c), out
+
+    empty = jax.eval_shape(lambda: _full_pass(x, stats, c, cmask, block_rows))
+    out0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), empty)
+    _, (labels, us, rs, counts) = jax.lax.fori_loop(0, refine_iters, step, (c, out0))
+    labels = jnp.where(stats.valid, labels, -1)
+    return _result(us, rs, counts, labels, stats, n_iter), stats.check
+
+
+_STATIC = ("k", "iters", "refine_iters", "sample_size", "seed_sample_size", "n_local_trials", "n_init",
+           "block_rows", "coarse_groups")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _kmeans_compiled(x, mask, key, tol, *, k, iters, refine_iters, sample_size, seed_sample_size,
+                     n_local_trials, n_init, block_rows, coarse_groups):
+    return kmeans_core(x, jnp.ones((k,), bool), key=key, mask=mask, iters=iters, tol=tol,
+                       refine_iters=refine_iters, sample_size=sample_size, seed_sample_size=seed_sample_size,
+                       n_local_trials=n_local_trials, n_init=n_init, block_rows=block_rows,
+                       coarse_groups=coarse_groups)
+
+
+def check_kmeans_options(*, iters, tol, refine_iters, sample_size, seed_sample_size, n_init, block_rows,
+                         n_local_trials=None, coarse_groups=None) -> dict:
+    """Validate the shared k-means keyword options (one ValueError/TypeError naming the option)."""
+    return dict(iters=check_int_option("iters", iters, 0), tol=check_float_option("tol", tol),
+                refine_iters=check_int_option("refine_iters", refine_iters, 1),
+                sample_size=check_int_option("sample_size", sample_size, 1, allow_none=True),
+                seed_sample_size=check_int_option("seed_sample_size", seed_sample_size, 1, allow_none=True),
+                n_init=check_int_option("n_init", n_init, 1),
+                block_rows=check_int_option("block_rows", block_rows, 1, allow_none=True),
+                n_local_trials=check_int_option("n_local_trials", n_local_trials, 1, allow_none=True),
+                coarse_groups=check_int_option("coarse_groups", coarse_groups, 1, allow_none=True))
 
 
 # ----------------------------------------------------------------------------- public
 
 
-def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
-                iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
-                sample_size: int | None = None, n_local_trials: int | None = None,
-                n_init: int = 1, block_rows: int | None = 8192,
-                init: jax.Array | None = None) -> KMeansResult:
-    """:func:`kmeans` with a centre mask ``cmask [K]`` (disabled slots take no rows).
-
-    No eager input checks; used by :func:`kmeans` and the adaptive path. ``init [K, D]``
-    skips seeding and sample iterations (used to refine given centres on all rows).
-    """
-    n, _ = x.shape
-    k = cmask.shape[0]
-    finite = _finite_rows(x)
-    valid = finite if mask is None else (finite & mask.astype(bool))
-    block = block_rows if block_rows else None
-
-    if init is None:
-        k_sample, k_seed = jax.random.split(key)
-        size = default_sample_size(k) if sample_size is None else int(sample_size)
-        idx = _sample_indices(k_sample, valid, size)
-        ws = valid[idx]
-        xs = jnp.where(ws[:, None], _normalize(jnp.where(ws[:, None], x[idx], 0.0).astype(jnp.float32)), 0.0)
-        ws = ws.astype(jnp.float32)
-        trials = 2 + int(math.log(k)) if n_local_trials is None else int(n_local_trials)
-
-        def one_init(key):
-            c = _greedy_kmeanspp(key, xs, ws, k, trials)
-            c = jnp.where(cmask[:, None], c, 0.0)
-            c, n_iter = _lloyd_sample(xs, ws, c, cmask, iters, tol)
-            _, best = _assign(xs, c, cmask)
-            return c, n_iter, jnp.sum(ws * (1.0 - best))
-
-        cs, n_iters, pots = jax.vmap(one_init)(jax.random.split(k_seed, n_init))
-        pick = jnp.argmin(pots)
-        c, n_iter = cs[pick], n_iters[pick]
-    else:
-        c = jnp.where(cmask[:, None], _normalize(init.astype(jnp.float32)), 0.0)
-        n_iter = jnp.asarray(0, jnp.int32)
-
-    def step(c):
-        labels, us, rs, counts = _full_pass(x, valid, c, cmask, block)
-        return jnp.where((counts > 0)[:, None], _normalize(us), c), (labels, us, rs, counts)
-
-    c, out = step(c)
-    if refine_iters > 1:
-        c, out = jax.lax.fori_loop(0, refine_iters - 1, lambda _, carry: step(carry[0]), (c, out))
-    labels, us, rs, counts = out
-    centroids = _normalize(us)
-    raw_means = rs / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
-    unit_means = us / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
-    inertia = jnp.sum(valid, dtype=jnp.float32) - jnp.sum(jnp.linalg.norm(us, axis=-1))
-    labels = jnp.where(valid, labels, -1)
-    return KMeansResult(centroids, labels, counts, jnp.maximum(inertia, 0.0), n_iter, raw_means, unit_means)
-
-
 def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
            iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
            sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 2,
-           block_rows: int | None = 8192) -> KMeansResult:
-    """Spherical k-means of rows x [N, D] into k clusters.
+           block_rows: int | None = 4096, seed_sample_size: int | None = None,
+           coarse_groups: int | None = None) -> KMeansResult:
+    """Spherical k-means of rows x [N, D] into k clusters (compiled; see the module docstring).
 
     Args:
-      x: [N, D] float rows (any norm; cosine geometry).
+      x: [N, D] rows (any norm; cosine geometry). Integer/bool rows are cast to float32.
       k: number of clusters (static Python int, 1 <= k <= N).
       key: PRNG key; the same key gives the same result.
-      mask: optional [N] bool, False for padded rows (they get assignment -1).
-      iters: maximum Lloyd steps on the sample.
+      mask: optional [N] bool, False for padded rows (they get assignment -1 and may hold
+        anything, NaN included).
+      iters: maximum Lloyd steps on the sample (>= 0).
       tol: stop when the summed squared shift of the unit centres is <= tol.
       refine_iters: Lloyd steps on all rows after the sample converged (>= 1).
-      sample_size: rows used for seeding and sample iterations (default
-        :func:`default_sample_size`; all rows when N is smaller).
+      sample_size: rows used for the sample Lloyd steps (default :func:`default_sample_size`;
+        all rows when N is smaller; in the two-level path, the rows shared by the groups).
       n_local_trials: greedy k-means++ candidates per centre (default 2 + ln k).
       n_init: independent seedings run on the sample (vectorised); the one with the lowest
-        sample inertia is refined on all rows.
+        sample inertia is refined on all rows (two-level path: of the coarse centres).
       block_rows: rows per block in the passes over all rows (bounds temporaries to
         block_rows x D; None processes all rows at once, best when rows are sharded).
+      seed_sample_size: sample rows the greedy seeding looks at (default
+        :func:`default_seed_sample_size`; in the two-level path, shared by the groups).
+      coarse_groups: groups of the two-level path (default :func:`default_coarse_groups`:
+        1 = flat up to k = 256, about √k above); 1 forces the flat path.
 
     Returns:
       :class:`KMeansResult`.
 
     Raises:
-      ValueError: wrong rank, k out of range, NaN/Inf in a concrete x. Inside ``jit``
-        non-finite rows are masked out instead (they cannot raise there).
+      ValueError: wrong rank, D = 0, k out of range, a bad option (named), NaN/Inf in an
+        unmasked row of a concrete x. On tracers (inside ``jit``/``vmap``) non-finite rows
+        are masked out instead (assignment -1).
+      TypeError: k or an integer option that is not an int.
     """
+    x = as_float_array(x, "x")
     if x.ndim != 2:
         raise ValueError(f"kmeans expects x of shape [N, D], got {tuple(x.shape)}")
-    if mask is not None and tuple(mask.shape) != tuple(x.shape[:1]):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match x rows {tuple(x.shape[:1])}")
-    k = _check_k(k, x.shape[0])
-    if refine_iters < 1:
-        raise ValueError(f"refine_iters must be >= 1, got {refine_iters}")
-    assert_finite(x, "x")
-    return kmeans_core(x, jnp.ones((k,), bool), key=key, mask=mask, iters=iters, tol=tol,
-                       refine_iters=refine_iters, sample_size=sample_size, n_local_trials=n_local_trials,
-                       n_init=n_init, block_rows=block_rows)
+    check_rows(x, "kmeans")
+    mask = check_mask(mask, x.shape[:1])
+    k = check_k(k, x.shape[0])
+    opts = check_kmeans_options(iters=iters, tol=tol, refine_iters=refine_iters, sample_size=sample_size,
+                                seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows,
+                                n_local_trials=n_local_trials, coarse_groups=coarse_groups)
+    tol = opts.pop("tol")
+    res, check = _kmeans_compiled(x, mask, key, tol, k=k, **opts)
+    raise_if_nonfinite(check, "x", x.shape)
+    return res

@@ -17,8 +17,10 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from td_jax.cluster import (_assign, _check_k, _finite_rows, _greedy_kmeanspp, _lloyd_sample, _normalize,
-                            _sample_indices, assert_finite, kmeans_core)
+from td_jax.cluster import (Finiteness, assign, check_k, cluster_sums, fit_sample, normalize_rows, row_stats,
+                            sample_indices, greedy_trials, unit_rows, as_float_array, check_float_option,
+                            check_kmeans_options, check_mask, check_rows, default_sample_size,
+                            default_seed_sample_size, kmeans_core, raise_if_nonfinite)
 
 BASE_MODES = ("raw", "normalized")
 ADAPTIVE_METHODS = ("elbow", "silhouette", "threshold")
@@ -49,13 +51,20 @@ class TokenDynamics:
         return jnp.sum(self.valid, axis=-1)
 
 
-def _check_tokens(tokens, mask=None) -> None:
+def _check_tokens(tokens, mask=None, what: str = "token_dynamics"):
+    """Float tokens [T, H, W, D] (integer tokens cast to float32) and a bool mask [T, H, W] or None."""
+    tokens = as_float_array(tokens, "tokens")
     if tokens.ndim != 4:
-        raise ValueError(f"token_dynamics expects tokens [T, H, W, D], got shape {tuple(tokens.shape)}"
+        raise ValueError(f"{what} expects tokens [T, H, W, D], got shape {tuple(tokens.shape)}"
                          " (use jax.vmap for a batch)")
-    if mask is not None and tuple(mask.shape) != tuple(tokens.shape[:3]):
-        raise ValueError(f"mask shape {tuple(mask.shape)} must be tokens' [T, H, W] = {tuple(tokens.shape[:3])}")
-    assert_finite(tokens, "tokens")
+    check_rows(tokens, what, "tokens")
+    mask = check_mask(mask, tokens.shape[:3], of="tokens' [T, H, W]")
+    return tokens, mask
+
+
+def _check_base(base: str) -> None:
+    if base not in BASE_MODES:
+        raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -81,8 +90,7 @@ def _cluster_means_bwd(normalized, res, g):
     gl = g[safe] / jnp.maximum(counts, 1)[safe][:, None].astype(g.dtype)          # [N, D]
     if normalized:
         xf = x.astype(jnp.float32)
-        sq = jnp.sum(xf * xf, axis=-1, keepdims=True)
-        inv = jnp.where(sq > 1e-12, jax.lax.rsqrt(jnp.maximum(sq, 1e-12)), 0.0)
+        inv = row_stats(xf, None).inv_norm[:, None]          # safe at any scale
         xh = xf * inv
         gl = (gl - xh * jnp.sum(xh * gl, axis=-1, keepdims=True)) * inv
     gx = jnp.where(keep[:, None], gl, 0.0).astype(x.dtype)
@@ -92,36 +100,62 @@ def _cluster_means_bwd(normalized, res, g):
 _cluster_means.defvjp(_cluster_means_fwd, _cluster_means_bwd)
 
 
+_KM_STATIC = ("k", "iters", "refine_iters", "sample_size", "seed_sample_size", "n_init", "block_rows",
+              "coarse_groups")
+
+
+def _token_dynamics_traced(tokens, mask, key, tol, *, k, base, iters, refine_iters, sample_size,
+                           seed_sample_size, n_init, block_rows, coarse_groups):
+    t, h, w, d = tokens.shape
+    x = tokens.reshape(t * h * w, d)
+    res, check = kmeans_core(jax.lax.stop_gradient(x), jnp.ones((k,), bool), key=key,
+                             mask=None if mask is None else mask.reshape(-1), iters=iters, tol=tol,
+                             refine_iters=refine_iters, sample_size=sample_size, seed_sample_size=seed_sample_size,
+                             n_init=n_init, block_rows=block_rows, coarse_groups=coarse_groups)
+    return _finish(tokens, res, base), check
+
+
+_token_dynamics_compiled = jax.jit(_token_dynamics_traced, static_argnames=_KM_STATIC + ("base",))
+
+
 def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
                    base: str = "raw", iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
-                   sample_size: int | None = None, n_init: int = 2,
-                   block_rows: int | None = 8192) -> TokenDynamics:
-    """Fixed-length Token Dynamics of one video.
+                   sample_size: int | None = None, n_init: int = 2, block_rows: int | None = 4096,
+                   seed_sample_size: int | None = None, coarse_groups: int | None = None) -> TokenDynamics:
+    """Fixed-length Token Dynamics of one video (compiled: one cached executable per static
+    configuration; inside a user's ``jit``/``vmap`` it is traced like any JAX function).
 
     Args:
-      tokens: [T, H, W, D] visual tokens of one video.
+      tokens: [T, H, W, D] visual tokens of one video (integer tokens are cast to float32).
       k: number of base tokens (static int, 1 <= k <= T*H*W).
       key: PRNG key (same key, same output).
-      mask: optional [T, H, W] bool, False for padded cells (map value -1 there).
+      mask: optional [T, H, W] bool, False for padded cells (map value -1 there; they may
+        hold anything, NaN included).
       base: "raw" — the base is the mean of the raw tokens (keeps the LLM's input scale);
         "normalized" — the mean of the L2-normalised tokens (norm <= 1; what the released
         checkpoint was trained with).
-      iters, tol, refine_iters, sample_size, n_init, block_rows: see :func:`td_jax.kmeans`.
+      iters, tol, refine_iters, sample_size, n_init, block_rows, seed_sample_size,
+        coarse_groups: see :func:`td_jax.kmeans`.
 
     Returns:
       :class:`TokenDynamics` with base [k, D], dynamics_map [T, H, W].
+
+    Raises:
+      ValueError: a wrong shape, k out of range, a bad option (named), or NaN/Inf in an
+        unmasked token of concrete input (on tracers such tokens are masked out instead).
     """
-    _check_tokens(tokens, mask)
-    t, h, w, d = tokens.shape
-    k = _check_k(k, t * h * w)
-    if base not in BASE_MODES:
-        raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
-    x = tokens.reshape(t * h * w, d)
-    res = kmeans_core(jax.lax.stop_gradient(x), jnp.ones((k,), bool), key=key,
-                      mask=None if mask is None else mask.reshape(-1), iters=iters, tol=tol,
-                      refine_iters=refine_iters, sample_size=sample_size, n_init=n_init,
-                      block_rows=block_rows)
-    return _finish(tokens, res, base)
+    tokens, mask = _check_tokens(tokens, mask)
+    t, h, w, _ = tokens.shape
+    k = check_k(k, t * h * w)
+    _check_base(base)
+    opts = check_kmeans_options(iters=iters, tol=tol, refine_iters=refine_iters, sample_size=sample_size,
+                                seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows,
+                                coarse_groups=coarse_groups)
+    opts.pop("n_local_trials")
+    tol = opts.pop("tol")
+    td, check = _token_dynamics_compiled(tokens, mask, key, tol, k=k, base=base, **opts)
+    raise_if_nonfinite(check, "tokens", tokens.shape)
+    return td
 
 
 def _finish(tokens, res, base_mode) -> TokenDynamics:
@@ -139,67 +173,101 @@ def _finish(tokens, res, base_mode) -> TokenDynamics:
                          valid=valid, inertia=res.inertia / n_tok)
 
 
+@jax.jit
+def _reconstruct(base: jax.Array, dynamics_map: jax.Array) -> jax.Array:
+    m = dynamics_map
+    lead = m.shape[:-3]
+    flat = m.reshape(lead + (-1,))
+    safe = jnp.maximum(flat, 0)
+    out = jnp.take_along_axis(base, safe[..., None], axis=-2)
+    out = jnp.where((flat >= 0)[..., None], out, 0)
+    return out.reshape(m.shape + (base.shape[-1],))
+
+
+def _check_td(td: TokenDynamics) -> None:
+    m, b = td.dynamics_map, td.base
+    if m.ndim < 3 or b.ndim != m.ndim - 1 or b.shape[:-2] != m.shape[:-3]:
+        raise ValueError(f"TokenDynamics with dynamics_map {tuple(m.shape)} and base {tuple(b.shape)}: expected "
+                         "map [..., T, H, W] and base [..., K, D] with the same leading dims")
+
+
 def reconstruct(td: TokenDynamics) -> jax.Array:
-    """The token hash function: look every map entry up in the base.
+    """The token hash function: look every map entry up in the base (compiled).
 
     dynamics_map [..., T, H, W], base [..., K, D] -> [..., T, H, W, D] (zeros where the
     map is -1).
     """
-    m = td.dynamics_map
-    lead = m.shape[:-3]
-    flat = m.reshape(lead + (-1,))
-    safe = jnp.maximum(flat, 0)
-    out = jnp.take_along_axis(td.base, safe[..., None], axis=-2)
-    out = jnp.where((flat >= 0)[..., None], out, 0)
-    return out.reshape(m.shape + (td.base.shape[-1],))
+    _check_td(td)
+    return _reconstruct(td.base, td.dynamics_map)
+
+
+METRICS = ("cosine", "mse", "relative")
+
+
+@functools.partial(jax.jit, static_argnames="metric")
+def _reconstruction_error(tokens, base, dynamics_map, metric):
+    rec = _reconstruct(base, dynamics_map).astype(jnp.float32)
+    x = tokens.astype(jnp.float32)
+    keep = (dynamics_map >= 0).astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(keep), 1.0)
+    if metric == "cosine":                    # on rows scaled by powers of two: no overflow at any scale
+        err = 1.0 - jnp.sum(normalize_rows(x) * normalize_rows(rec), -1)
+    elif metric == "mse":
+        err = jnp.mean((x - rec) ** 2, -1)
+    else:
+        amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+        _, e = jnp.frexp(jnp.where(jnp.isfinite(amax) & (amax > 0), amax, 1.0))
+        s = jnp.ldexp(jnp.float32(1.0), jnp.clip(-e, -126, 126))
+        num = jnp.linalg.norm((x - rec) * s, axis=-1)
+        den = jnp.linalg.norm(x * s, axis=-1)
+        err = num / jnp.maximum(den, 1e-30)
+    return jnp.sum(jnp.where(keep > 0, err, 0.0)) / n
 
 
 def reconstruction_error(tokens: jax.Array, td: TokenDynamics, metric: str = "cosine") -> jax.Array:
-    """Mean error between tokens [..., T, H, W, D] and :func:`reconstruct` (td).
+    """Mean error between tokens [..., T, H, W, D] and :func:`reconstruct` (td) (compiled).
 
     metric "cosine": mean 1 - cos; "mse": mean squared error per element; "relative":
     ||x - x_hat|| / ||x|| averaged over tokens. Masked cells (map -1) are ignored.
     """
-    rec = reconstruct(td).astype(jnp.float32)
-    x = tokens.astype(jnp.float32)
-    keep = (td.dynamics_map >= 0).astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(keep), 1.0)
-    if metric == "cosine":
-        num = jnp.sum(x * rec, -1)
-        den = jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(rec, axis=-1)
-        err = 1.0 - jnp.where(den > 0, num / jnp.maximum(den, 1e-12), 0.0)
-    elif metric == "mse":
-        err = jnp.mean((x - rec) ** 2, -1)
-    elif metric == "relative":
-        err = jnp.linalg.norm(x - rec, axis=-1) / jnp.maximum(jnp.linalg.norm(x, axis=-1), 1e-12)
-    else:
+    if metric not in METRICS:
         raise ValueError(f"metric must be 'cosine', 'mse' or 'relative', got {metric!r}")
-    return jnp.sum(err * keep) / n
+    _check_td(td)
+    tokens = as_float_array(tokens, "tokens")
+    if tokens.shape[:-1] != td.dynamics_map.shape or tokens.shape[-1] != td.base.shape[-1]:
+        raise ValueError(f"tokens {tuple(tokens.shape)} do not match the map {tuple(td.dynamics_map.shape)} "
+                         f"and base {tuple(td.base.shape)}")
+    return _reconstruction_error(tokens, td.base, td.dynamics_map, metric)
 
 
 # ----------------------------------------------------------------------------- adaptive K
 
 
-def _silhouette(xs, ws, labels, k):
-    """Exact cosine-distance silhouette of unit rows xs [S, D] (weights ws) under labels.
+def _silhouette_from_dots(dots, n, labels, self_dot, ws):
+    """Cosine silhouette from dots [S, K] = x_i · (sum of the unit rows of cluster j),
+    cluster sizes n [K], labels [S], self_dot [S] = x_i·x_i (1 for unit rows), weights ws [S].
 
-    The mean cosine distance of x_i to cluster j is 1 - x_i·m_j with m_j the mean of the
-    cluster's unit rows, so a(i) and b(i) come from one [S, K] product (no [S, S] matrix).
-    Rows in singleton clusters score 0, as in Rousseeuw's definition.
+    The mean cosine distance of x_i to cluster j is 1 - dots_ij / n_j, so a(i) and b(i)
+    need no [S, S] matrix. Rows in singleton clusters score 0 (Rousseeuw's definition).
     """
-    onehot = (labels[:, None] == jnp.arange(k)[None, :]) & (ws[:, None] > 0)
-    n = jnp.sum(onehot, axis=0).astype(jnp.float32)                         # [K]
-    sums = jnp.einsum("sk,sd->kd", onehot.astype(xs.dtype), xs)             # [K, D]
-    dots = xs @ sums.T                                                      # [S, K] sum_j x_i·x_j
-    mean_d = 1.0 - dots / jnp.maximum(n, 1.0)[None, :]                      # mean dist to cluster
-    own_n = jnp.sum(jnp.where(onehot, n[None, :], 0.0), axis=1)             # [S]
+    k = dots.shape[1]
+    onehot = labels[:, None] == jnp.arange(k)[None, :]
+    nf = n.astype(jnp.float32)
+    mean_d = 1.0 - dots / jnp.maximum(nf, 1.0)[None, :]
+    own_n = jnp.sum(jnp.where(onehot, nf[None, :], 0.0), axis=1)
     own_dot = jnp.sum(jnp.where(onehot, dots, 0.0), axis=1)
-    self_dot = jnp.sum(xs * xs, axis=1)
-    a = (own_n - 1.0 - (own_dot - self_dot)) / jnp.maximum(own_n - 1.0, 1.0)  # excludes i itself
+    a = (own_n - 1.0 - (own_dot - self_dot)) / jnp.maximum(own_n - 1.0, 1.0)     # excludes i itself
     other = jnp.where(onehot | (n[None, :] == 0), jnp.inf, mean_d)
     b = jnp.min(other, axis=1)
     s = jnp.where((own_n > 1) & jnp.isfinite(b), (b - a) / jnp.maximum(jnp.maximum(a, b), 1e-12), 0.0)
     return jnp.sum(s * ws) / jnp.maximum(jnp.sum(ws), 1.0)
+
+
+def _silhouette(xs, ws, labels, k):
+    """Exact cosine-distance silhouette of unit rows xs [S, D] (weights ws) under labels [S];
+    equals scikit-learn's ``silhouette_score(metric="cosine")``."""
+    sums, n = cluster_sums(xs, ws, labels, k)
+    return _silhouette_from_dots(xs @ sums.T, n, labels, jnp.sum(xs * xs, axis=1), ws)
 
 
 def choose_k(ks: jax.Array, distortion: jax.Array, silhouette: jax.Array, method: str,
@@ -230,74 +298,154 @@ def choose_k(ks: jax.Array, distortion: jax.Array, silhouette: jax.Array, method
     raise ValueError(f"method must be one of {ADAPTIVE_METHODS}, got {method!r}")
 
 
-def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, method: str = "elbow",
-                            k_min: int = 2, threshold: float = 0.15, elbow_tol: float = 0.05, mask: jax.Array | None = None,
-                            base: str = "raw", sample_size: int | None = None, iters: int = 30,
-                            tol: float = 1e-4, refine_iters: int = 1, n_init: int = 2,
-                            block_rows: int | None = 8192) -> TokenDynamics:
-    """Adaptive-length Token Dynamics: K chosen per video in [k_min, k_max].
+def merge_path(sums: jax.Array, counts: jax.Array, k_min: int):
+    """Greedy spherical Ward merging of fitted clusters, from all of them down to k_min.
 
-    All candidate K are fitted in one vectorised pass on a token sample: greedy k-means++
-    seeds k_max centres once (the seeds of a smaller K are a prefix of them), then Lloyd
-    runs for every candidate at once (``vmap`` over centre masks). The chosen K is refined
-    on all tokens. Output has ``k_max`` slots; ``valid`` marks the K in use.
+    sums [K, D] are the clusters' sums of unit rows, counts [K] their sizes. A cluster's
+    distortion is ``n - |sum|`` (its summed cosine distance to its mean direction), so
+    merging j and l costs ``|S_j| + |S_l| - |S_j + S_l|``; each step merges the cheapest
+    pair (kept on the [K, K] Gram matrix of the sums, O(K^2) a step).
+
+    Returns, for every candidate k in [k_min, K]: owner [C, K] int32 (fine cluster ->
+    representative fine cluster of its merged cluster), clusters [C] int32 (non-empty
+    merged clusters: min(k, non-empty fine clusters)) and distortion [C] f32 (mean cosine
+    distance to the merged means).
+    """
+    kk = sums.shape[0]
+    steps = kk - k_min
+    gram = sums @ sums.T
+    active = counts > 0
+    n_active = jnp.sum(active)
+    total = jnp.maximum(jnp.sum(counts), 1).astype(jnp.float32)
+    idx = jnp.arange(kk)
+
+    def dist(gram, active):
+        return (total - jnp.sum(jnp.where(active, jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0)), 0.0))) / total
+
+    def body(t, state):
+        gram, active, owner, snaps, dists = state
+        snaps = snaps.at[t].set(owner)
+        dists = dists.at[t].set(dist(gram, active))
+        nrm = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+        joint = jnp.sqrt(jnp.maximum(nrm[:, None] ** 2 + nrm[None, :] ** 2 + 2.0 * gram, 0.0))
+        pair = active[:, None] & active[None, :] & (idx[:, None] < idx[None, :])
+        cost = jnp.where(pair, nrm[:, None] + nrm[None, :] - joint, jnp.inf)
+        flat = jnp.argmin(cost)
+        j, l = flat // kk, flat % kk
+        can = jnp.sum(active) >= 2
+        row = gram[j] + gram[l]
+        diag = gram[j, j] + gram[l, l] + 2.0 * gram[j, l]
+        merged = gram.at[j, :].set(row).at[:, j].set(row).at[j, j].set(diag)
+        gram = jnp.where(can, merged, gram)
+        active = jnp.where(can, active.at[l].set(False), active)
+        owner = jnp.where(can & (owner == l), j, owner)
+        return gram, active, owner, snaps, dists
+
+    snaps = jnp.zeros((steps + 1, kk), jnp.int32)
+    dists = jnp.zeros((steps + 1,), jnp.float32)
+    state = (gram, active, idx.astype(jnp.int32), snaps, dists)
+    gram, active, owner, snaps, dists = jax.lax.fori_loop(0, steps, body, state)
+    snaps = snaps.at[steps].set(owner)
+    dists = dists.at[steps].set(dist(gram, active))
+    ks = jnp.arange(k_min, kk + 1)
+    t = jnp.clip(n_active - ks, 0, steps)
+    return snaps[t], jnp.minimum(ks, n_active).astype(jnp.int32), dists[t]
+
+
+ADAPTIVE_STATIC = _KM_STATIC[1:] + ("k_max", "k_min", "method", "base")
+
+
+def _adaptive_traced(tokens, mask, key, tol, threshold, elbow_tol, *, k_max, k_min, method, base, iters,
+                     refine_iters, sample_size, seed_sample_size, n_init, block_rows, coarse_groups):
+    del coarse_groups                     # the k_max fit is flat; see adaptive_token_dynamics
+    t, h, w, d = tokens.shape
+    n = t * h * w
+    x = jax.lax.stop_gradient(tokens.reshape(n, d))
+    stats = row_stats(x, None if mask is None else mask.reshape(-1))
+
+    # Fit k_max clusters on a sample, then merge them greedily down to k_min.
+    k_sample, k_seed = jax.random.split(key)
+    size = min(n, default_sample_size(k_max) if sample_size is None else sample_size)
+    seed = default_seed_sample_size(k_max) if seed_sample_size is None else seed_sample_size
+    xs, ws = unit_rows(x, stats, sample_indices(k_sample, stats.valid, size))
+    all_slots = jnp.ones((k_max,), bool)
+    c, _ = fit_sample(k_seed, xs, ws, all_slots, seed_rows=seed, iters=iters, tol=tol,
+                      n_trials=greedy_trials(k_max, None), n_init=n_init)
+    labels, _ = assign(xs, c, all_slots)
+    sums, counts = cluster_sums(xs, ws, labels, k_max)
+    owners, clusters, distortion = merge_path(sums, counts, k_min)
+    ks = jnp.arange(k_min, k_max + 1)
+    if method == "silhouette":
+        dots = xs @ sums.T                                                    # [S, k_max]
+        self_dot = jnp.sum(xs * xs, axis=1)
+
+        def score(owner):
+            merged = jax.ops.segment_sum(dots.T, owner, k_max).T
+            n_merged = jax.ops.segment_sum(counts, owner, k_max)
+            return _silhouette_from_dots(merged, n_merged, owner[labels], self_dot, ws)
+
+        sil = jax.lax.map(score, owners)
+    else:
+        sil = jnp.zeros_like(distortion)
+    k_star = choose_k(ks, distortion, sil, method, threshold, elbow_tol)
+    owner = owners[k_star - k_min]
+
+    # The merged clusters' mean directions, in slots 0..K*-1, refined on all tokens.
+    merged_sums = jax.ops.segment_sum(sums, owner, k_max)
+    is_rep = jax.ops.segment_sum(counts, owner, k_max) > 0
+    slot = jnp.where(is_rep, jnp.cumsum(is_rep) - 1, k_max)
+    init = jnp.zeros_like(merged_sums).at[slot].set(normalize_rows(merged_sums), mode="drop")
+    cmask = jnp.arange(k_max) < clusters[k_star - k_min]
+    res, check = kmeans_core(x, cmask, key=key, refine_iters=refine_iters, init=init, block_rows=block_rows,
+                             rows=stats)
+    return _finish(tokens, res, base), check
+
+
+_adaptive_compiled = jax.jit(_adaptive_traced, static_argnames=ADAPTIVE_STATIC)
+
+
+def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, method: str = "elbow",
+                            k_min: int = 2, threshold: float = 0.15, elbow_tol: float = 0.05,
+                            mask: jax.Array | None = None, base: str = "raw", sample_size: int | None = None,
+                            iters: int = 30, tol: float = 1e-4, refine_iters: int = 1, n_init: int = 2,
+                            block_rows: int | None = 4096, seed_sample_size: int | None = None) -> TokenDynamics:
+    """Adaptive-length Token Dynamics: K chosen per video in [k_min, k_max] (compiled).
+
+    k_max clusters are fitted once on a token sample (greedy k-means++ and Lloyd, as
+    :func:`td_jax.kmeans`), then merged greedily down to k_min (spherical Ward: each step
+    joins the pair whose merge adds the least within-cluster cosine distance; see
+    :func:`merge_path`). That gives every candidate K a partition of the sample, its
+    distortion and (for "silhouette") its exact silhouette, at the cost of one fit; the
+    chosen K's merged means are refined on all tokens. Output has ``k_max`` slots; ``valid``
+    marks the K in use (slots 0..K-1).
 
     Args:
-      tokens: [T, H, W, D]; k_max: static slot count; k_min: smallest candidate (>= 1).
+      tokens: [T, H, W, D]; k_max: static slot count; k_min: smallest candidate (1 <= k_min <= k_max).
       method: "elbow" | "silhouette" | "threshold" (see :func:`choose_k`).
       threshold: mean within-cluster cosine distance bound for "threshold".
       elbow_tol: fraction of the distortion range left at the elbow (see :func:`choose_k`).
-      Others as :func:`token_dynamics`.
+      iters, n_init, sample_size, seed_sample_size, tol: the k_max fit on the sample.
+      refine_iters, block_rows: the passes over all tokens. Others as :func:`token_dynamics`.
 
     Returns:
       :class:`TokenDynamics` with base [k_max, D] and valid [k_max].
     """
-    _check_tokens(tokens, mask)
+    tokens, mask = _check_tokens(tokens, mask, "adaptive_token_dynamics")
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"method must be one of {ADAPTIVE_METHODS}, got {method!r}")
-    if base not in ("raw", "normalized"):
-        raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
-    t, h, w, d = tokens.shape
-    n = t * h * w
-    k_max = _check_k(k_max, n, "k_max")
-    k_min = _check_k(k_min, k_max, "k_min")
-    x = jax.lax.stop_gradient(tokens.reshape(n, d))
-    valid = _finite_rows(x)
-    if mask is not None:
-        valid = valid & mask.reshape(-1)
-
-    k_sample, k_seed, k_sil = jax.random.split(key, 3)
-    size = max(2048, 64 * k_max) if sample_size is None else int(sample_size)
-    idx = _sample_indices(k_sample, valid, size)
-    ws = valid[idx]
-    xs = jnp.where(ws[:, None], _normalize(jnp.where(ws[:, None], x[idx], 0.0).astype(jnp.float32)), 0.0)
-    ws = ws.astype(jnp.float32)
-    ks = jnp.arange(k_min, k_max + 1)
-    slots = jnp.arange(k_max)
-
-    def fit_all(seed_key):
-        seeds = _greedy_kmeanspp(seed_key, xs, ws, k_max, 2 + int(math.log(k_max)))
-
-        def fit(kk):
-            cmask = slots < kk
-            c, _ = _lloyd_sample(xs, ws, jnp.where(cmask[:, None], seeds, 0.0), cmask, iters, tol)
-            labels, best = _assign(xs, c, cmask)
-            dist = jnp.sum(ws * (1.0 - best)) / jnp.maximum(jnp.sum(ws), 1.0)
-            return c, labels, dist
-
-        return jax.vmap(fit)(ks)
-
-    cs, labels, dist = jax.vmap(fit_all)(jax.random.split(k_seed, n_init))   # [I, C, ...]
-    best_init = jnp.argmin(dist, axis=0)                                     # [C]
-    pick = lambda a: jnp.take_along_axis(a, best_init.reshape((1, -1) + (1,) * (a.ndim - 2)), 0)[0]
-    cs, labels, dist = pick(cs), pick(labels), pick(dist)
-    if method == "silhouette":
-        sil = jax.vmap(lambda lab: _silhouette(xs, ws, lab, k_max))(labels)
-    else:
-        sil = jnp.zeros_like(dist)
-    k_star = choose_k(ks, dist, sil, method, threshold, elbow_tol)
-    cmask = slots < k_star
-    c0 = cs[k_star - k_min]
-    res = kmeans_core(x, cmask, key=key, mask=valid, refine_iters=refine_iters, init=c0,
-                      block_rows=block_rows)
-    return _finish(tokens, res, base)
+    _check_base(base)
+    t, h, w, _ = tokens.shape
+    k_max = check_k(k_max, t * h * w, "k_max")
+    k_min = check_k(k_min, t * h * w, "k_min")
+    if k_min > k_max:
+        raise ValueError(f"k_min={k_min} must be <= k_max={k_max}")
+    threshold = check_float_option("threshold", threshold)
+    elbow_tol = check_float_option("elbow_tol", elbow_tol)
+    opts = check_kmeans_options(iters=iters, tol=tol, refine_iters=refine_iters, sample_size=sample_size,
+                                seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows)
+    opts.pop("n_local_trials")
+    tol = opts.pop("tol")
+    td, check = _adaptive_compiled(tokens, mask, key, tol, threshold, elbow_tol, k_max=k_max, k_min=k_min,
+                                   method=method, base=base, **opts)
+    raise_if_nonfinite(check, "tokens", tokens.shape)
+    return td

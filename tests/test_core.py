@@ -427,3 +427,166 @@ def test_attention_own_bias_routes_a_token_to_its_own_trajectory():
     out_m = np.asarray(mod.apply(params, base, moved, valid))
     np.testing.assert_allclose(out_m[b0, k_keep], out[b0, k_keep], atol=1e-4)
     assert np.abs(out_m[b0, k_move] - out[b0, k_move]).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- compiled entry points, hard inputs
+
+
+def test_documented_calls_compile_once_per_configuration(video):
+    """The public functions are compiled: a second call with new values (same shapes and
+    static options) reuses the executable instead of dispatching op by op."""
+    from td_jax import cluster, dynamics
+    x, _ = video
+    xj = jnp.asarray(x)
+    before = dynamics._token_dynamics_compiled._cache_size()
+    td_jax.token_dynamics(xj, 5, key=jax.random.key(0))
+    td_jax.token_dynamics(xj * 3.0, 5, key=jax.random.key(1), tol=1e-3)    # values and tol are not static
+    assert dynamics._token_dynamics_compiled._cache_size() == before + 1
+    flat = xj.reshape(-1, x.shape[-1])
+    before = cluster._kmeans_compiled._cache_size()
+    td_jax.kmeans(flat, 5, key=jax.random.key(0))
+    td_jax.kmeans(flat + 1.0, 5, key=jax.random.key(2))
+    assert cluster._kmeans_compiled._cache_size() == before + 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_clustering_is_scale_free(dtype, video):
+    """Positive rescaling anywhere in the float range gives the same clusters (issue 19)."""
+    x, _ = video
+    ref = td_jax.token_dynamics(jnp.asarray(x, dtype), 6, key=jax.random.key(0))
+    assert bool(ref.valid.all())
+    for scale in (1e19, 1e-7, 1e30, 1e-30):
+        xs = jnp.asarray(x, dtype) * jnp.asarray(scale, dtype)
+        td = td_jax.token_dynamics(xs, 6, key=jax.random.key(0))
+        np.testing.assert_array_equal(np.asarray(td.dynamics_map), np.asarray(ref.dynamics_map), err_msg=str(scale))
+        np.testing.assert_allclose(float(td.inertia), float(ref.inertia), rtol=2e-2, atol=1e-4)
+        base = np.asarray(td.base, np.float32) / np.float32(scale)
+        np.testing.assert_allclose(base, np.asarray(ref.base, np.float32), rtol=3e-2, atol=3e-2)
+        err = float(td_jax.reconstruction_error(xs, td))
+        assert np.isfinite(err) and abs(err - float(td.inertia)) < 2e-2
+    flat = jnp.asarray(x.reshape(-1, x.shape[-1]))
+    a = td_jax.kmeans(flat, 6, key=jax.random.key(0))
+    b = td_jax.kmeans(flat * 2.0 ** 100, 6, key=jax.random.key(0))      # exact rescaling: identical result
+    np.testing.assert_array_equal(np.asarray(a.assignments), np.asarray(b.assignments))
+    np.testing.assert_array_equal(np.asarray(a.centroids), np.asarray(b.centroids))
+
+
+def test_integer_tokens_are_cast_to_float():
+    x = np.repeat(np.array([[10, 0, 0, 1], [0, 10, 1, 0], [0, 0, 10, 3]], np.int32), 8, axis=0)
+    x = x + np.tile(np.arange(8)[:, None] % 2, (3, 4)).astype(np.int32)      # 0/1 jitter, non-integer means
+    tokens = jnp.asarray(x.reshape(2, 3, 4, 4))
+    td = td_jax.token_dynamics(tokens, 3, key=jax.random.key(0))
+    assert td.base.dtype == jnp.float32
+    m = np.asarray(td.dynamics_map).ravel()
+    for j in range(3):
+        np.testing.assert_allclose(np.asarray(td.base)[j], x[m == j].mean(0), rtol=1e-6)
+    assert td_jax.kmeans(jnp.asarray(x), 3, key=jax.random.key(0)).raw_means.dtype == jnp.float32
+    with pytest.raises(ValueError, match="real numbers"):
+        td_jax.kmeans(jnp.asarray(x) * 1j, 3, key=jax.random.key(0))
+
+
+def test_masked_rows_may_hold_nan_eager_and_jit(video):
+    x, _ = video
+    mask = np.ones(x.shape[:3], bool)
+    mask[-2:] = False
+    dirty = x.copy()
+    dirty[-2:] = np.nan
+    dirty[-1, 0, 0, 0] = np.inf
+    clean = x.copy()
+    clean[-2:] = 0.0
+    want = td_jax.token_dynamics(jnp.asarray(clean), 6, key=jax.random.key(0), mask=jnp.asarray(mask))
+    eager = td_jax.token_dynamics(jnp.asarray(dirty), 6, key=jax.random.key(0), mask=jnp.asarray(mask))
+    jitted = jax.jit(lambda t, m: td_jax.token_dynamics(t, 6, key=jax.random.key(0), mask=m))(
+        jnp.asarray(dirty), jnp.asarray(mask))
+    for got in (eager, jitted):
+        np.testing.assert_array_equal(np.asarray(got.dynamics_map), np.asarray(want.dynamics_map))
+        np.testing.assert_allclose(np.asarray(got.base), np.asarray(want.base), rtol=1e-5, atol=1e-6)
+        assert np.isfinite(np.asarray(got.base)).all()
+    ad = td_jax.adaptive_token_dynamics(jnp.asarray(dirty), 8, key=jax.random.key(0), mask=jnp.asarray(mask))
+    assert np.isfinite(np.asarray(ad.base)).all() and (np.asarray(ad.dynamics_map)[-2:] == -1).all()
+    mask[-1] = True                                            # one NaN frame unmasked: a clear error
+    with pytest.raises(ValueError, match=r"NaN/Inf in 144 unmasked rows"):
+        td_jax.token_dynamics(jnp.asarray(dirty), 6, key=jax.random.key(0), mask=jnp.asarray(mask))
+
+
+def test_bad_options_name_the_argument():
+    x = jnp.ones((2, 3, 3, 8))
+    key = jax.random.key(0)
+    cases = [
+        (lambda: td_jax.token_dynamics(x, 2, key=key, n_init=0), ValueError, "n_init must be >= 1"),
+        (lambda: td_jax.kmeans(x.reshape(-1, 8), 2, key=key, n_init=0), ValueError, "n_init must be >= 1"),
+        (lambda: td_jax.adaptive_token_dynamics(x, 3, key=key, k_min=5), ValueError, "k_min=5 must be <= k_max=3"),
+        (lambda: td_jax.token_dynamics(jnp.ones((2, 3, 3, 0)), 2, key=key), ValueError, "D=0"),
+        (lambda: td_jax.kmeans(jnp.ones((5, 0)), 2, key=key), ValueError, "D=0"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, refine_iters=0), ValueError, "refine_iters must be >= 1"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, iters=-1), ValueError, "iters must be >= 0"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, sample_size=0), ValueError, "sample_size must be >= 1"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, block_rows=0), ValueError, "block_rows must be >= 1"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, tol=float("nan")), ValueError, "tol must be"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, n_init=1.5), TypeError, "n_init must be an int"),
+        (lambda: td_jax.adaptive_token_dynamics(x, 3, key=key, threshold=-1), ValueError, "threshold must be"),
+        (lambda: td_jax.token_dynamics(x, 2, key=key, mask=jnp.ones((2, 3))), ValueError, r"mask shape \(2, 3\)"),
+        (lambda: td_jax.kmeans(x.reshape(-1, 8), 2.0, key=key), TypeError, "k must be a Python int"),
+        (lambda: td_jax.reconstruction_error(x, td_jax.token_dynamics(x, 2, key=key), "l1"), ValueError, "metric"),
+    ]
+    for fn, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            fn()
+
+
+def test_assert_finite_reports_rows_without_host_copy():
+    x = jnp.zeros((4, 5, 3)).at[2, 1, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"NaN/Inf in 1 unmasked rows \(first flat row 11\)"):
+        td_jax.assert_finite(x, "feats")
+    td_jax.assert_finite(jnp.ones((3, 2)))
+    jax.jit(lambda v: td_jax.assert_finite(v) or v)(x)          # tracers: no check, no error
+
+
+# ----------------------------------------------------------------------------- two levels (large k)
+
+
+def test_two_level_kmeans_recovers_planted_clusters_and_masks():
+    x, labels = blobs(9, 40, 48, 16, spread=0.03)              # 1920 rows, 48 clusters
+    pad = np.full((64, 16), np.nan, np.float32)
+    xx = np.concatenate([x, pad])
+    mask = np.r_[np.ones(len(x), bool), np.zeros(64, bool)]
+    f = lambda key: td_jax.kmeans(jnp.asarray(xx), 48, key=key, mask=jnp.asarray(mask), coarse_groups=6)
+    res = f(jax.random.key(0))
+    a = np.asarray(res.assignments)
+    assert (a[len(x):] == -1).all() and int(res.counts.sum()) == len(x)
+    assert adjusted_rand_score(labels, a[:len(x)]) >= 0.95
+    assert np.isfinite(np.asarray(res.centroids)).all()
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = np.asarray(res.centroids)[a[:len(x)]]
+    np.testing.assert_allclose(float(res.inertia), np.sum(1 - np.sum(xn * c, 1)), rtol=1e-3, atol=1e-2)
+    again = f(jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(again.assignments), a)
+    flat = td_jax.kmeans(jnp.asarray(xx), 48, key=jax.random.key(0), mask=jnp.asarray(mask), coarse_groups=1)
+    assert float(res.inertia) <= 1.1 * float(flat.inertia)
+
+
+def test_two_level_vmap_equals_loop():
+    xs = np.stack([blobs(s, 30, 20, 8, spread=0.1)[0] for s in range(2)])
+    keys = jax.random.split(jax.random.key(0), 2)
+    batched = jax.jit(jax.vmap(lambda x, k: td_jax.kmeans(x, 20, key=k, coarse_groups=4)))(jnp.asarray(xs), keys)
+    for i in range(2):
+        one = td_jax.kmeans(jnp.asarray(xs[i]), 20, key=keys[i], coarse_groups=4)
+        np.testing.assert_array_equal(np.asarray(batched.assignments[i]), np.asarray(one.assignments))
+
+
+# ----------------------------------------------------------------------------- adaptive: merging
+
+
+def test_merge_path_joins_the_closest_clusters_first():
+    from td_jax.dynamics import merge_path
+    d = np.eye(4, 8, dtype=np.float32)
+    d[1] = d[0] + 0.05 * np.eye(1, 8, 5, dtype=np.float32)[0]   # cluster 1 ~ cluster 0
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    counts = np.array([10, 10, 10, 0])                           # slot 3 is empty
+    owners, clusters, dist = merge_path(jnp.asarray(d * counts[:, None]), jnp.asarray(counts), 1)
+    owners, clusters, dist = np.asarray(owners), np.asarray(clusters), np.asarray(dist)
+    assert clusters.tolist() == [1, 2, 3, 3]                     # k = 1..4; only 3 non-empty
+    np.testing.assert_array_equal(owners[2][:3], [0, 1, 2])      # k = 3: nothing merged
+    assert owners[1][1] == owners[1][0] and owners[1][2] != owners[1][0]   # k = 2: 0 and 1 joined
+    assert dist[2] == pytest.approx(0.0, abs=1e-6) and dist[1] < 0.01 < dist[0]
+    assert np.all(np.diff(dist) <= 1e-7)                         # more clusters, no more distortion
