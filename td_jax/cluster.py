@@ -416,8 +416,8 @@ def fit_sample(key: jax.Array, xs: jax.Array, ws: jax.Array, cmask: jax.Array, *
         _, best = assign(xs, c, cmask)
         return c, n_iter, jnp.sum(ws * (1.0 - best))
 
-    if n_init == 1:
-        c, n_iter, _ = one_init(key)
+    if n_init == 1:                        # the key vmap would give the one start (same result)
+        c, n_iter, _ = one_init(jax.random.split(key, 1)[0])
         return c, n_iter
     cs, n_iters, pots = jax.vmap(one_init)(jax.random.split(key, n_init))
     pick = jnp.argmin(pots)
