@@ -140,3 +140,57 @@ class CrossDynamicsAttention(nn.Module):
         x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
         x = jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
         return x[0] if unbatched else x
+
+
+class MapValueAttention(nn.Module):
+    """The paper's own cross-dynamics ("VQ-") attention: queries and keys from the base,
+    values from a learned MLP of the map — no hand-made geometry.
+
+    ``(base [B, K, D], dynamics_map [B, T, H, W] int32, valid [B, K] bool, deterministic)
+    -> [B, K, D]``.  The paper writes ``M~ = MLP(Flatten(M))``, ``B' = MHA(Q = B·W_Q,
+    K = B·W_K, V = M~·W_V)`` and leaves open how a ``[T, H, W]`` map becomes K value rows;
+    here value row k is the MLP of cluster k's flattened occupancy ``(map == k) [T·H·W]``,
+    which keeps the output equivariant to relabelling the clusters.  The MLP's input width
+    is T·H·W, so a module is tied to one map size (as the released code's ``Linear(729, D)``).
+    Pre-norm queries/keys, zero-initialised output and FFN (an untrained layer returns the
+    base); rows where ``valid`` is False come out as zeros.
+    """
+
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, base: jax.Array, dynamics_map: jax.Array, valid: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        if base.ndim != 3 or dynamics_map.ndim != 4 or base.shape[0] != dynamics_map.shape[0]:
+            raise ValueError(f"MapValueAttention expects base [B, K, D] and dynamics_map [B, T, H, W], "
+                             f"got {tuple(base.shape)} and {tuple(dynamics_map.shape)}")
+        b, k, d = base.shape
+        if d % self.num_heads:
+            raise ValueError(f"width D={d} is not divisible by num_heads={self.num_heads}")
+        if valid is None:
+            valid = jnp.ones((b, k), bool)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        hd = d // self.num_heads
+        cells = dynamics_map.reshape(b, 1, -1)
+        occupancy = (cells == jnp.arange(k)[None, :, None]).astype(self.dtype)           # [B, K, T*H*W]
+        m = _dense(d, (None, "mlp"), "map_in", **kw)(occupancy)
+        m = _dense(d, ("mlp", "embed"), "map_out", **kw)(nn.gelu(m))                      # [B, K, D]
+        x_in = nn.LayerNorm(name="query_norm", **kw)(base.astype(self.dtype))
+        q = _dense(d, ("embed", "heads"), "query", **kw)(x_in).reshape(b, k, self.num_heads, hd)
+        key_ = _dense(d, ("embed", "heads"), "key", **kw)(x_in).reshape(b, k, self.num_heads, hd)
+        val = _dense(d, ("embed", "heads"), "value", **kw)(m).reshape(b, k, self.num_heads, hd)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, key_) / math.sqrt(hd)
+        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
+        x = base.astype(self.dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
+        y = nn.LayerNorm(name="mlp_norm", **kw)(x)
+        y = _dense(int(d * self.mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
+        y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
+        x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
+        return jnp.where(valid[..., None], x, 0.0).astype(base.dtype)

@@ -11,7 +11,7 @@ from td_jax.models import configs as C
 from td_jax.models import llm as llm_lib
 from td_jax.models import vlm as vlm_lib
 from td_jax.models.llm import Qwen2LM
-from td_jax.models.sharding import DEFAULT_RULES, MESH_AXES
+from td_jax.models.sharding import AXIS_RULES, MESH_AXES
 from td_jax.models.vit import VisionTower
 from td_jax.models.vlm import VideoLLM
 
@@ -216,7 +216,7 @@ def test_forward_on_8_device_mesh_matches_single_device(tiny):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), MESH_AXES)
     module = tiny["module"]
     boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tiny["ids"], tiny["mask"], tiny["frames"]))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)["params"]
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, AXIS_RULES)["params"]
     params = jax.device_put(tiny["params"], shardings)
     # FSDP and TP are really in use
     spec = params["llm"]["layers_0"]["mlp"]["gate_proj"]["kernel"].sharding.spec
@@ -228,7 +228,7 @@ def test_forward_on_8_device_mesh_matches_single_device(tiny):
 
     @jax.jit
     def fwd(p, i, m, f):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(AXIS_RULES):
             return module.apply({"params": p}, i, m, f)
 
     out = fwd(params, jax.device_put(ids, batch_sh), jax.device_put(mask, batch_sh), jax.device_put(frames, batch_sh))
@@ -323,14 +323,14 @@ def test_llava_ov_0_5b_lowers_on_8_device_mesh_abstractly():
     ids = jnp.zeros((B, L), jnp.int32).at[:, 3].set(cfg.video_token_id)
     frames = jax.ShapeDtypeStruct((B, T, 384, 384, 3), jnp.uint8)
     boxed = jax.eval_shape(lambda f: module.init(jax.random.PRNGKey(0), ids, None, f), frames)
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)["params"]
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, AXIS_RULES)["params"]
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.unbox(boxed["params"]), shardings)
     assert tuple(params["llm"]["embed_tokens"]["embedding"].sharding.spec) == ("tensor", "fsdp")
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
 
     def fwd(p, i, f):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(AXIS_RULES):
             return module.apply({"params": p}, i, None, f)
 
     lowered = jax.jit(fwd, in_shardings=(shardings, batch, batch)).lower(

@@ -44,12 +44,43 @@ class CompressorModule(nn.Module):
     """Base class: ``__call__(tokens [B,T,H,W,D], deterministic=True) -> Compressed``.
 
     ``budget`` is the static number of output slots M.
+
+    **Two stages.** Every method splits into a parameter-free stage that depends only on
+    the tokens and the ``"compress"`` RNG (k-means, ToMe's merges, pruning's choice) and a
+    learned stage on its output (the cross-dynamics attention; nothing for most methods).
+    :meth:`precompute` runs the first stage and returns per-video arrays ``{name: [B, ...]}``,
+    so it can run once per video and be stored (``launch/extract_tokens.py --compressor``);
+    :meth:`apply_precomputed` runs the learned stage on such arrays.  For any key,
+    ``apply_precomputed(precompute(tokens))`` equals ``__call__(tokens)``, with the same
+    parameter tree, so weights trained on stored stages serve the in-model compressor.
+    The defaults fit a parameter-free method: the whole call is the first stage and its
+    ``tokens`` / ``mask`` are stored (``aux`` is not).
     """
 
     budget: int
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:  # pragma: no cover
         raise NotImplementedError
+
+    def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The parameter-free stage: tokens [B,T,H,W,D] → ``{"tokens": [B, M, D], "mask": [B, M]}``."""
+        out = self(tokens, deterministic=True) if mask is None else self(tokens, deterministic=True, mask=mask)
+        return {"tokens": out.tokens, "mask": out.mask}
+
+    def stage_spec(self, num_frames: int) -> dict[str, Any]:
+        """What determines :meth:`precompute`'s output on videos of ``num_frames`` frames
+        (JSON-able): two modules with equal specs store identical stages, so they can share
+        one store."""
+        del num_frames
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("parent", "name")}
+        return {"module": type(self).__name__, **fields}
+
+    def apply_precomputed(self, precomputed: dict[str, jax.Array], deterministic: bool = True) -> Compressed:
+        """The learned stage on :meth:`precompute`'s arrays (here: none, the stored slots as they are)."""
+        missing = sorted({"tokens", "mask"} - set(precomputed))
+        if missing:
+            raise ValueError(f"precomputed compressor arrays lack {missing} (have {sorted(precomputed)})")
+        return Compressed(tokens=precomputed["tokens"], mask=precomputed["mask"].astype(bool))
 
 
 _REGISTRY: dict[str, type[CompressorModule]] = {}
@@ -103,6 +134,15 @@ class Compressor:
         check_tokens(tokens)
         return _jitted_apply(self.module(budget), {} if params is None else params, tokens, key, deterministic)
 
+    def precompute(self, tokens: jax.Array, *, keys: jax.Array, budget: int) -> dict[str, jax.Array]:
+        """The parameter-free stage of every video with its own key (so a video's result does not
+        depend on its batch): tokens [B, T, H, W, D], keys [B] → ``{name: [B, ...]}``."""
+        check_tokens(tokens)
+        if keys.shape[:1] != tokens.shape[:1]:
+            raise ValueError(f"precompute needs one key per video: keys {tuple(keys.shape)}, tokens "
+                             f"{tuple(tokens.shape)}")
+        return _jitted_precompute(self.module(budget), tokens, keys)
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jitted_init(module: CompressorModule, key: jax.Array, tokens: jax.Array) -> dict:
@@ -113,6 +153,15 @@ def _jitted_init(module: CompressorModule, key: jax.Array, tokens: jax.Array) ->
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _jitted_apply(module: CompressorModule, params, tokens, key, deterministic: bool) -> Compressed:
     return module.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key})
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_precompute(module: CompressorModule, tokens, keys) -> dict:
+    def one(x, key):
+        out = module.apply({}, x[None], method=type(module).precompute, rngs={RNG_STREAM: key})
+        return jax.tree.map(lambda a: a[0], out)
+
+    return jax.vmap(one)(tokens, keys)
 
 
 def get(name: str, **cfg: Any) -> Compressor:

@@ -1,14 +1,21 @@
 """``video_qa``: a VideoLLM (vision → projector → compressor → decoder) on multiple-choice video QA.
 
 Loss: next-token cross-entropy on the answer tokens (``loss_mask``). Eval: multiple-choice
-accuracy per question family, scored as the argmax over the option letters' logits at the
-position before the answer token. Data: the Grain pipeline of ``td_jax.data.pipeline``
-(TFDS ``moving_shapes_qa``, video folders or precomputed tokens) configured by
-``config.task.data``; ``batch_size`` and ``seed`` come from the top-level config.
+accuracy per question family — the argmax over the option letters' logits at the answer
+position (``data.answer_format="letter"``), or over each option's text log-likelihood with
+the video + prompt decoded once (``"text"``, ``VideoLLM.score_options``) — plus every
+example's prediction (``per_example/*``). Data: the Grain pipeline of
+``td_jax.data.pipeline`` (TFDS ``moving_shapes_qa``, video folders, stores of tower tokens
+or of a compressor's precomputed stage) configured by ``config.task.data``; ``batch_size``
+and ``seed`` come from the top-level config.
 
 Config (``config.task``)::
 
-    model            td_jax.models.configs name ("tiny_vlm", "llava_ov_0_5b", ...)
+    model            td_jax.models.configs name ("tiny_vlm", "llava_ov_0_5b", ...), then overrides:
+    llm              decoder sizes (0 / None keep the named config's)
+    vision           "named" (its tower) | "patch" (a frozen patch embedding, ``patch``) | "none"
+    projector, projector_position, visual_attention, visual_tokens_stage, mm_hidden_size
+                     VLMConfig fields ("" / 0 keep the named config's)
     compressor       compressor name ("" keeps the model config's), budget (0 keeps it)
     compressor_cfg   JSON object of compressor fields, e.g. '{"iters": 10}'
     init_from        Hugging Face model directory to start from ("" = random init)
@@ -16,6 +23,11 @@ Config (``config.task``)::
     remat            rematerialise each vision / decoder layer in the backward pass
     prepare_data     build the TFDS dataset if it is not there yet
     data             td_jax.data.pipeline options (source, tfds_name, data_dir, ...)
+
+With ``data.source="tokens"`` and a compressed store (``launch/extract_tokens.py
+--compressor``), the model runs only the compressor's learned stage on the stored
+``pre/*`` arrays (``VideoLLM.visual_slots(precomputed=...)``); the store's compressor must be
+the configured one (checked).
 """
 from __future__ import annotations
 
@@ -31,14 +43,17 @@ from absl import logging
 
 from td_jax import compressors
 from td_jax.eval import mc
+from td_jax.models.sharding import ACTIVATION_AXES
 from td_jax.train.task import Task, register_task
 
 # Pipeline options the trainer sets itself.
-_TRAINER_OWNED = ("batch_size", "seed", "shuffle", "num_epochs", "drop_remainder")
+_TRAINER_OWNED = ("batch_size", "seed", "shuffle", "num_epochs", "drop_remainder", "with_options")
+_PRE = "pre/"
 
 
 @register_task("video_qa")
 class VideoQA(Task):
+    activation_axes = ACTIVATION_AXES
 
     @classmethod
     def default_config(cls) -> mlc.ConfigDict:
@@ -47,6 +62,17 @@ class VideoQA(Task):
         c = mlc.ConfigDict()
         c.name = "video_qa"
         c.model = "tiny_vlm"
+        c.llm = mlc.ConfigDict({"hidden_size": 0, "intermediate_size": 0, "num_layers": 0, "num_heads": 0,
+                                "num_kv_heads": 0, "rope_theta": 0.0,
+                                "tie_embeddings": mlc.config_dict.placeholder(bool)})
+        c.vision = "named"
+        c.patch = mlc.ConfigDict({"patch_size": 4, "dim": 64, "seed": 0, "pos_embed": "sincos2d", "pos_scale": 0.1,
+                                  "temporal": False})
+        c.projector = ""
+        c.projector_position = ""
+        c.visual_attention = ""
+        c.visual_tokens_stage = ""
+        c.mm_hidden_size = 0
         c.compressor = ""
         c.budget = 0
         c.compressor_cfg = "{}"
@@ -82,6 +108,7 @@ class VideoQA(Task):
         self.tokenizer = tok_lib.make_tokenizer(t.data.tokenizer, t.data.num_options)
         tok = self.tokenizer
         repl: dict[str, Any] = {"video_token_id": int(tok.video_token_id), "pad_id": int(tok.pad_id)}
+        cfg = cfg.replace(**self._architecture(cfg))
         if t.compressor:
             repl["compressor"] = t.compressor
         if t.budget:
@@ -95,7 +122,8 @@ class VideoQA(Task):
         cfg = cfg.replace(**repl).with_dtype(config.compute_dtype, config.param_dtype)
         if t.remat:
             cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, remat=True),
-                              vision=None if cfg.vision is None else dataclasses.replace(cfg.vision, remat=True))
+                              vision=(dataclasses.replace(cfg.vision, remat=True)
+                                      if isinstance(cfg.vision, model_configs.VisionConfig) else cfg.vision))
         # Fail now (naming the key) rather than inside jit if the compressor does not exist / accept cfg.
         from td_jax.models.vlm import compressor_for
         try:
@@ -106,13 +134,57 @@ class VideoQA(Task):
         self.model = VideoLLM(cfg)
         self.option_ids = np.asarray(tok.option_ids, np.int32)
         self._families: list[str] | None = None
-        self._media_shape: tuple | None = None
+        self._media_specs: dict[str, tuple] | None = None
         self._prepared = False
+        if t.data.source == "tokens":
+            self._check_store()
 
-    # ------------------------------------------------------------------ data
-    def _data_config(self, split_train: bool) -> dict:
-        d = dict(self.config.task.data.to_dict())
-        return d
+    def _architecture(self, cfg) -> dict[str, Any]:
+        """VLMConfig fields from the ``task`` overrides (``llm``, ``vision``, ``projector*``, ...)."""
+        from td_jax.models import configs as model_configs
+
+        t = self.config.task
+        out: dict[str, Any] = {}
+        llm = {k: v for k, v in t.llm.to_dict().items() if v not in (0, 0.0, None)}
+        if llm:
+            try:
+                out["llm"] = dataclasses.replace(cfg.llm, **llm)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config key 'task.llm': {e}") from None
+        if t.vision == "patch":
+            out["vision"] = model_configs.PatchEmbedConfig(
+                patch_size=t.patch.patch_size, hidden_size=t.patch.dim, seed=t.patch.seed,
+                pos_embed=t.patch.pos_embed, pos_scale=t.patch.pos_scale, temporal=t.patch.temporal)
+            out["mm_hidden_size"] = None
+        elif t.vision == "none":
+            width = t.mm_hidden_size or cfg.vision_width
+            out.update(vision=None, mm_hidden_size=int(width))
+        elif t.vision != "named":
+            raise ValueError(f"config key 'task.vision' must be 'named', 'patch' or 'none', got {t.vision!r}")
+        for key in ("projector", "projector_position", "visual_attention", "visual_tokens_stage"):
+            if t[key]:
+                out[key] = t[key]
+        if t.mm_hidden_size and t.vision != "none":
+            out["mm_hidden_size"] = int(t.mm_hidden_size)
+        return out
+
+    def _check_store(self) -> None:
+        """A compressed store must hold this compressor's stage (same name, budget, config)."""
+        from td_jax.data import tokens_store
+
+        meta = tokens_store.read_meta(self.config.task.data.tokens_dir)
+        stored = meta.get("compressor")
+        m = self.model_cfg
+        if stored is None:
+            return
+        module = compressors.get(m.compressor, **m.compressor_kwargs).module(m.budget)
+        t = tokens_store.array_specs(meta)["pre/dynamics_map"]["shape"][0] if "pre/dynamics_map" in \
+            tokens_store.array_specs(meta) else 0
+        want = module.stage_spec(t)
+        if stored.get("stage") != json.loads(json.dumps(want)):
+            raise ValueError(f"config key 'task.data.tokens_dir': the store {self.config.task.data.tokens_dir} holds "
+                             f"the stage {stored.get('stage')} of {stored.get('name')!r}, but task.compressor="
+                             f"{m.compressor!r} (budget {m.budget}) precomputes {want}")
 
     def _prepare(self) -> None:
         """Builds the TFDS dataset on process 0 if missing (once; all processes wait for it)."""
@@ -142,47 +214,72 @@ class VideoQA(Task):
                                                                                     data_dir=d.data_dir or None)
         return b.info
 
-    def media_shape(self) -> tuple:
-        """(T, R, R, 3) frames or (T, h, w, D) precomputed tokens of one example."""
-        if self._media_shape is None:
+    def media_arrays(self) -> dict[str, tuple]:
+        """``{batch key: (shape of one example, dtype)}`` of the media: ``frames (T, R, R, 3)``,
+        ``visual_tokens (T, h, w, D)`` or a compressed store's ``pre/<name>`` arrays."""
+        if self._media_specs is None:
             d = self.config.task.data
             if d.source == "tokens":
                 from td_jax.data import tokens_store
-                self._media_shape = tuple(tokens_store.read_meta(d.tokens_dir)["token_shape"])
+                specs = tokens_store.array_specs(tokens_store.read_meta(d.tokens_dir))
+                self._media_specs = {k: (tuple(v["shape"]), jnp.float32 if k == "visual_tokens" else jnp.dtype(v["dtype"]))
+                               for k, v in specs.items()}
             elif d.num_frames and d.resolution:
-                self._media_shape = (d.num_frames, d.resolution, d.resolution, 3)
+                self._media_specs = {"frames": ((d.num_frames, d.resolution, d.resolution, 3), jnp.uint8)}
             elif d.source == "tfds":
                 t, r = self._builder_info().features["frames"].shape[:2]
-                self._media_shape = (d.num_frames or t, d.resolution or r, d.resolution or r, 3)
+                self._media_specs = {"frames": ((d.num_frames or t, d.resolution or r, d.resolution or r, 3), jnp.uint8)}
             else:
                 raise ValueError("config keys 'task.data.num_frames' and 'task.data.resolution' are required "
                                  f"for source={d.source!r}")
-        return self._media_shape
+        return self._media_specs
+
+    def media_shape(self) -> tuple:
+        """(T, R, R, 3) frames or (T, h, w, D) tokens of one example (not for compressed stores)."""
+        arrays = self.media_arrays()
+        key = next((k for k in ("frames", "visual_tokens") if k in arrays), None)
+        if key is None:
+            raise ValueError("a compressed token store has no per-frame media shape")
+        return arrays[key][0]
 
     def family_names(self) -> list[str]:
         if self._families is None:
             d = self.config.task.data
             if d.source == "tfds":
                 self._families = list(self._builder_info().metadata["families"])
+            elif d.source == "tokens" and "families" in self._store_meta():
+                self._families = list(self._store_meta()["families"])
             else:
                 from td_jax.data import moving_shapes as ms
                 self._families = list(ms.FAMILIES)
                 logging.warning("family names for source=%s default to the moving-shapes families", d.source)
         return self._families
 
+    def _store_meta(self) -> dict:
+        from td_jax.data import tokens_store
+        return tokens_store.read_meta(self.config.task.data.tokens_dir)
+
+    def _text_options(self) -> bool:
+        return self.config.task.data.answer_format == "text"
+
     def abstract_batch(self, batch_size: int, *, train: bool = True):
         self.family_names()   # read the dataset info now, outside any jit trace
         L = self.config.task.data.max_text_len
-        key = "visual_tokens" if self.config.task.data.source == "tokens" else "frames"
-        media_dtype = jnp.float32 if key == "visual_tokens" else jnp.uint8
-        out = {key: jax.ShapeDtypeStruct((batch_size,) + tuple(self.media_shape()), media_dtype),
-               "input_ids": jax.ShapeDtypeStruct((batch_size, L), jnp.int32),
-               "attention_mask": jax.ShapeDtypeStruct((batch_size, L), jnp.bool_),
-               "loss_mask": jax.ShapeDtypeStruct((batch_size, L), jnp.float32)}
+        out = {k: jax.ShapeDtypeStruct((batch_size,) + tuple(shape), dtype)
+               for k, (shape, dtype) in self.media_arrays().items()}
+        out.update({"input_ids": jax.ShapeDtypeStruct((batch_size, L), jnp.int32),
+                    "attention_mask": jax.ShapeDtypeStruct((batch_size, L), jnp.bool_),
+                    "loss_mask": jax.ShapeDtypeStruct((batch_size, L), jnp.float32)})
         if not train:
             out.update({"answer": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
                         "family": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+                        "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
                         "valid": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)})
+            if self._text_options():
+                n = self.config.task.data.num_options
+                out.update({"opt_input_ids": jax.ShapeDtypeStruct((batch_size, n, L), jnp.int32),
+                            "opt_attention_mask": jax.ShapeDtypeStruct((batch_size, n, L), jnp.bool_),
+                            "opt_loss_mask": jax.ShapeDtypeStruct((batch_size, n, L), jnp.float32)})
         return out
 
     def make_data(self, split, *, batch_size, train, seed, shard_index, shard_count):
@@ -191,7 +288,10 @@ class VideoQA(Task):
         self._prepare()
         d = dict(self.config.task.data.to_dict())
         d.update(batch_size=batch_size * shard_count, seed=seed, shuffle=bool(train),
-                 num_epochs=-1 if train else 1, drop_remainder=bool(train))
+                 num_epochs=-1 if train else 1, drop_remainder=bool(train),
+                 with_options=bool(not train and self._text_options()))
+        if not train:
+            d["curriculum"] = ""
         return pipeline.make_pipeline(d, split, process_index=shard_index, process_count=shard_count,
                                       tokenizer=self.tokenizer)
 
@@ -199,6 +299,9 @@ class VideoQA(Task):
     def _media(self, batch):
         if "visual_tokens" in batch:
             return {"visual_tokens": batch["visual_tokens"]}
+        pre = {k[len(_PRE):]: v for k, v in batch.items() if k.startswith(_PRE)}
+        if pre:
+            return {"precomputed": pre}
         return {"frames": batch["frames"]}
 
     def init_params(self, rng, batch):
@@ -218,20 +321,56 @@ class VideoQA(Task):
         return loss, {"token_accuracy": m["token_accuracy"], "target_tokens": m["num_target_tokens"]}
 
     def eval_fn(self, params, batch):
-        from td_jax.models.vlm import mc_logits, next_token_loss
+        from td_jax.models.vlm import VideoLLM, mc_logits, next_token_loss
 
-        key = jax.random.key(self.config.task.eval_compress_seed)
-        logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                                  rngs={compressors.RNG_STREAM: key}, **self._media(batch))
-        scores = mc_logits(logits.astype(jnp.float32), batch["loss_mask"], jnp.asarray(self.option_ids))
+        rngs = {compressors.RNG_STREAM: jax.random.key(self.config.task.eval_compress_seed)}
+        w = batch["loss_mask"] * batch["valid"][:, None].astype(jnp.float32)
+        if self._text_options():      # each option's words scored, the video + prompt decoded once
+            scores = self.model.apply({"params": params}, batch["opt_input_ids"], batch["opt_attention_mask"],
+                                      batch["opt_loss_mask"], rngs=rngs, method=VideoLLM.score_options,
+                                      **self._media(batch))
+            # the true option's row is the training target: its negative log-likelihood is the answer NLL
+            true = jnp.take_along_axis(scores, batch["answer"][:, None], axis=1)[:, 0]
+            nll_sum = -jnp.sum(jnp.where(batch["valid"], true, 0.0))
+        else:
+            logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], rngs=rngs,
+                                      **self._media(batch))
+            scores = mc_logits(logits.astype(jnp.float32), batch["loss_mask"], jnp.asarray(self.option_ids))
+            loss, _ = next_token_loss(logits, batch["input_ids"], w)
+            nll_sum = loss * jnp.sum(w[:, 1:])
         sums = mc.mc_sums(scores, batch["answer"], batch["family"], batch["valid"],
                           num_families=len(self.family_names()))
-        # Answer-token NLL summed over valid rows (mean over rows in finalize_eval).
-        w = batch["loss_mask"] * batch["valid"][:, None].astype(jnp.float32)
-        loss, _ = next_token_loss(logits, batch["input_ids"], w)
-        sums["nll_sum"] = loss * jnp.sum(w[:, 1:])
+        # Answer-token NLL summed over valid rows (mean over tokens in finalize_eval).
+        sums["nll_sum"] = nll_sum
         sums["nll_tokens"] = jnp.sum(w[:, 1:])
+        pred = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        sums["per_example/visual_tokens"] = self.visual_tokens(params, batch)
+        sums.update({"per_example/index": jnp.where(batch["valid"], batch["index"], -1),
+                     "per_example/prediction": pred, "per_example/answer": batch["answer"],
+                     "per_example/family": batch["family"]})
         return sums
+
+    def visual_tokens(self, params, batch) -> jax.Array:
+        """Visual tokens each example feeds the decoder ``[B]`` int32 (real compressor slots;
+        the video newline not counted)."""
+        from td_jax.models.vlm import VideoLLM
+
+        if self.model_cfg.compressor == "none":      # every token of every frame
+            n = self._frame_tokens() if "frames" in batch else int(np.prod(batch["visual_tokens"].shape[1:4]))
+            return jnp.full((batch["input_ids"].shape[0],), n, jnp.int32)
+        rngs = {compressors.RNG_STREAM: jax.random.key(self.config.task.eval_compress_seed)}
+        _, mask, _ = self.model.apply({"params": params}, rngs=rngs, method=VideoLLM.visual_slots,
+                                      **self._media(batch))
+        return jnp.sum(mask, axis=1).astype(jnp.int32) - int(self.model_cfg.video_newline)
+
+    def _frame_tokens(self) -> int:
+        """T·h·w tokens of a frames batch through the model's tower."""
+        from td_jax.models import configs as model_configs
+
+        t, r = self.media_shape()[:2]
+        v = self.model_cfg.vision
+        side = r // v.patch_size if isinstance(v, model_configs.PatchEmbedConfig) else v.grid
+        return int(t * side * side)
 
     def finalize_eval(self, sums):
         out = mc.mc_metrics(sums, self.family_names())
