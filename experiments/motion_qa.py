@@ -301,9 +301,26 @@ def splits_order(split: str) -> int:
     return ("train", "validation", "test").index(split)
 
 
+def plan(arg: str = "") -> dict:
+    """The grid as plain data for the report: settings, and per arm its resolved budget, seeds
+    and store."""
+    opts = options(arg)
+    s = settings(opts)
+    arms = []
+    for arm in grid_arms(opts):
+        a = {"name": arm["name"], "label": arm["label"], "compressor": arm["compressor"], "cfg": arm.get("cfg", {}),
+             "eval_of": arm.get("eval_of", ""), "kind": arm.get("kind", "store"),
+             "seeds": list(s["ref_seeds"] if arm.get("seeds") == "reference" else s["seeds"]),
+             "budget": arm_budget(arm, s) if arm["compressor"] != "none" else _tokens_per_video(s)}
+        a["store"] = store_dir(opts["root"], arm, s) if a["kind"] == "store" else ""
+        arms.append(a)
+    return {"arg": arg, "settings": s, "root": opts["root"], "n_tokens": _tokens_per_video(s),
+            "data_dir": os.path.join(opts["root"], "tfds"), "arms": arms}
+
+
 def report(arg: str, workdir: str, results_dir: str, readme: str = "") -> dict:
     """Reads the runs' workdirs and writes results_dir/motion_qa.{json,md}, the plots and the
     README block; returns {what: path}."""
     from experiments import motion_qa_report
 
-    return motion_qa_report.write(arg, workdir, results_dir, readme)
+    return motion_qa_report.write(plan(arg), workdir, results_dir, readme)

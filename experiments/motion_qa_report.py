@@ -1,6 +1,6 @@
 """The motion-QA report: reads the sweep's run directories and writes the results.
 
-    write(arg, workdir, results_dir, readme)   # what launch.motion_qa / launch.sweep --report call
+    write(plan, workdir, results_dir, readme)   # plan = experiments.motion_qa.plan(arg)
 
 Every number comes from the runs' own files (``done.json``, ``eval_<split>_<step>.json``,
 ``eval_<split>_<step>.predictions.jsonl``, ``metrics.jsonl``, ``config.json``), so a report
@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from experiments import motion_qa as exp
 from td_jax.eval import report as rep
 from td_jax.train import sweep
 
@@ -102,9 +101,8 @@ def _rel(path: str, results_dir: str) -> str:
     return rel if not rel.startswith("..") else os.path.abspath(path)
 
 
-def summarize_arm(arm: dict, runs: list[dict], s: dict, results_dir: str) -> dict:
-    """The contract record of one arm from its finished runs (one per seed)."""
-    n_full = exp._tokens_per_video(s)
+def summarize_arm(arm: dict, runs: list[dict], n_full: int, results_dir: str) -> dict:
+    """The contract record of one arm (a ``plan`` arm) from its finished runs (one per seed)."""
     test = [r["eval"]["test"] for r in runs]
     val = [r["eval"].get("validation", {}) for r in runs]
     fams = list(_family_accs(test[0]))
@@ -116,7 +114,7 @@ def summarize_arm(arm: dict, runs: list[dict], s: dict, results_dir: str) -> dic
     fam_ms = {f: rep.mean_std([_family_accs(t)[f] for t in test]) for f in fams}
     out = {
         "name": arm["name"], "label": arm["label"], "method": arm["compressor"],
-        "cfg": arm.get("cfg", {}), "budget": exp.arm_budget(arm, s) if arm["compressor"] != "none" else n_full,
+        "cfg": arm["cfg"], "budget": arm["budget"],
         "visual_tokens": visual, "percent_tokens": 100.0 * visual / n_full, "n_tokens_full": n_full,
         "accuracy": acc, "accuracy_std": acc_std,
         "accuracy_se": rep.standard_error([t["accuracy"] for t in test], n_test),
@@ -133,12 +131,12 @@ def summarize_arm(arm: dict, runs: list[dict], s: dict, results_dir: str) -> dic
                       "train_time_s": r["train_time_s"], "workdir": _rel(r["dir"], results_dir)} for r in runs],
         "steps": int(cfg["total_steps"]), "batch_size": int(cfg["batch_size"]),
         "train_examples": int(cfg["total_steps"]) * int(cfg["batch_size"]),
-        "eval_examples": n_test, "init_from": arm.get("eval_of", "") and f"{arm['eval_of']} (same seed)",
-        "eval_only_of": arm.get("eval_of", ""),
+        "eval_examples": n_test, "init_from": arm["eval_of"] and f"{arm['eval_of']} (same seed)",
+        "eval_only_of": arm["eval_of"],
         "tokdense": 100.0 * acc / visual if visual else float("nan"),
         "train_time_s": float(sum(r["train_time_s"] for r in runs)),
     }
-    if arm.get("cfg", {}).get("adaptive"):
+    if arm["cfg"].get("adaptive"):
         k_max = out["budget"]
         counts = np.bincount(np.asarray(vt, int), minlength=k_max + 1).tolist()
         out["k_hist"] = counts
@@ -146,19 +144,17 @@ def summarize_arm(arm: dict, runs: list[dict], s: dict, results_dir: str) -> dic
     return out
 
 
-def collect(arg: str, workdir: str, results_dir: str) -> tuple[list[dict], dict]:
-    """(arm records, meta) from the finished runs of ``get_sweep(arg)`` under ``workdir``."""
-    opts = exp.options(arg)
-    s = exp.settings(opts)
+def collect(plan: Mapping, workdir: str, results_dir: str) -> tuple[list[dict], dict]:
+    """(arm records, meta) from the finished runs of the plan's grid under ``workdir``."""
+    s = plan["settings"]
     arms, missing = [], []
-    for arm in exp.grid_arms(opts):
-        seeds = s["ref_seeds"] if arm.get("seeds") == "reference" else s["seeds"]
+    for arm in plan["arms"]:
         runs = []
-        for seed in seeds:
+        for seed in arm["seeds"]:
             r = read_run(run_dir(workdir, arm["name"], seed))
             (runs.append(r) if r and "test" in r["eval"] else missing.append(f"{arm['name']}_s{seed}"))
         if runs:
-            arms.append(summarize_arm(arm, runs, s, results_dir))
+            arms.append(summarize_arm(arm, runs, plan["n_tokens"], results_dir))
     if not arms:
         raise FileNotFoundError(f"no finished motion-QA runs in {workdir} (run the main job first)")
     wall = sweep.read_wall_time(workdir) or {}
@@ -166,10 +162,10 @@ def collect(arg: str, workdir: str, results_dir: str) -> tuple[list[dict], dict]
     meta = {
         "dataset": s["dataset"], "families": list(first["accuracy_by_family"]),
         "eval_split": "test", "eval_examples": first["eval_examples"], "val_examples": first["val_examples"],
-        "n_tokens": exp._tokens_per_video(s), "token_grid": [s["frames"], s["resolution"] // s["patch"],
-                                                             s["resolution"] // s["patch"]],
-        "budget": s["budget"], "budget_percent": 100.0 * s["budget"] / exp._tokens_per_video(s),
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "arg": arg,
+        "n_tokens": plan["n_tokens"], "token_grid": [s["frames"], s["resolution"] // s["patch"],
+                                                     s["resolution"] // s["patch"]],
+        "budget": s["budget"], "budget_percent": 100.0 * s["budget"] / plan["n_tokens"],
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "arg": plan["arg"],
         "missing_runs": missing, "wall_time_s": wall.get("total_s"), "invocations": wall.get("invocations"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu_flags": _cpu_flags(),
                     "load_average": list(os.getloadavg())},
@@ -412,7 +408,8 @@ def body(arms: Sequence[Mapping], meta: Mapping, img: str, h: str) -> str:
     return "\n".join(lines)
 
 
-def write_plots(arms: Sequence[Mapping], meta: Mapping, paths: Mapping[str, str], arg: str, workdir: str) -> None:
+def write_plots(arms: Sequence[Mapping], meta: Mapping, paths: Mapping[str, str], plan: Mapping,
+                workdir: str) -> None:
     marker = {"token_dynamics": "*", "none": "s"}
     rep.plot_accuracy_vs_tokens(
         [{"label": a["label"], "x": a["percent_tokens"], "y": a["accuracy"], "err": 2 * a["accuracy_se"],
@@ -424,19 +421,17 @@ def write_plots(arms: Sequence[Mapping], meta: Mapping, paths: Mapping[str, str]
                           paths["families"], title="Accuracy by question family (± seed std)", chance=0.25)
     rep.plot_histograms({a["label"]: a["k_hist"] for a in arms if "k_hist" in a}, paths["adaptive"],
                         title="Adaptive K per test video", xlabel="K chosen (visual tokens)")
-    example_plot(arms, meta, paths["example"], arg, workdir)
+    example_plot(arms, meta, paths["example"], plan, workdir)
 
 
-def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, arg: str, workdir: str) -> None:
+def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, plan: Mapping, workdir: str) -> None:
     """The first test video asking `direction` (else the first): frames, its token-dynamics map, answers."""
     import grain
 
     from td_jax.data import pipeline, tokens_store
 
-    opts = exp.options(arg)
-    s = exp.settings(opts)
-    head = next((a for a in exp.ARMS if a["name"] == HEADLINE), None)
-    src = {"source": "tfds", "tfds_name": s["dataset"], "data_dir": os.path.join(opts["root"], "tfds")}
+    s = plan["settings"]
+    src = {"source": "tfds", "tfds_name": s["dataset"], "data_dir": plan["data_dir"]}
     pick, example = 0, None
     for i, (m, frames) in enumerate(pipeline.iter_examples(src, "test")):
         if example is None or m["family"] == "direction":
@@ -445,11 +440,10 @@ def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, arg: str, wo
             break
     meta_ex, frames = example
     dmap, k = None, s["budget"]
-    store = exp.store_dir(opts["root"], head, s)
-    if os.path.isfile(tokens_store.split_path(store, "test")):
-        rec = tokens_store.decode_record(grain.sources.ArrayRecordDataSource([tokens_store.split_path(store, "test")])
-                                         [pick])
-        dmap = np.asarray(rec["pre/dynamics_map"])
+    head = next((a for a in plan["arms"] if a["name"] == HEADLINE), None)
+    if head is not None and os.path.isfile(tokens_store.split_path(head["store"], "test")):
+        src_store = grain.sources.ArrayRecordDataSource([tokens_store.split_path(head["store"], "test")])
+        dmap = np.asarray(tokens_store.decode_record(src_store[pick])["pre/dynamics_map"])
     letters = "ABCDEFGH"
     answers = []
     for a in arms:
@@ -463,9 +457,9 @@ def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, arg: str, wo
     rep.plot_example(frames, dmap, k, text, path, title=f"test video {meta_ex['id']} ({meta_ex['family']})")
 
 
-def write(arg: str, workdir: str, results_dir: str, readme: str = "") -> dict:
+def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "") -> dict:
     """Collects the runs and writes every result file (and the README block); returns the paths."""
-    arms, meta = collect(arg, workdir, results_dir)
+    arms, meta = collect(plan, workdir, results_dir)
     meta["checks"] = target_checks(arms, meta)
     os.makedirs(results_dir, exist_ok=True)
     paths = rep.result_paths(results_dir, FILES)
@@ -475,7 +469,7 @@ def write(arg: str, workdir: str, results_dir: str, readme: str = "") -> dict:
         json.dump(rep.jsonable(meta), f, indent=1)
     with open(paths["md"], "w") as f:
         f.write("# Motion QA: token reduction in miniature\n\n" + body(arms, meta, "", "##"))
-    write_plots(arms, meta, paths, arg, workdir)
+    write_plots(arms, meta, paths, plan, workdir)
     if readme:
         img = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(readme)) or ".").rstrip("/") + "/"
         rep.replace_block(readme, README_BEGIN, README_END, body(arms, meta, img, "####"))

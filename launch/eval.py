@@ -33,7 +33,6 @@ flags.DEFINE_integer("eval_steps", -1, "Batches to evaluate (-1: the config's ev
 def run(config, *, workdir: str | None, step: int, split: str, pretrained: bool, output_dir: str,
         eval_steps: int = -1) -> dict:
     """Restores params, evaluates ``split``, writes JSON + markdown; returns the record."""
-    import jax
     import ml_collections as mlc
     from td_jax.train import checkpoint as ckpt_lib
     from td_jax.train import trainer
@@ -67,18 +66,11 @@ def run(config, *, workdir: str | None, step: int, split: str, pretrained: bool,
         abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
         state, _ = ck.restore(step, abstract)
         ck.close()
-    metrics = trainer.evaluate(s, trainer.make_eval_step(s), state["params"], split=split)
-    plain = {k.removeprefix("eval/"): float(v) for k, v in metrics.items()}
-    record = {"split": split, "step": int(step), "task": cfg.task.name,
-              "source": "pretrained" if pretrained else os.path.abspath(workdir), "metrics": plain}
-    if jax.process_index() == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        stem = os.path.join(output_dir, f"eval_{split}_{step}")
-        with open(stem + ".json", "w") as f:
-            json.dump(record, f, indent=2)
-        with open(stem + ".md", "w") as f:
-            f.write(f"## {cfg.task.name}: {split} split, step {step}\n\n" + s.task.eval_report(plain))
-        logging.info("wrote %s.json and %s.md", stem, stem)
+    preds: list = []
+    metrics = trainer.evaluate(s, trainer.make_eval_step(s), state["params"], split=split, predictions=preds)
+    record = trainer.write_eval(s, output_dir, split=split, step=step, metrics=metrics,
+                                source="pretrained" if pretrained else os.path.abspath(workdir), predictions=preds)
+    logging.info("wrote %s", trainer.eval_paths(output_dir, split, step))
     return record
 
 

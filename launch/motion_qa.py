@@ -29,6 +29,7 @@ flags.DEFINE_string("workdir", "", "The runs' directory ('' = RESULTS_DIR/runs).
 flags.DEFINE_string("readme", "", "Also write the results block into this README (between its motion_qa markers).")
 flags.DEFINE_bool("report_only", False, "Run nothing: rewrite the report from the finished runs.")
 flags.DEFINE_bool("in_process", True, "Run every run in this process (else one launch.train subprocess each).")
+flags.DEFINE_string("compilation_cache", "", "JAX compilation cache directory ('' = WORKDIR/.jax_cache).")
 
 
 def main(argv):
@@ -44,7 +45,7 @@ def main(argv):
         t0 = time.time()
         runs = sweep.expand(config_arg, workdir)
         if FLAGS.in_process:
-            sweep.enable_compilation_cache(os.path.join(workdir, ".jax_cache"))
+            sweep.enable_compilation_cache(FLAGS.compilation_cache or os.path.join(workdir, ".jax_cache"))
         mod.prepare(arg)
         failed = sweep.run_local(runs, config_arg, overrides=overrides, in_process=FLAGS.in_process)
         sweep.add_wall_time(workdir, time.time() - t0)

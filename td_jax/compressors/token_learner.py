@@ -88,3 +88,13 @@ class TokenLearner(CompressorModule):
         slot = slot + (jnp.arange(groups, dtype=jnp.int32) % (groups // b) * per)[:, None]
         out, mask, _ = pad_to_budget(learned.reshape(b, -1, d), self.budget)
         return Compressed(tokens=out, mask=mask, aux={"assign": slot.reshape(b, t * h * w)})
+
+    def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        """TokenLearner is learned from the first operation on: its stored stage is the tokens."""
+        check_tokens(tokens)
+        if mask is not None:
+            raise ValueError("token_learner: a mask is not supported by its stored stage")
+        return {"video": tokens}
+
+    def apply_precomputed(self, precomputed: dict[str, jax.Array], deterministic: bool = True) -> Compressed:
+        return self(precomputed["video"], deterministic)

@@ -48,7 +48,7 @@ def compressor_meta(name: str, budget: int, cfg: Mapping[str, Any], seed: int, n
     from td_jax import compressors
 
     module = compressors.get(name, **dict(cfg)).module(budget)
-    return {"name": name, "budget": int(budget), "cfg": dict(cfg), "seed": int(seed),
+    return {"name": name, "budget": int(budget), "cfg": dict(cfg), "seed": int(seed), "num_frames": int(num_frames),
             "stage": module.stage_spec(num_frames)}
 
 
@@ -100,24 +100,21 @@ def build_store(directory: str, data_cfg: Mapping[str, Any], splits: Sequence[st
     if families:
         want["families"] = families
     compress_fn = None
+    if compressor is not None:
+        t = int(src.get("num_frames") or next(pipeline.iter_examples(src, splits[0]))[1].shape[0])
+        want["compressor"] = compressor_meta(compressor["name"], compressor["budget"], compressor.get("cfg", {}),
+                                             compressor.get("seed", 0), t)
+        compress_fn = make_compress(want["compressor"])
     meta_path = os.path.join(directory, "meta.json")
-    meta: dict[str, Any] = {}
-    if os.path.isfile(meta_path):
-        meta = tokens_store.read_meta(directory)
+    meta: dict[str, Any] = tokens_store.read_meta(directory) if os.path.isfile(meta_path) else {}
+    stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and meta[k] != json.loads(json.dumps(v))}
+    if stale:
+        raise ValueError(f"the store at {directory} was built with other settings {stale} (stored, wanted): "
+                         f"delete it or write elsewhere")
     for split in splits:
         if split in meta.get("counts", {}) and os.path.isfile(tokens_store.split_path(directory, split)):
             continue
         examples = pipeline.iter_examples(src, split)
-        if compressor is not None and "compressor" not in want:
-            first = pipeline.iter_examples(src, split)
-            t = next(first)[1].shape[0]
-            want["compressor"] = compressor_meta(compressor["name"], compressor["budget"], compressor.get("cfg", {}),
-                                                 compressor.get("seed", 0), t)
-            compress_fn = make_compress(want["compressor"])
-        stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and meta[k] != v}
-        if stale:
-            raise ValueError(f"the store at {directory} was built with other settings {stale} (stored, wanted): "
-                             f"delete it or write elsewhere")
         t0, last = time.time(), [time.time()]
 
         def progress(n, split=split, t0=t0):

@@ -21,7 +21,6 @@ state for them, so they never attend to anything and cost ``O(M·D·kv)`` per la
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax

@@ -18,12 +18,10 @@ writes ``WORKDIR/eval_<split>_<step>.json`` (+ ``.md``, ``.predictions.jsonl``) 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
 import threading
-import time
 from typing import Any, Mapping
 
 import flax.linen as nn

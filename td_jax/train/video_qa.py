@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -178,9 +178,7 @@ class VideoQA(Task):
         if stored is None:
             return
         module = compressors.get(m.compressor, **m.compressor_kwargs).module(m.budget)
-        t = tokens_store.array_specs(meta)["pre/dynamics_map"]["shape"][0] if "pre/dynamics_map" in \
-            tokens_store.array_specs(meta) else 0
-        want = module.stage_spec(t)
+        want = module.stage_spec(int(stored.get("num_frames", 0)))
         if stored.get("stage") != json.loads(json.dumps(want)):
             raise ValueError(f"config key 'task.data.tokens_dir': the store {self.config.task.data.tokens_dir} holds "
                              f"the stage {stored.get('stage')} of {stored.get('name')!r}, but task.compressor="
