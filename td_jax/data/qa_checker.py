@@ -136,11 +136,11 @@ def check_answer(example: Mapping[str, Any], resolution: int | None = None) -> i
 
 
 def track_stats(objects, resolution: int) -> dict[str, np.ndarray]:
-    """Per-object summaries ``[N]`` of normalised tracks: ``visible`` (frames), ``first`` /
-    ``last`` (visible frame indices, -1 if never), ``displacement`` (first to last visible
-    centre), ``speed`` (mean step between consecutive visible frames), ``moving`` (steps that
-    move), ``partial`` (not visible throughout), ``border`` / ``centre`` (distance of the last visible centre to the nearest border /
-    the frame centre)."""
+    """Per-object summaries ``[N]`` of normalised tracks: ``visible`` (frames seen),
+    ``partial`` (not visible throughout), ``last`` (last visible frame, -1 if never),
+    ``displacement`` (first to last visible centre), ``speed`` (mean step between consecutive
+    visible frames), ``moving`` (steps that move), ``border`` / ``centre`` (distance of the last
+    visible centre to the nearest border / to the frame centre)."""
     vis, pos = objects["visible"], objects["positions"]          # [N, T], [N, T, 2]
     T = vis.shape[1]
     both = vis[:, :-1] & vis[:, 1:]
@@ -154,7 +154,7 @@ def track_stats(objects, resolution: int) -> dict[str, np.ndarray]:
     return {
         "visible": vis.sum(1).astype(np.float64),
         "partial": ~vis.all(1),
-        "first": first, "last": last,
+        "last": last,
         "displacement": np.where(seen, np.hypot(*(end - start).T), 0.0),
         "speed": steps.sum(1) / np.maximum(both.sum(1), 1),
         "moving": ((steps > 1e-6) & both).sum(1).astype(np.float64),
