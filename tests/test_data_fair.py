@@ -130,3 +130,28 @@ def test_bounce_track_reflects_inside_the_frame():
     assert np.isclose(np.median(steps), speed, atol=1e-4)     # straight steps between bounces
     assert (steps <= speed + 1e-4).all()
     assert pos[0, 0] == pytest.approx(m + 1.0) and pos[1, 0] == pytest.approx(m + 2.0)   # bounced off the left
+
+
+def test_audit_cli_prints_the_table_and_rejects_bad_input():
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "launch.audit_data", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=240)
+
+    out = run("--configs=tiny", "--n=16", "--fit_n=8")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [l for l in out.stdout.splitlines() if l.startswith("| ") and not l.startswith("| family")]
+    assert "### moving_shapes_qa/tiny: 16 train examples per family" in out.stdout
+    assert [r.split("|")[1].strip() for r in rows] == list(ms.FAMILIES)
+    assert "(x)" in rows[ms.FAMILIES.index("speed")] and rows[ms.FAMILIES.index("count")].count("–") == 10
+    bad = run("--configs=tiny,huge", "--n=4")
+    assert bad.returncode != 0 and "unknown ['huge']" in bad.stderr
+    missing = run("--configs=tiny", "--generator=/nonexistent/moving_shapes.py")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error:") and \
+        "/nonexistent/moving_shapes.py" in missing.stderr
