@@ -7,7 +7,7 @@
         --manual_dir=/data/nextqa_mc [--skip_corrupt]
 
 Read back with ``tfds.data_source("moving_shapes_qa/default", split="train", data_dir=DIR)``
-(after ``import td_jax.data``) or ``tfds.builder_from_directory(DIR/moving_shapes_qa/default/1.0.0)``.
+(after ``import td_jax.data``) or ``tfds.builder_from_directory(DIR/moving_shapes_qa/default/2.0.0)``.
 """
 from __future__ import annotations
 

@@ -10,10 +10,12 @@ import pytest
 
 from td_jax.data import moving_shapes as ms
 from td_jax.data import pipeline, qa_checker
+from td_jax.data.moving_shapes_qa import MovingShapesQa
 from td_jax.data.tokenizer import WordTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"train": 64, "validation": 32, "test": 32}
+VERSION = str(MovingShapesQa.VERSION)
 
 
 def _run(code_or_args, timeout=240):
@@ -31,7 +33,7 @@ def tiny_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tfds"))
     out = _run(["-m", "launch.build_data", "--dataset=moving_shapes_qa/tiny", f"--data_dir={d}",
                 "--num_workers=2"])
-    assert "moving_shapes_qa/tiny/1.0.0" in out
+    assert f"moving_shapes_qa/tiny/{VERSION}" in out
     return d
 
 
@@ -39,7 +41,7 @@ def tiny_dir(tmp_path_factory):
 def tiny_source(tiny_dir):
     import tensorflow_datasets as tfds
 
-    return {s: tfds.builder_from_directory(os.path.join(tiny_dir, "moving_shapes_qa/tiny/1.0.0")).as_data_source(s)
+    return {s: tfds.builder_from_directory(os.path.join(tiny_dir, f"moving_shapes_qa/tiny/{VERSION}")).as_data_source(s)
             for s in TINY}
 
 
@@ -65,7 +67,7 @@ print(json.dumps(out))
     assert got["tracks"] == [[8, 2], [8]]
     code2 = f"""
 import tensorflow_datasets as tfds
-b = tfds.builder_from_directory({os.path.join(tiny_dir, 'moving_shapes_qa/tiny/1.0.0')!r})
+b = tfds.builder_from_directory({os.path.join(tiny_dir, f'moving_shapes_qa/tiny/{VERSION}')!r})
 print(len(b.as_data_source("test")), b.info.metadata["families"])
 """
     assert _run(code2).strip().splitlines()[-1].startswith("32 ['color', 'shape', 'count'")
