@@ -64,12 +64,9 @@ def main(argv):
     if FLAGS.compressor:
         if FLAGS.budget < 1:
             raise ValueError(f"--compressor={FLAGS.compressor} needs --budget >= 1, got {FLAGS.budget}")
-        try:
-            cfg = json.loads(FLAGS.compressor_cfg)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--compressor_cfg is not JSON: {e}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"--compressor_cfg must be a JSON object, got {FLAGS.compressor_cfg!r}")
+        from td_jax import compressors
+
+        cfg = compressors.cfg_from_json(FLAGS.compressor_cfg, "--compressor_cfg")
         compressor = {"name": FLAGS.compressor, "budget": FLAGS.budget, "cfg": cfg, "seed": FLAGS.compress_seed}
     meta = extract.build_store(FLAGS.out_dir, src, FLAGS.splits, embed=embed, compressor=compressor,
                                batch_size=FLAGS.batch_size, dtype=FLAGS.dtype)

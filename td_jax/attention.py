@@ -74,6 +74,25 @@ def _dense(features, axes, name, zero=False, dtype=jnp.float32, param_dtype=jnp.
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
 
 
+def _attend_residual_ffn(base, logits, kv_mask, val, valid, dropout, mlp_ratio, deterministic, dtype, kw):
+    """The block both attentions end with (call inside a compact method): masked softmax of
+    ``logits [B, heads, K, Nk]`` over ``val [B, Nk, heads, hd]``, a zero-initialised output
+    projection added to ``base [B, K, D]``, then a pre-norm FFN whose last layer is
+    zero-initialised too (an untrained block returns the base); rows where ``valid [B, K]``
+    is False come out as zeros."""
+    b, k, d = base.shape
+    logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    attn = nn.Dropout(dropout)(attn, deterministic=deterministic)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
+    x = base.astype(dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
+    y = nn.LayerNorm(name="mlp_norm", **kw)(x)
+    y = _dense(int(d * mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
+    y = nn.Dropout(dropout)(nn.gelu(y), deterministic=deterministic)
+    x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
+    return jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
+
+
 class CrossDynamicsAttention(nn.Module):
     """Queries from the base, keys/values from the map's trajectory tokens; K tokens out.
 
@@ -128,17 +147,8 @@ class CrossDynamicsAttention(nn.Module):
             bias = self.param("own_bias", nn.with_logical_partitioning(
                 nn.initializers.constant(self.own_bias), ("heads",)), (self.num_heads,), self.param_dtype)
             logits = logits + bias[None, :, None, None] * own[None, None].astype(logits.dtype)
-        logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
-        x = base.astype(self.dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
-
-        y = nn.LayerNorm(name="mlp_norm", **kw)(x)
-        y = _dense(int(d * self.mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
-        y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
-        x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
-        x = jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
+        x = _attend_residual_ffn(base, logits, kv_mask, val, valid, self.dropout, self.mlp_ratio, deterministic,
+                                 self.dtype, kw)
         return x[0] if unbatched else x
 
 
@@ -184,13 +194,5 @@ class MapValueAttention(nn.Module):
         key_ = _dense(d, ("embed", "heads"), "key", **kw)(x_in).reshape(b, k, self.num_heads, hd)
         val = _dense(d, ("embed", "heads"), "value", **kw)(m).reshape(b, k, self.num_heads, hd)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, key_) / math.sqrt(hd)
-        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
-        x = base.astype(self.dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
-        y = nn.LayerNorm(name="mlp_norm", **kw)(x)
-        y = _dense(int(d * self.mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
-        y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
-        x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
-        return jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
+        return _attend_residual_ffn(base, logits, valid, val, valid, self.dropout, self.mlp_ratio, deterministic,
+                                    self.dtype, kw)

@@ -1,6 +1,6 @@
 """Token-reduction methods behind one call: ``td_jax.compressors.get(name, **cfg)``."""
 from td_jax.compressors.base import (Compressed, Compressor, CompressorModule, RNG_STREAM,
-                                     check_tokens, get, names, register)
+                                     cfg_from_json, check_tokens, get, names, register)
 
 
 # Importing the method modules registers them.

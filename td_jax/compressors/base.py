@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from typing import Any, Callable
 
 import flax
@@ -162,6 +163,17 @@ def _jitted_precompute(module: CompressorModule, tokens, keys) -> dict:
         return jax.tree.map(lambda a: a[0], out)
 
     return jax.vmap(one)(tokens, keys)
+
+
+def cfg_from_json(text: str, what: str) -> dict[str, Any]:
+    """A compressor config given as a JSON object (a flag or config value named ``what``)."""
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{what} must be a JSON object, got {text!r}")
+    return cfg
 
 
 def get(name: str, **cfg: Any) -> Compressor:

@@ -99,12 +99,7 @@ class VideoQA(Task):
             raise ValueError(f"config key 'task.model': {e.args[0]}") from None
         if not isinstance(cfg, model_configs.VLMConfig):
             raise ValueError(f"config key 'task.model': {t.model!r} is not a video LLM config")
-        try:
-            ccfg = json.loads(t.compressor_cfg)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config key 'task.compressor_cfg' is not JSON: {e}") from None
-        if not isinstance(ccfg, dict):
-            raise ValueError(f"config key 'task.compressor_cfg' must be a JSON object, got {t.compressor_cfg!r}")
+        ccfg = compressors.cfg_from_json(t.compressor_cfg, "config key 'task.compressor_cfg'")
         self.tokenizer = tok_lib.make_tokenizer(t.data.tokenizer, t.data.num_options)
         tok = self.tokenizer
         repl: dict[str, Any] = {"video_token_id": int(tok.video_token_id), "pad_id": int(tok.pad_id)}
