@@ -289,12 +289,13 @@ def prepare(arg: str = "", log=print) -> None:
         splits = ("validation", "test") if arm.get("eval_of") else ("train", "validation", "test")
         prev = stores.get(d, {}).get("splits", ())
         stores[d] = {"arm": arm, "splits": tuple(sorted(set(prev) | set(splits), key=splits_order))}
-    for i, (d, st) in enumerate(stores.items()):
-        arm = st["arm"]
-        log(f"[motion_qa] store {i + 1}/{len(stores)} ({arm['name']}'s stage, {arm_budget(arm, s)} slots): {d}")
-        extract.build_store(d, src, st["splits"], embed=embed, batch_size=s["extract_batch"],
-                            compressor={"name": arm["compressor"], "budget": arm_budget(arm, s),
-                                        "cfg": arm.get("cfg", {}), "seed": 0}, log=log)
+    for d, st in stores.items():
+        log(f"[motion_qa] store for {st['arm']['name']}'s stage ({arm_budget(st['arm'], s)} slots): {d}")
+    t0 = time.time()
+    extract.build_stores([(d, {"name": st["arm"]["compressor"], "budget": arm_budget(st["arm"], s),
+                               "cfg": st["arm"].get("cfg", {}), "seed": 0}, st["splits"]) for d, st in stores.items()],
+                         src, embed=embed, batch_size=s["extract_batch"], log=log)
+    log(f"[motion_qa] {len(stores)} stores ready ({time.time() - t0:.0f}s)")
 
 
 def splits_order(split: str) -> int:

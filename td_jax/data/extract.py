@@ -89,50 +89,72 @@ def build_store(directory: str, data_cfg: Mapping[str, Any], splits: Sequence[st
     ``embed``: (spec, kwargs) for :func:`make_embed`.  ``compressor``: None (store the tower's
     tokens) or ``{"name", "budget", "cfg", "seed"}``.
     """
+    return build_stores([(directory, compressor, splits)], data_cfg, embed=embed, batch_size=batch_size,
+                        dtype=dtype, log=log)[0]
+
+
+def build_stores(jobs: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[str]]], data_cfg: Mapping[str, Any],
+                 *, embed: tuple[str, dict], batch_size: int = 16, dtype: str = "float16",
+                 log: Callable[[str], None] = print) -> list[dict]:
+    """:func:`build_store` for several stores ``(directory, compressor, splits)`` of one source in
+    one pass per split: every video is read and embedded once, then each store's stage runs.
+    Returns their metas."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     embed_fn, embed_meta = make_embed(embed[0], **embed[1])
-    src = {k: v for k, v in dict(data_cfg).items() if k in ("source", "tfds_name", "tfds_dir", "data_dir",
-                                                             "folder_jsonl", "video_root", "num_frames",
-                                                             "resolution", "skip_corrupt")}
-    want: dict[str, Any] = {"source": src, **embed_meta}
+    src = {k: v for k, v in dict(data_cfg).items() if v and k in ("source", "tfds_name", "tfds_dir", "data_dir",
+                                                                   "folder_jsonl", "video_root", "num_frames",
+                                                                   "resolution", "skip_corrupt")}  # unset = default
+    common: dict[str, Any] = {"source": src, **embed_meta}
     families = pipeline.family_names(src)
     if families:
-        want["families"] = families
-    compress_fn = None
-    if compressor is not None:
-        t = int(src.get("num_frames") or next(pipeline.iter_examples(src, splits[0]))[1].shape[0])
-        want["compressor"] = compressor_meta(compressor["name"], compressor["budget"], compressor.get("cfg", {}),
-                                             compressor.get("seed", 0), t)
-        compress_fn = make_compress(want["compressor"])
-    meta_path = os.path.join(directory, "meta.json")
-    meta: dict[str, Any] = tokens_store.read_meta(directory) if os.path.isfile(meta_path) else {}
-    stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and meta[k] != json.loads(json.dumps(v))}
-    if stale:
-        raise ValueError(f"the store at {directory} was built with other settings {stale} (stored, wanted): "
-                         f"delete it or write elsewhere")
-    for split in splits:
-        if split in meta.get("counts", {}) and os.path.isfile(tokens_store.split_path(directory, split)):
+        common["families"] = families
+    t = None
+    stores = []
+    for directory, compressor, splits in jobs:
+        want = dict(common)
+        compress_fn = None
+        if compressor is not None:
+            if t is None:
+                t = int(src.get("num_frames") or next(pipeline.iter_examples(src, splits[0]))[1].shape[0])
+            want["compressor"] = compressor_meta(compressor["name"], compressor["budget"], compressor.get("cfg", {}),
+                                                 compressor.get("seed", 0), t)
+            fn = make_compress(want["compressor"])
+            compress_fn = (lambda tok, index, fn=fn: _narrow(fn(tok, index)))
+        meta_path = os.path.join(directory, "meta.json")
+        meta: dict[str, Any] = tokens_store.read_meta(directory) if os.path.isfile(meta_path) else {}
+        stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and meta[k] != json.loads(json.dumps(v))}
+        if stale:
+            raise ValueError(f"the store at {directory} was built with other settings {stale} (stored, wanted): "
+                             f"delete it or write elsewhere")
+        stores.append({"dir": directory, "want": want, "meta": meta, "fn": compress_fn, "splits": list(splits)})
+    order = [s for s in ("train", "validation", "test") if any(s in st["splits"] for st in stores)]
+    order += sorted({s for st in stores for s in st["splits"]} - set(order))
+    for split in order:
+        todo = [st for st in stores if split in st["splits"] and not (
+            split in st["meta"].get("counts", {}) and os.path.isfile(tokens_store.split_path(st["dir"], split)))]
+        if not todo:
             continue
-        examples = pipeline.iter_examples(src, split)
         t0, last = time.time(), [time.time()]
+        names = ", ".join(os.path.basename(st["dir"]) for st in todo)
 
-        def progress(n, split=split, t0=t0):
+        def progress(n, split=split, t0=t0, names=names):
             if time.time() - last[0] > 30:
                 last[0] = time.time()
-                log(f"  {os.path.basename(directory)} {split}: {n} videos ({n / (time.time() - t0):.0f}/s)")
+                log(f"  {split} -> {names}: {n} videos ({n / (time.time() - t0):.0f}/s)")
 
-        fn = None if compress_fn is None else (lambda tok, index: _narrow(compress_fn(tok, index)))
-        n, specs = tokens_store.extract_split(examples, directory, split, embed_fn, batch_size=batch_size,
-                                              dtype=dtype, compress_fn=fn, progress=progress)
-        if meta.get("arrays", specs) != specs:
-            raise ValueError(f"split {split}: arrays {specs} differ from the store's {meta['arrays']}")
-        meta.update(want)
-        meta["arrays"] = specs
-        meta.setdefault("counts", {})[split] = n
-        tmp = meta_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, meta_path)
-        log(f"  {os.path.basename(directory)} {split}: {n} videos in {time.time() - t0:.0f}s")
-    return meta
+        n, specs = tokens_store.extract_split(pipeline.iter_examples(src, split), [(st["dir"], st["fn"]) for st in todo],
+                                              split, embed_fn, batch_size=batch_size, dtype=dtype, progress=progress)
+        for st, spec in zip(todo, specs):
+            meta = st["meta"]
+            if meta.get("arrays", spec) != spec:
+                raise ValueError(f"{st['dir']} split {split}: arrays {spec} differ from the store's {meta['arrays']}")
+            meta.update(st["want"])
+            meta["arrays"] = spec
+            meta.setdefault("counts", {})[split] = n
+            tmp = os.path.join(st["dir"], "meta.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=1)
+            os.replace(tmp, os.path.join(st["dir"], "meta.json"))
+        log(f"  {split} -> {names}: {n} videos in {time.time() - t0:.0f}s")
+    return [st["meta"] for st in stores]

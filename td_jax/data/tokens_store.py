@@ -19,7 +19,7 @@ import io
 import itertools
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from array_record.python import array_record_module
@@ -76,23 +76,6 @@ def decode_record(data: bytes) -> dict[str, Any]:
         return out
 
 
-def write_split(directory: str, split: str, examples: Iterable[Mapping[str, Any]], *, dtype: str = "float16") -> int:
-    """Write ``examples`` to ``DIR/{split}.array_record``; returns the number written."""
-    os.makedirs(directory, exist_ok=True)
-    path = split_path(directory, split)
-    tmp = path + ".tmp"
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    n = 0
-    try:
-        for ex in examples:
-            writer.write(encode_record(ex, dtype))
-            n += 1
-    finally:
-        writer.close()
-    os.replace(tmp, path)  # a crashed extraction never leaves a half file under the real name
-    return n
-
-
 def write_meta(directory: str, meta: Mapping[str, Any]) -> None:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "meta.json"), "w") as f:
@@ -107,45 +90,54 @@ def read_meta(directory: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def extract_split(examples: Iterable, directory: str, split: str, embed_fn: Callable, *, batch_size: int = 16,
-                  dtype: str = "float16", compress_fn: Callable | None = None,
-                  progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, dict]]:
+def extract_split(examples: Iterable, outputs: Sequence[tuple[str, Callable | None]], split: str,
+                  embed_fn: Callable, *, batch_size: int = 16, dtype: str = "float16",
+                  progress: Callable[[int], None] | None = None) -> tuple[int, list[dict[str, dict]]]:
     """Embed ``(meta, frames [T,R,R,3])`` pairs in batches with ``embed_fn(frames [B,T,R,R,3]) ->
-    [B,T,h,w,D]`` and write them to ``DIR/{split}.array_record``.
+    [B,T,h,w,D]`` once, and write ``DIR/{split}.array_record`` of every output ``(DIR, compress_fn)``.
 
-    ``compress_fn(tokens [B,T,h,w,D], index [B] int) -> {name: [B, ...]}``: store a
-    compressor's precomputed stage (as ``pre/<name>``) instead of the tokens; ``index`` is
-    each example's position in the split (to draw its per-video key).  ``progress(n)`` is
-    called after each batch.  Returns (count, ``{array name: {"shape", "dtype"}}``).
+    ``compress_fn(tokens [B,T,h,w,D], index [B] int) -> {name: [B, ...]}`` stores a
+    compressor's precomputed stage (as ``pre/<name>``); None stores the tokens themselves.
+    ``index`` is each example's position in the split (to draw its per-video key).
+    ``progress(n)`` is called after each batch.  Every file is written under a temporary name
+    and renamed when complete.  Returns (count, ``[{array name: {"shape", "dtype"}}]`` per output).
     """
-    specs: dict[str, dict] = {}
-
-    def records():
-        buf, done = [], 0
+    specs: list[dict[str, dict]] = [{} for _ in outputs]
+    paths = [split_path(d, split) for d, _ in outputs]
+    for d, _ in outputs:
+        os.makedirs(d, exist_ok=True)
+    writers = [array_record_module.ArrayRecordWriter(p + ".tmp", "group_size:1") for p in paths]
+    buf, done = [], 0
+    try:
         for item in itertools.chain(examples, [None]):
             if item is not None:
                 buf.append(item)
-            if buf and (len(buf) == batch_size or item is None):
-                n = len(buf)
-                frames = np.stack([f for _, f in buf])
-                if n < batch_size:      # one compiled shape: pad the last batch with copies
-                    frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - n, 0)])
-                tok = embed_fn(frames)
-                if tok.ndim != 5 or tok.shape[0] != batch_size:
-                    raise ValueError(f"embed_fn must return [B, T, h, w, D] with B={batch_size}, got {tok.shape}")
+            if not buf or (len(buf) < batch_size and item is not None):
+                continue
+            n = len(buf)
+            frames = np.stack([f for _, f in buf])
+            if n < batch_size:      # one compiled shape: pad the last batch with copies
+                frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - n, 0)])
+            tok = embed_fn(frames)
+            if tok.ndim != 5 or tok.shape[0] != batch_size:
+                raise ValueError(f"embed_fn must return [B, T, h, w, D] with B={batch_size}, got {tok.shape}")
+            index = np.arange(done, done + batch_size)
+            for j, (_, compress_fn) in enumerate(outputs):
                 if compress_fn is None:
                     arrays = {"visual_tokens": np.asarray(tok)[:n]}
                 else:
-                    index = np.arange(done, done + batch_size)
                     arrays = {PRE + k: np.asarray(v)[:n] for k, v in compress_fn(tok, index).items()}
                 for k, v in arrays.items():
-                    specs[k] = {"shape": list(v.shape[1:]), "dtype": dtype if k == "visual_tokens" else str(v.dtype)}
+                    specs[j][k] = {"shape": list(v.shape[1:]), "dtype": dtype if k == "visual_tokens" else str(v.dtype)}
                 for i, (meta, _) in enumerate(buf):
-                    yield {**meta, **{k: v[i] for k, v in arrays.items()}}
-                done += n
-                if progress is not None:
-                    progress(done)
-                buf = []
-
-    n = write_split(directory, split, records(), dtype=dtype)
-    return n, specs
+                    writers[j].write(encode_record({**meta, **{k: v[i] for k, v in arrays.items()}}, dtype))
+            done += n
+            buf = []
+            if progress is not None:
+                progress(done)
+    finally:
+        for w in writers:
+            w.close()
+    for p in paths:
+        os.replace(p + ".tmp", p)  # a crashed extraction never leaves a half file under the real name
+    return done, specs
