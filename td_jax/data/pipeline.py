@@ -36,6 +36,8 @@ number of batches.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import math
 import os
 import time
@@ -276,22 +278,35 @@ class ReadBatch:
         return _stack([self.to_example(i) for i in idx])
 
 
+_COLUMNS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_COLUMNS_KEEP = 8     # splits kept in memory per process (runs of one sweep reuse them)
+
+
 class ReadColumns:
     """Index batch → batch dict by indexing columns read once (``in_memory``).
 
     ``columns[k]`` holds the examples of ``indices`` then one padding row, so a -1 index
-    (padding) reads the last row.
+    (padding) reads the last row.  Columns are cached per process by ``cache_key`` (source,
+    split, text settings, indices), so the runs of a sweep read a store once.
     """
 
-    def __init__(self, to_example: ToExample, indices: np.ndarray, size: int, label: str):
+    def __init__(self, to_example: ToExample, indices: np.ndarray, size: int, label: str, cache_key: tuple):
         self.size = size
-        self.row = np.full(int(indices.max(initial=-1)) + 2, -1, np.int64)
         keep = np.unique(indices[indices >= 0])
+        key = cache_key + (hashlib.sha1(keep.tobytes()).hexdigest(),)
+        if key in _COLUMNS:
+            _COLUMNS.move_to_end(key)
+            self.row, self.columns = _COLUMNS[key]
+            return
+        self.row = np.full(int(indices.max(initial=-1)) + 2, -1, np.int64)
         self.row[keep] = np.arange(len(keep))
         t0 = time.time()
         self.columns = _stack([to_example(i) for i in keep] + [to_example.padding()])
         logging.info("%s: %d examples in memory (%.1f MB, %.1f s)", label, len(keep),
                      sum(v.nbytes for v in self.columns.values()) / 2 ** 20, time.time() - t0)
+        _COLUMNS[key] = (self.row, self.columns)
+        while len(_COLUMNS) > _COLUMNS_KEEP:
+            _COLUMNS.popitem(last=False)
 
     def __call__(self, indices) -> dict[str, np.ndarray]:
         idx = np.full(self.size, -1, np.int64)
@@ -378,7 +393,12 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
         first = _index_batches(pool, c, per_process, c.seed + 1)[:cur_batches]
         index_batches = grain.MapDataset.concatenate([first, index_batches])
     if c.in_memory:
-        read = ReadColumns(to_example, idx, per_process, f"{c.source} {split}")
+        where = {"tfds": (c.tfds_dir, c.tfds_name, c.data_dir), "folder": (c.folder_jsonl, c.video_root),
+                 "tokens": (os.path.abspath(c.tokens_dir),
+                            os.stat(tokens_store.split_path(c.tokens_dir, split)).st_mtime_ns)}[c.source]
+        key = (c.source, where, split, c.num_frames, c.resolution, c.tokenizer, c.num_options, c.max_text_len,
+               c.answer_format, c.list_options, c.with_options, c.skip_corrupt)
+        read = ReadColumns(to_example, idx, per_process, f"{c.source} {split}", key)
     else:
         read = ReadBatch(to_example, per_process)
     it = index_batches.map(read).to_iter_dataset(
