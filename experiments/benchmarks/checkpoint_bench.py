@@ -3,7 +3,7 @@ r"""Benchmark: what checksummed checkpoints cost, side by side with plain Orbax 
     python -m experiments.benchmarks.checkpoint_bench [--mib=256] [--repeats=3] [--out=results/checkpoint_bench.md]
 
 A train-state-like tree of float32 arrays totalling ``--mib`` MiB is saved and restored
-``--repeats`` times, alternating between a plain ``ocp.CheckpointManager`` (the same three
+``--repeats`` times (after one untimed warm-up round), alternating between a plain ``ocp.CheckpointManager`` (the same three
 items, no manifest) and ``td_jax.train.checkpoint.Checkpointer`` (SHA-256 of every file in
 Orbax's post-finalisation hook, verification before every restore). Reported: median seconds
 of save-until-committed and of restore, and the ratios. The extra work is one read of the
@@ -11,7 +11,6 @@ step's files per save and per restore (SHA-256 ~1.2 GB/s on one core of this mac
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -53,7 +52,7 @@ def measure(mib: int, repeats: int) -> dict:
     times = {k: [] for k in ("plain_save", "ours_save", "plain_restore", "ours_restore", "ours_verify")}
     root = tempfile.mkdtemp(prefix="ckpt_bench_")
     try:
-        for r in range(repeats):
+        for r in range(repeats + 1):            # round 0 warms both paths up, untimed
             for variant in ("plain", "ours"):
                 d = os.path.join(root, f"{variant}{r}")
                 if variant == "plain":
@@ -89,6 +88,7 @@ def measure(mib: int, repeats: int) -> dict:
                 shutil.rmtree(d)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    times = {k: v[1:] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"mib": mib, "repeats": repeats, "median_s": med, "all_s": times,
             "save_ratio": med["ours_save"] / med["plain_save"],
@@ -99,7 +99,7 @@ def measure(mib: int, repeats: int) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from experiments.benchmarks import load_sentence
+    from experiments.benchmarks import load_sentence, write_results
 
     load_start = os.getloadavg()[0]
     res = measure(FLAGS.mib, FLAGS.repeats)
@@ -116,11 +116,7 @@ def main(argv):
         f"Verification alone: {m['ours_verify']:.2f} s ({res['verify_gb_per_s']:.2f} GiB/s)."]) + "\n"
     print(md)
     if FLAGS.out:
-        os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            f.write(md)
-        with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
-            json.dump(res, f, indent=1)
+        write_results(FLAGS.out, md, res)
 
 
 if __name__ == "__main__":

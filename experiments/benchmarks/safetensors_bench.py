@@ -77,7 +77,7 @@ def main(argv):
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     load_end = os.getloadavg()[0]
-    from experiments.benchmarks import load_sentence
+    from experiments.benchmarks import load_sentence, write_results
 
     def med(how, key):
         return statistics.median(r[key] for r in rows if r["reader"] == how)
@@ -96,12 +96,8 @@ def main(argv):
     md = "\n".join(lines) + "\n"
     print(md)
     if FLAGS.out:
-        os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            f.write(md)
-        with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
-            json.dump({"file_mib": size_mib, "load_start": load_start, "load_end": load_end, "rows": rows}, f,
-                      indent=1)
+        write_results(FLAGS.out, md, {"file_mib": size_mib, "load_start": load_start, "load_end": load_end,
+                                     "rows": rows})
 
 
 if __name__ == "__main__":
