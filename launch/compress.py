@@ -19,7 +19,7 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from launch import cli
 from launch.cli import flag_error
@@ -137,7 +137,6 @@ def main(argv):
     del argv
     check_flags()                 # before the heavy imports: a bad flag fails at once
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     import td_jax

@@ -2,7 +2,6 @@
 tensor), nothing is allocated beyond the file's size, and random damage to a valid file always ends in
 a clean ValueError or a load equal to the reference implementation's (the ``safetensors`` package)."""
 import json
-import os
 import struct
 import tracemalloc
 
