@@ -41,15 +41,16 @@ def run(config, *, workdir: str | None, step: int, split: str, pretrained: bool,
     if not pretrained:
         if not workdir:
             raise app.UsageError("--workdir is required unless --pretrained")
-        ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-        steps = ck.all_steps()
-        if not steps:
-            raise ValueError(f"no complete checkpoint in {workdir}/checkpoints")
-        if step >= 0 and step not in steps:
-            raise ValueError(f"step {step} not in {workdir}/checkpoints (have {steps})")
-        step = steps[-1] if step < 0 else step
-        if config is None:
-            config = mlc.ConfigDict(ck.read_meta(step)["config"])
+        # Read-only (creates and renames nothing); the step is checksum-verified, a damaged newest
+        # one is skipped (and named in the record), a damaged explicit --step is an error.
+        ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+        try:
+            step = ck.newest_intact_step(step if step >= 0 else None)
+            if config is None:
+                config = mlc.ConfigDict(ck.read_meta(step)["config"])
+        except BaseException:
+            ck.close()
+            raise
     if config is None:
         raise app.UsageError("--config is required with --pretrained")
     cfg = trainer.resolve_config(config)
@@ -64,12 +65,15 @@ def run(config, *, workdir: str | None, step: int, split: str, pretrained: bool,
         step = 0
     else:
         abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
-        state, _ = ck.restore(step, abstract)
-        ck.close()
+        with ck:
+            state, _ = ck.restore(step, abstract)
     preds: list = []
     metrics = trainer.evaluate(s, trainer.make_eval_step(s), state["params"], split=split, predictions=preds)
+    extra = {"damaged_steps": {str(k): v for k, v in sorted(ck.damaged.items())}} if ck is not None and ck.damaged \
+        else {}
     record = trainer.write_eval(s, output_dir, split=split, step=step, metrics=metrics,
-                                source="pretrained" if pretrained else os.path.abspath(workdir), predictions=preds)
+                                source="pretrained" if pretrained else os.path.abspath(workdir), predictions=preds,
+                                extra=extra)
     logging.info("wrote %s", trainer.eval_paths(output_dir, split, step))
     return record
 

@@ -84,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, defer_sigterm=True)   # a SIGTERM during start-up is handed to the trainer

@@ -334,12 +334,12 @@ def eval_paths(out_dir: str, split: str, step: int) -> dict[str, str]:
 
 
 def write_eval(s: Setup, out_dir: str, *, split: str, step: int, metrics: Mapping[str, float], source: str,
-               predictions: list | None = None) -> dict:
+               predictions: list | None = None, extra: Mapping | None = None) -> dict:
     """Writes :func:`eval_paths` (process 0) and returns the JSON record
-    ``{"split", "step", "task", "source", "metrics", "examples"}``."""
+    ``{"split", "step", "task", "source", "metrics", "examples", **extra}``."""
     plain = {k.removeprefix("eval/"): float(v) for k, v in metrics.items()}
     record = {"split": split, "step": int(step), "task": s.config.task.name, "source": source, "metrics": plain,
-              "examples": len(predictions or [])}
+              "examples": len(predictions or []), **dict(extra or {})}
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         paths = eval_paths(out_dir, split, step)
@@ -379,7 +379,13 @@ def init_key(seed: int) -> jax.Array:
 
 
 class _StopFlag:
-    """Set by SIGTERM (preemption); checked at every step boundary."""
+    """Set by SIGTERM (preemption); checked before the first step and at every step boundary.
+
+    Installed for the whole of :func:`train_and_evaluate` (start-up, steps, saves and the wait
+    for the final save), so a SIGTERM at any moment ends in a complete newest checkpoint.
+    A previous handler that recorded a SIGTERM (``launch.cli.run(..., defer_sigterm=True)``
+    covers the launcher's imports) hands it over through its ``received`` attribute.
+    """
 
     def __init__(self):
         self.set = False
@@ -388,6 +394,7 @@ class _StopFlag:
     def install(self):
         if threading.current_thread() is threading.main_thread():
             self._prev = signal.signal(signal.SIGTERM, self._handle)
+            self.set = self.set or bool(getattr(self._prev, "received", False))
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -427,17 +434,29 @@ def _call_sizes(cfg, step: int, stop_at: int | None) -> int:
 
 def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, stop_at: int | None = None
                        ) -> RunResult:
-    """Trains ``config`` in ``workdir``, resuming from its newest complete checkpoint.
+    """Trains ``config`` in ``workdir``, resuming from its newest intact checkpoint.
 
     ``stop_at``: end this run after that step (saving a checkpoint), as a preemption
     would; a later call with the same workdir continues to ``config.total_steps``.
     After the last step the params are evaluated on ``config.final_eval_splits`` (files by
     :func:`write_eval` in ``workdir``) and ``workdir/done.json`` is written.
+    SIGTERM (preemption) at any moment: the run stops at the next call boundary, saves, waits
+    for the save to commit and returns ``preempted=True`` (before the first step: nothing new
+    to save). A resumed run first drops the metric records of steps after the restored one.
     """
+    stop = _StopFlag()
+    stop.install()
+    try:
+        return _train_and_evaluate(config, workdir, stop, devices=devices, stop_at=stop_at)
+    finally:
+        stop.uninstall()
+
+
+def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *, devices=None,
+                        stop_at: int | None = None) -> RunResult:
     s = build(config, devices=devices)
     cfg = s.config
     pid, nproc = jax.process_index(), jax.process_count()
-    writer = metrics_lib.MetricWriter(workdir)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                                  keep_best=cfg.checkpoint.keep_best, best_metric=cfg.checkpoint.best_metric,
                                  best_mode=cfg.checkpoint.best_mode, async_save=cfg.checkpoint.async_save)
@@ -453,6 +472,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
     else:
         _, state, _ = restored
         logging.info("resumed %s at step %d", workdir, int(state["step"]))
+    start = int(jax.device_get(state["step"]))
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start)   # drops records after `start`
     if pid == 0:
         os.makedirs(workdir, exist_ok=True)
         _atomic_write(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
@@ -461,10 +482,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
     base_key = jax.device_put(seed_key(cfg.seed), NamedSharding(s.mesh, P()))
     steppers: dict[int, Any] = {}
     eval_step = make_eval_step(s)
-    start = int(jax.device_get(state["step"]))
     progress = metrics_lib.Progress(cfg.total_steps, start)
-    stop = _StopFlag()
-    stop.install()
     history, eval_metrics, acc, n_acc = [], {}, None, 0
     meta = {"config": cfg.to_dict(), "task": cfg.task.name}
     step = start
@@ -472,7 +490,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
     try:
         if cfg.total_steps == 0 and restored is None:      # evaluate only: keep the evaluated params
             ckpt.save(0, state, meta={**meta, "step": 0})
-        while step < cfg.total_steps:
+        if stop.any_process() and step < cfg.total_steps:
+            logging.warning("SIGTERM before the first step: %s", f"nothing new to save (newest checkpoint: step "
+                            f"{start})" if restored else "nothing to save yet (no checkpoint)")
+            preempted = True
+        while not preempted and step < cfg.total_steps:
             n = _call_sizes(cfg, step, stop_at)
             if n not in steppers:
                 steppers[n] = make_train_step(s, n)
@@ -488,10 +510,12 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
             acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
             n_acc += n
             last = step == cfg.total_steps
+            preempt = stop.any_process() or (stop_at is not None and step >= stop_at)
             rec = {}
-            if step % cfg.log_every_steps == 0 or last:
+            if step % cfg.log_every_steps == 0 or last or preempt:   # a stop flushes the partial mean
                 rec = {k: v / n_acc for k, v in jax.device_get(acc).items()}
                 rec["learning_rate"] = float(jax.device_get(s.schedules[optim_lib.DEFAULT_GROUP](step - 1)))
+                rec["steps_in_mean"] = n_acc
                 rec.update(progress.update(step, rec))
                 acc, n_acc = None, 0
             # the last step's evaluation of eval_split is the final one below when that split is among them
@@ -502,7 +526,6 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
                 rec.update(eval_metrics)
             if rec:      # one record per step: train metrics and, at eval steps, eval metrics
                 history.append(writer.write(step, rec))
-            preempt = stop.any_process() or (stop_at is not None and step >= stop_at)
             if step % cfg.checkpoint_every_steps == 0 or last or preempt:
                 ckpt.save(step, state, data_iter=train_iter, meta={**meta, "step": step},
                           metrics=eval_metrics if do_eval else None)
@@ -529,9 +552,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
                                                                             "eval": {k: float(v) for k, v in
                                                                                      eval_metrics.items()}}))
     finally:
-        stop.uninstall()
-        ckpt.close()
-        writer.close()
+        try:
+            ckpt.close()        # waits for the last save to commit, SIGTERM still handled
+        finally:
+            writer.close()
     return RunResult(step=step, preempted=preempted, history=history, eval_metrics=eval_metrics)
 
 
