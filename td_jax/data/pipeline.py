@@ -393,9 +393,12 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
         first = _index_batches(pool, c, per_process, c.seed + 1)[:cur_batches]
         index_batches = grain.MapDataset.concatenate([first, index_batches])
     if c.in_memory:
-        where = {"tfds": (c.tfds_dir, c.tfds_name, c.data_dir), "folder": (c.folder_jsonl, c.video_root),
-                 "tokens": (os.path.abspath(c.tokens_dir),
-                            os.stat(tokens_store.split_path(c.tokens_dir, split)).st_mtime_ns)}[c.source]
+        if c.source == "tokens":
+            where = (os.path.abspath(c.tokens_dir), os.stat(tokens_store.split_path(c.tokens_dir, split)).st_mtime_ns)
+        elif c.source == "folder":
+            where = (c.folder_jsonl, c.video_root)
+        else:
+            where = (c.tfds_dir, c.tfds_name, c.data_dir)
         key = (c.source, where, split, c.num_frames, c.resolution, c.tokenizer, c.num_options, c.max_text_len,
                c.answer_format, c.list_options, c.with_options, c.skip_corrupt)
         read = ReadColumns(to_example, idx, per_process, f"{c.source} {split}", key)

@@ -165,14 +165,11 @@ def warm_start_params(s: Setup, run_dir: str, step: int = -1) -> Any:
         ckpt_dir = run_dir
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"config key 'warm_start': no run directory {run_dir}")
-    ck = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+    ck = ckpt_lib.Checkpointer(ckpt_dir, read_only=True)      # another run's directory: change nothing there
     try:
-        steps = ck.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"config key 'warm_start': no complete checkpoint in {ckpt_dir}")
-        if step >= 0 and step not in steps:
-            raise ValueError(f"config key 'warm_start_step': step {step} not in {ckpt_dir} (have {steps})")
-        step = steps[-1] if step < 0 else step
+        if step >= 0 and step not in ck.all_steps():
+            raise ValueError(f"config key 'warm_start_step': step {step} not in {ckpt_dir} (have {ck.all_steps()})")
+        step = ck.newest_intact_step(step if step >= 0 else None)    # checksum-verified
         src_cfg = mlc.ConfigDict(ck.read_meta(step)["config"])
         with src_cfg.unlocked():
             src_cfg.mesh = s.config.mesh.to_dict()
@@ -228,6 +225,8 @@ def make_train_step(s: Setup, steps: int = 1):
         return NamedSharding(s.mesh, P(None, mesh_lib.BATCH_AXES, *([None] * (x.ndim - 2))))
 
     def step_fn(state, batch, base_key):
+        if not jnp.issubdtype(base_key.dtype, jax.dtypes.prng_key):   # raw key data (a global uint32 array)
+            base_key = jax.random.wrap_key_data(base_key)
         step = state["step"]
         rng = jax.random.fold_in(base_key, step)
         params = state["params"]
@@ -479,7 +478,8 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *
         _atomic_write(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
         logging.info("params: %s", s.param_counts)
 
-    base_key = jax.device_put(seed_key(cfg.seed), NamedSharding(s.mesh, P()))
+    raw_key = np.asarray(jax.random.key_data(seed_key(cfg.seed)))      # replicated on every process's devices
+    base_key = jax.make_array_from_callback(raw_key.shape, NamedSharding(s.mesh, P()), lambda i: raw_key[i])
     steppers: dict[int, Any] = {}
     eval_step = make_eval_step(s)
     progress = metrics_lib.Progress(cfg.total_steps, start)
