@@ -60,3 +60,23 @@ def pad_to_budget(tokens: jax.Array, budget: int, mask: jax.Array | None = None,
 def raster_index(t: int, h: int, w: int) -> jax.Array:
     """[T, H, W] int32 flat raster index of every grid cell."""
     return jnp.arange(t * h * w, dtype=jnp.int32).reshape(t, h, w)
+
+
+# Batched gathers / scatters written on flattened [B*N] rows: XLA compiles these 1-D index
+# ops quickly, while vmapped (batched) gathers over many unrolled merge rounds took minutes
+# to compile for a 23k-token video.
+def gather_flat(v: jax.Array, idx: jax.Array) -> jax.Array:
+    """v [B, N, ...], idx [B, K] -> [B, K, ...]."""
+    b, n = v.shape[:2]
+    flat = v.reshape((b * n,) + v.shape[2:])
+    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    return flat[(idx + offs).reshape(-1)].reshape(idx.shape + v.shape[2:])
+
+
+def scatter_add_flat(v: jax.Array, idx: jax.Array, upd: jax.Array) -> jax.Array:
+    """v [B, N, ...] with upd [B, K, ...] added at rows idx [B, K]."""
+    b, n = v.shape[:2]
+    flat = v.reshape((b * n,) + v.shape[2:])
+    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    flat = flat.at[(idx + offs).reshape(-1)].add(upd.reshape((-1,) + upd.shape[2:]))
+    return flat.reshape(v.shape)
