@@ -136,12 +136,15 @@ def test_comparison_script_rows():
 
     cc.import_methods()
     x = cc.synthetic_batch(0, 1, 2, 4, 8)
-    rows = cc.compare(x, ["none", "frames", "tome", "prune"], ["25%"], {}, warmup=0, repeats=1,
-                      text_tokens=0, seed=0)
+    rows = cc.compare(x, ["none", "frames", "tome", "prune", "visionzip", "dycoke"], ["25%"], {}, warmup=0,
+                      repeats=1, text_tokens=0, seed=0, method_budgets={"prune": ["1"]})
     by = {r["method"]: r for r in rows}
     assert by["none"]["rel_err"] == 0.0 and by["none"]["real_tokens"] == 32
     assert "below one frame" in by["frames"]["error"]
     assert by["tome"]["real_tokens"] == 8 and 0 < by["tome"]["rel_err"] < 1
-    assert by["prune"]["rel_err"] is None
+    assert by["prune"]["rel_err"] is None and by["prune"]["real_tokens"] == 1    # its own budget list
+    assert by["visionzip"]["real_tokens"] == 8 and 0 < by["visionzip"]["rel_err"] < 1
+    assert by["dycoke"]["rel_err"] is None                                      # it drops tokens
+    assert by["tome"]["x_tome"] == 1.0 and by["visionzip"]["x_tome"] > 0 and by["visionzip"]["x_token_dynamics"] is None
     table = cc.format_table(rows)
-    assert table.count("\n") == len(rows) + 1 and "unreachable" in table
+    assert table.count("\n") == len(rows) + 1 and "unreachable" in table and "| x ToMe |" in table

@@ -47,7 +47,7 @@ def test_every_method_but_token_dynamics_takes_a_mask():
 def test_padding_is_excluded(name, cfg, budget):
     x, fm = batch()
     p, comp, params = setup(name, cfg, budget, x)
-    run = lambda v, m: comp(jnp.asarray(v), key=KEY, budget=p.budget, params=params, mask=m)  # noqa: E731
+    run = lambda v, m: comp(jnp.asarray(v), key=KEY, budget=p.budget, params=params, mask=m)
     out = run(np.where(fm[:, :, None, None, None], x, 0.0), jnp.asarray(fm))
     # whatever the padding holds (zeros, noise, NaN) the output is the same and finite
     noisy = np.where(fm[:, :, None, None, None], x, np.random.default_rng(9).standard_normal(x.shape) * 50)

@@ -295,7 +295,7 @@ PEERS = ["vidtome", "dycoke", "fastvid", "visionzip", "holitom"]
 def test_peers_fill_tiny_budgets_deterministically(name):
     from td_jax.synthetic import structured_tokens
     x = jnp.asarray(np.stack([structured_tokens(s, 8, 6, 6, 8)[0] for s in range(2)]))
-    for budget in (1, 4, 13):
+    for budget in (1, 4):
         p = plan(name, budget, (8, 6, 6))
         out = p.compressor()(x, key=KEY, budget=p.budget)
         assert out.tokens.shape == (2, budget, 8) and int(out.mask.sum()) == 2 * p.real_tokens == 2 * budget

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
-from td_jax.compressors.common import pad_to_budget
+from td_jax.compressors.common import check_options, pad_to_budget
 from td_jax.compressors.ops import NEG, first_slots, gather_rows, rank_within, unit_rows
 from td_jax.compressors.prune import attention_scores, norm_scores
 
@@ -60,7 +60,7 @@ def reference_frames(t: int) -> np.ndarray:
 
 def ttm_keep(x: jax.Array, real: jax.Array, prune_rate: float) -> jax.Array:
     """Stage 1 on x [B, T, P, D] (P = H*W), real [B, T, P] -> survivors [B, T, P] bool."""
-    b, t, p, _ = x.shape
+    _, t, p, _ = x.shape
     ref = reference_frames(t)
     keep_n = int((1.0 - prune_rate) * p)
     unit = unit_rows(x)
@@ -94,8 +94,7 @@ class DyCoke(CompressorModule):
                  query: jax.Array | None = None) -> Compressed:
         """tokens [B, T, H, W, D], mask [B, T, H, W] / [B, T], query [B, D] / [B, Q, D] (optional)."""
         check_tokens(tokens)
-        if not 0.0 <= self.prune_rate <= 1.0:
-            raise ValueError(f"dycoke: prune_rate must be in [0, 1], got {self.prune_rate}")
+        check_options("dycoke", self, unit_interval=("prune_rate",))
         b, t, h, w, d = tokens.shape
         n, p = t * h * w, h * w
         real = token_mask(mask, tokens.shape).reshape(b, t, p)

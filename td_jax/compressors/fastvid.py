@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
-from td_jax.compressors.common import pad_to_budget
+from td_jax.compressors.common import check_options, pad_to_budget, token_scores
 from td_jax.compressors.ops import NEG, dpc_knn_score, first_slots, gather_rows, rank_within, split_quota, unit_rows
 
 MERGE_BLOCK = 512   # tokens per block when joining tokens to centres (bounds the [block, C] scores)
@@ -78,7 +78,7 @@ def anchor_quota(seg: jax.Array, frame_real: jax.Array, ctx_frame: jax.Array, st
     """Contextual slots per frame: a segment's total (sum of ctx_frame [B, T] over it) split
     evenly over its anchor frames (every ``stride``-th frame counted back from the
     segment's end).  seg [B, T] -> [B, T] int32 (0 for non-anchors)."""
-    b, t = seg.shape
+    t = seg.shape[1]
     same = seg[:, :, None] == seg[:, None, :]                                              # [B, T, T]
     idx = jnp.arange(t)
     seg_end = jnp.max(jnp.where(same, idx[None, None, :], -1), axis=2)                      # [B, T]
@@ -106,7 +106,7 @@ def join_centres(x: jax.Array, joiner: jax.Array, token_seg: jax.Array, cidx: ja
     cu = gather_rows(unit, cidx)                                                           # [B, C, D]
     nblk = -(-n // block)
     pad = nblk * block - n
-    padn = lambda v, fill: jnp.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2), constant_values=fill)  # noqa: E731
+    padn = lambda v, fill: jnp.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2), constant_values=fill)
     xs = (padn(x.astype(jnp.float32), 0), padn(unit, 0), padn(joiner, False), padn(token_seg, -1))
     xs = tuple(v.reshape((b, nblk, block) + v.shape[2:]).swapaxes(0, 1) for v in xs)
     frame_ids = jnp.where(cok, cframe, n_frames)                                         # invalid -> extra group
@@ -158,24 +158,15 @@ class FastVID(CompressorModule):
     merge_floor: float = 0.6
     knn: int = 4
 
-    def _validate(self):
-        if self.segments < 1 or self.anchor_stride < 1 or self.knn < 1:
-            raise ValueError(f"fastvid: segments, anchor_stride and knn must be >= 1, got "
-                             f"{self.segments}, {self.anchor_stride}, {self.knn}")
-        if not 0.0 <= self.context_ratio <= 1.0 or not 0.0 <= self.merge_floor <= 1.0:
-            raise ValueError(f"fastvid: context_ratio and merge_floor must be in [0, 1], got "
-                             f"{self.context_ratio}, {self.merge_floor}")
-
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  saliency: jax.Array | None = None, frame_features: jax.Array | None = None) -> Compressed:
         """tokens [B, T, H, W, D], mask [B, T, H, W] / [B, T], saliency [B, T, H, W] and
         frame_features [B, T, Dg] (both optional)."""
         check_tokens(tokens)
-        self._validate()
+        check_options("fastvid", self, at_least_one=("segments", "anchor_stride", "knn"),
+                      unit_interval=("context_ratio", "merge_floor"))
         b, t, h, w, d = tokens.shape
         p, n = h * w, t * h * w
-        if saliency is not None and tuple(saliency.shape) != (b, t, h, w):
-            raise ValueError(f"fastvid: saliency must be [B, T, H, W]={[b, t, h, w]}, got {list(saliency.shape)}")
         if frame_features is not None and (frame_features.ndim != 3 or tuple(frame_features.shape[:2]) != (b, t)):
             raise ValueError(f"fastvid: frame_features must be [B, T, Dg] with [B, T]={[b, t]}, "
                              f"got {list(frame_features.shape)}")
@@ -193,8 +184,7 @@ class FastVID(CompressorModule):
             feat = frame_features
         seg = dyseg(feat, frame_real, self.segments, self.threshold)                          # [B, T]
         # ATS: salient tokens per frame
-        score = (jnp.linalg.norm(x.astype(jnp.float32), axis=-1) if saliency is None
-                 else saliency.reshape(b, t, p).astype(jnp.float32))
+        score = token_scores("fastvid", x.reshape(b, t, h, w, d), saliency).reshape(b, t, p)
         sal_q = jnp.minimum(split_quota(n_sal, frame_real.astype(jnp.float32)), jnp.sum(real, axis=2))
         salient = real & (rank_within(score, jnp.zeros_like(real, jnp.int32), real) < sal_q[..., None])
         # DTM: centres in anchor frames by DPC-kNN score

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
-from td_jax.compressors.common import pad_to_budget
+from td_jax.compressors.common import check_options, pad_to_budget, token_scores
 from td_jax.compressors.ops import NEG, dpc_knn_score, first_slots, gather_rows, rank_within, split_quota, unit_rows
 
 
@@ -150,22 +150,14 @@ class HoliTom(CompressorModule):
     merge_weight: float = 0.6
     knn: int = 7
 
-    def _validate(self):
-        if self.max_window < 1 or self.knn < 1:
-            raise ValueError(f"holitom: max_window and knn must be >= 1, got {self.max_window}, {self.knn}")
-        if not 0.0 <= self.contextual_ratio <= 1.0 or not 0.0 <= self.merge_weight <= 1.0:
-            raise ValueError(f"holitom: contextual_ratio and merge_weight must be in [0, 1], got "
-                             f"{self.contextual_ratio}, {self.merge_weight}")
-
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  saliency: jax.Array | None = None) -> Compressed:
         """tokens [B, T, H, W, D], mask [B, T, H, W] / [B, T], saliency [B, T, H, W] (optional)."""
         check_tokens(tokens)
-        self._validate()
+        check_options("holitom", self, at_least_one=("max_window", "knn"),
+                      unit_interval=("contextual_ratio", "merge_weight"))
         b, t, h, w, d = tokens.shape
         p, n = h * w, t * h * w
-        if saliency is not None and tuple(saliency.shape) != (b, t, h, w):
-            raise ValueError(f"holitom: saliency must be [B, T, H, W]={[b, t, h, w]}, got {list(saliency.shape)}")
         m = min(self.budget, n)
         real = token_mask(mask, tokens.shape).reshape(b, t, p)
         x = jnp.where(real[..., None], tokens.reshape(b, t, p, d), 0).astype(tokens.dtype)
@@ -198,8 +190,7 @@ class HoliTom(CompressorModule):
         q_stat, q_dyn = quota[..., 0], quota[..., 1]
         q_ctx = q_dyn - jnp.round(q_dyn * (1.0 - self.contextual_ratio)).astype(jnp.int32)
         q_dom = q_dyn - q_ctx
-        score = (jnp.linalg.norm(x.astype(jnp.float32), axis=-1) if saliency is None
-                 else saliency.reshape(b, t, p).astype(jnp.float32))
+        score = token_scores("holitom", x.reshape(b, t, h, w, d), saliency).reshape(b, t, p)
         dominant = dyn_unit & (rank_within(score, jnp.zeros_like(dyn_unit, jnp.int32), dyn_unit) < q_dom[..., None])
         s_centre, s_value, s_near = cluster_merge(cand, stat_unit, q_stat, self.knn, self.merge_weight)
         if self.contextual_ratio > 0:

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register, token_mask
-from td_jax.compressors.common import gather_flat, pad_to_budget, scatter_add_flat
+from td_jax.compressors.common import check_options, gather_flat, pad_to_budget, scatter_add_flat
 from td_jax.compressors.ops import unit_rows
 from td_jax.compressors.tome import DEFAULT_MAX_ROUNDS, MATCH_BLOCK, best_match, merge_schedule, merge_to
 
@@ -183,11 +183,8 @@ class VidToMe(CompressorModule):
     max_rounds: int = DEFAULT_MAX_ROUNDS
 
     def _validate(self):
-        if self.chunk_size < 1:
-            raise ValueError(f"vidtome: chunk_size must be >= 1, got {self.chunk_size}")
-        for f in ("local_ratio", "global_ratio", "global_rand"):
-            if not 0.0 <= getattr(self, f) <= 1.0:
-                raise ValueError(f"vidtome: {f} must be in [0, 1], got {getattr(self, f)}")
+        check_options("vidtome", self, at_least_one=("chunk_size",),
+                      unit_interval=("local_ratio", "global_ratio", "global_rand"))
         if self.merge_mode not in MERGE_MODES:
             raise ValueError(f"vidtome: merge_mode must be one of {MERGE_MODES}, got {self.merge_mode!r}")
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
-from td_jax.compressors.common import pad_to_budget
+from td_jax.compressors.common import check_options, pad_to_budget, token_scores
 from td_jax.compressors.ops import NEG, first_slots, gather_rows, unit_rows
 
 MODES = ("video", "frame")
@@ -130,14 +130,10 @@ class VisionZip(CompressorModule):
             raise ValueError(f"visionzip: mode must be one of {MODES}, got {self.mode!r}")
         if self.contextual_merge not in MERGES:
             raise ValueError(f"visionzip: contextual_merge must be one of {MERGES}, got {self.contextual_merge!r}")
-        if not 0.0 <= self.dominant_ratio <= 1.0:
-            raise ValueError(f"visionzip: dominant_ratio must be in [0, 1], got {self.dominant_ratio}")
-        if saliency is not None and tuple(saliency.shape) != (b, t, h, w):
-            raise ValueError(f"visionzip: saliency must be [B, T, H, W]={[b, t, h, w]}, got {list(saliency.shape)}")
+        check_options("visionzip", self, unit_interval=("dominant_ratio",))
         real = token_mask(mask, tokens.shape)
         x = jnp.where(real[..., None], tokens, 0).astype(tokens.dtype)
-        score = (jnp.linalg.norm(x.astype(jnp.float32), axis=-1) if saliency is None
-                 else saliency.astype(jnp.float32))
+        score = token_scores("visionzip", x, saliency)
         if self.mode == "video":
             groups, per = b, min(self.budget, t * h * w)
         else:
