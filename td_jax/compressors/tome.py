@@ -224,7 +224,8 @@ def merge_to(x: jax.Array, target: int, *, r: int | None = None, metric: jax.Arr
     ``metric [B, N, Dk]`` (optional) is what similarity is measured on (ToMe: attention
     keys); by default the tokens themselves.  ``mask [B, N]`` (optional, True = real):
     padding is merged away first (module docstring).  ``size [B, N]`` (optional): the
-    tokens' starting sizes when they already average several inputs (size 0 = padding).
+    tokens' starting sizes when they already average several inputs (with ``mask``, size 0
+    = padding; without it every size must be positive).
     Returns (tokens [B, target, D], sizes [B, target] float32, assign [B, N] int32; masked
     tokens' assign is -1).
     """
@@ -233,11 +234,10 @@ def merge_to(x: jax.Array, target: int, *, r: int | None = None, metric: jax.Arr
         raise ValueError(f"tome: cannot merge {n} tokens up to {target}")
     if metric is not None and metric.shape[:2] != (bsz, n):
         raise ValueError(f"tome: metric shape {tuple(metric.shape)} does not match tokens {tuple(x.shape)}")
-    masked = mask is not None or size is not None
+    masked = mask is not None
     size = jnp.ones((bsz, n), jnp.float32) if size is None else size.astype(jnp.float32)
-    if mask is not None:
-        size = jnp.where(mask, size, 0.0)
     if masked:
+        size = jnp.where(mask, size, 0.0)
         mask = size > 0
         x = jnp.where(mask[..., None], x, 0).astype(x.dtype)
         metric = None if metric is None else jnp.where(mask[..., None], metric, 0).astype(metric.dtype)

@@ -269,7 +269,8 @@ class VidToMe(CompressorModule):
                                       jnp.take_along_axis(pos_chunk, pos, axis=1)], axis=1)
         # 3. ToMe rounds down to the budget
         if mem.shape[1] > m:
-            mem, mem_size, comp = merge_to(mem, m, size=mem_size, max_rounds=self.max_rounds)
+            mem, mem_size, comp = merge_to(mem, m, size=mem_size, max_rounds=self.max_rounds,
+                                           mask=None if mask is None else mem_size > 0)
             assign = jnp.take_along_axis(jnp.maximum(comp, 0), assign, axis=1)
         assign = jnp.where(real.reshape(b, n), assign, -1)
         out, slot_mask, slot = pad_to_budget(mem, self.budget, mask=mem_size > 0, slot_aux={"sizes": mem_size})
