@@ -102,6 +102,13 @@ def test_visionzip_dominant_then_contextual(merge):
     np.testing.assert_array_equal(np.asarray(no_sal.aux["source_index"][0]), [2, 6, 0, 4])
 
 
+def test_visionzip_all_dominant_keeps_the_top_tokens_only():
+    x = video([VZ_TOKENS])
+    out = compressors.get("visionzip", dominant_ratio=1.0)(x, key=KEY, budget=2)
+    np.testing.assert_array_equal(np.asarray(out.aux["source_index"][0]), [2, 6])     # norms 8.7 and 9
+    np.testing.assert_array_equal(np.asarray(out.aux["assign"][0]), [-1, -1, 0, -1, -1, -1, 1, -1])
+
+
 # --- DyCoke ----------------------------------------------------------------------------------
 
 def dycoke_video():

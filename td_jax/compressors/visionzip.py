@@ -78,15 +78,19 @@ def visionzip_group(x: jax.Array, valid: jax.Array, score: jax.Array, n_dom: int
     step = jnp.maximum(1, n_rest // max(n_ctx, 1))
     is_target = rest & (rank % step == 0) & (rank // step < n_ctx)
     tgt_idx, tgt_ok = first_slots(is_target, n_ctx)
-    unit = unit_rows(x)
-    sim = jnp.einsum("gnd,gkd->gnk", unit, gather_rows(unit, tgt_idx))
-    sim = jnp.where(tgt_ok[:, None, :], sim, NEG)
-    best = jnp.argmax(sim, axis=-1).astype(jnp.int32)                                   # [G, n]
+    if n_ctx:
+        unit = unit_rows(x)
+        sim = jnp.einsum("gnd,gkd->gnk", unit, gather_rows(unit, tgt_idx))
+        sim = jnp.where(tgt_ok[:, None, :], sim, NEG)
+        best = jnp.argmax(sim, axis=-1).astype(jnp.int32)                               # [G, n]
+    else:                                                           # dominant tokens only
+        best = jnp.zeros((g, n), jnp.int32)
     joins = rest & ~is_target & jnp.any(tgt_ok, axis=1, keepdims=True)
     seg = jnp.where(joins, jnp.arange(g)[:, None] * n_ctx + best, g * n_ctx).reshape(-1)
     cnt = jax.ops.segment_sum(joins.reshape(-1).astype(jnp.float32), seg, g * n_ctx + 1)[:-1].reshape(g, n_ctx)
-    joined = jax.ops.segment_sum(x.reshape(g * n, -1).astype(jnp.float32), seg, g * n_ctx + 1)[:-1]
-    joined = joined.reshape(g, n_ctx, -1)
+    d = x.shape[-1]
+    joined = jax.ops.segment_sum(x.reshape(g * n, d).astype(jnp.float32), seg, g * n_ctx + 1)[:-1]
+    joined = joined.reshape(g, n_ctx, d)
     tgt = gather_rows(x, tgt_idx).astype(jnp.float32)
     if merge == "mean":
         ctx = (tgt + joined) / (1.0 + cnt)[..., None]
