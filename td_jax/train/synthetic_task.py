@@ -9,7 +9,7 @@ and served through Grain, so iterator state checkpoints and resumes like real da
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
