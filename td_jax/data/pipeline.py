@@ -16,7 +16,11 @@ Batches (``B`` = ``config.batch_size // process_count`` rows per process):
 * ``answer [B]`` int32 (option index), ``family [B]`` int32, ``index [B]`` int32 (position in
   the split, -1 for padding), ``valid [B]`` bool (False on padding rows),
   ``corrupt [B]`` bool (True where a video failed to decode and ``skip_corrupt`` replaced it
-  by a padding row — sum it for the "skipped" metric).
+  by a padding row — sum it for the "skipped" metric), ``num_options [B]`` int32 (the
+  example's option count; 0 for open-ended questions, conversations and padding).
+Folder sources read any ``td_jax.data.video_folder`` layout (``folder_layout``): multiple-choice
+rows are encoded with a letter answer, open-ended rows with their first reference answer,
+instruction rows as a conversation (loss on every assistant turn).
 
 Sharding: process ``i`` of ``n`` reads examples ``i, i+n, i+2n, ...``.  With
 ``drop_remainder`` (training) every process keeps ``N // n`` of them; without it (eval)
@@ -34,6 +38,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
+from td_jax.data import chat
 from td_jax.data import tokenizer as tok_lib
 from td_jax.data import tokens_store
 from td_jax.data import video as video_lib
@@ -49,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
         "tfds_name": "moving_shapes_qa/tiny",  # source=tfds: registered name/config ...
         "tfds_dir": "",                   # ... or a prepared dataset directory (builder_from_directory)
         "data_dir": "",                   # TFDS data_dir ("" = TFDS default)
-        "folder_jsonl": "",               # source=folder: JSONL path, "{split}" is replaced by the split
+        "folder_jsonl": "",               # source=folder: question list (file or dir), "{split}" is replaced by the split
+        "folder_layout": "auto",          # source=folder: video_folder.LAYOUTS (mc, open, instruct, nextqa, mvbench, ...)
         "video_root": "",                 # source=folder: video paths are relative to this ("" = JSONL dir)
         "tokens_dir": "",                 # source=tokens: directory written by launch/extract_tokens.py
         "num_frames": 0,                  # frames per video (0 = as stored; required for folder)
@@ -107,8 +113,10 @@ def _folder_source(c, split):
         raise ValueError("source=folder needs config.folder_jsonl (a JSONL path, '{split}' allowed)")
     if not (c.num_frames and c.resolution):
         raise ValueError("source=folder needs config.num_frames and config.resolution")
-    recs = video_folder.read_jsonl(c.folder_jsonl.replace("{split}", split), c.video_root or None)
-    fams = video_folder.family_names(recs)
+    recs = video_folder.read_records(video_folder.split_path(c.folder_jsonl, split), c.video_root or None,
+                                     c.folder_layout)
+    # one family vocabulary for every split, so family ids mean the same thing in each
+    fams = video_folder.folder_family_names(c.folder_jsonl, c.video_root or None, c.folder_layout)
     for r in recs:
         r["family_id"] = fams.index(r["family"])
     return recs, (c.num_frames, c.resolution)
@@ -167,7 +175,7 @@ class ToExample:
         return {self.media_key: np.zeros(self.media_shape, dtype), "input_ids": ids,
                 "attention_mask": np.zeros(L, bool), "loss_mask": np.zeros(L, np.float32),
                 "answer": np.int32(0), "family": np.int32(0), "index": np.int32(index),
-                "valid": np.bool_(False), "corrupt": np.bool_(corrupt)}
+                "valid": np.bool_(False), "corrupt": np.bool_(corrupt), "num_options": np.int32(0)}
 
     def __call__(self, index) -> dict[str, np.ndarray]:
         index = int(index)
@@ -181,11 +189,14 @@ class ToExample:
                 raise
             logging.warning("skipping corrupt video (example %d): %s", index, e)
             return self.padding(index, corrupt=True)
-        text = tok_lib.encode_mc(self.tok, _s(rec["question"]), [_s(o) for o in rec["options"]],
-                                 int(rec["answer"]), self.max_len)
+        if self.kind == "folder":      # multiple choice, open-ended or a conversation
+            text = chat.encode_record(self.tok, rec, self.max_len)
+        else:
+            text = tok_lib.encode_mc(self.tok, _s(rec["question"]), [_s(o) for o in rec["options"]],
+                                     int(rec["answer"]), self.max_len)
         return {self.media_key: media, **text, "answer": np.int32(rec["answer"]),
                 "family": np.int32(rec["family_id"]), "index": np.int32(index),
-                "valid": np.bool_(True), "corrupt": np.bool_(False)}
+                "valid": np.bool_(True), "corrupt": np.bool_(False), "num_options": np.int32(len(rec["options"]))}
 
 
 def _pad_batch(batch: dict[str, np.ndarray], size: int, pad: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -303,7 +303,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
     stop = _StopFlag()
     stop.install()
     history, eval_metrics, acc, n_acc = [], {}, None, 0
-    meta = {"config": cfg.to_dict(), "task": cfg.task.name}
+    meta = {"config": cfg.to_dict(), "task": cfg.task.name, **s.task.checkpoint_meta()}
     step = start
     preempted = False
     try:

@@ -8,10 +8,15 @@ position before the answer token. Data: the Grain pipeline of ``td_jax.data.pipe
 
 Config (``config.task``)::
 
-    model            td_jax.models.configs name ("tiny_vlm", "llava_ov_0_5b", ...)
-    compressor       compressor name ("" keeps the model config's), budget (0 keeps it)
+    model            the architecture: a td_jax.models.configs name ("tiny_vlm", "llava_ov_0_5b", ...),
+                     a Hugging Face directory, a launch.convert output directory or a model.json;
+                     "" = init_from's architecture ("tiny_vlm" without init_from)
+    compressor       compressor name ("" keeps the model config's), budget (0 keeps it; ``pool`` and
+                     ``none`` then keep every pooled cell / token of data.num_frames frames)
     compressor_cfg   JSON object of compressor fields, e.g. '{"iters": 10}'
-    init_from        Hugging Face model directory to start from ("" = random init)
+    init_from        weights to start from: a Hugging Face directory or a launch.convert output
+                     ("" = random init); parameters the checkpoint lacks (a learned compressor's)
+                     are freshly initialised, anything else that differs is an error naming the paths
     resize_vocab     from-scratch models: size the vocabulary to the tokenizer's
     remat            rematerialise each vision / decoder layer in the backward pass
     prepare_data     build the TFDS dataset if it is not there yet
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Mapping
 
 import jax
@@ -37,6 +43,37 @@ from td_jax.train.task import Task, register_task
 _TRAINER_OWNED = ("batch_size", "seed", "shuffle", "num_epochs", "drop_remainder")
 
 
+def resolve_model_config(t):
+    """The architecture ``config.task`` (``t``) names: ``t.model`` or, when empty, ``t.init_from``
+    (a named config, a Hugging Face directory, a ``launch.convert`` output or a model.json)."""
+    from td_jax.models import configs as model_configs
+
+    key = "task.model" if t.model or not t.init_from else "task.init_from"
+    src = t.model or t.init_from or "tiny_vlm"
+    if src in model_configs.CONFIGS:
+        cfg = model_configs.CONFIGS[src]
+    else:
+        from td_jax.convert import expand_path, hf_model_config
+        from td_jax.convert.checkpoint import read_model
+
+        path = expand_path(src)
+        if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "model.json")):
+            kw = {"compressor": t.compressor or None, "budget": int(t.budget) or None,
+                  "compressor_cfg": json.loads(t.compressor_cfg) if t.compressor_cfg.strip() else {}}
+            try:
+                cfg = hf_model_config(path, num_frames=int(t.data.num_frames) or None, **kw)
+            except ValueError as e:
+                raise ValueError(f"config key {key!r}: {e}") from None
+        elif os.path.exists(path):
+            cfg = read_model(path).cfg
+        else:
+            raise ValueError(f"config key {key!r}: {src!r} is neither a model config name (known: "
+                             f"{sorted(model_configs.CONFIGS)}) nor an existing model directory or model.json")
+    if not isinstance(cfg, model_configs.VLMConfig):
+        raise ValueError(f"config key {key!r}: {src!r} is not a video LLM ({type(cfg).__name__})")
+    return cfg
+
+
 @register_task("video_qa")
 class VideoQA(Task):
 
@@ -46,7 +83,7 @@ class VideoQA(Task):
 
         c = mlc.ConfigDict()
         c.name = "video_qa"
-        c.model = "tiny_vlm"
+        c.model = ""
         c.compressor = ""
         c.budget = 0
         c.compressor_cfg = "{}"
@@ -67,12 +104,7 @@ class VideoQA(Task):
         from td_jax.models.vlm import VideoLLM
 
         t = config.task
-        try:
-            cfg = model_configs.get_config(t.model)
-        except KeyError as e:
-            raise ValueError(f"config key 'task.model': {e.args[0]}") from None
-        if not isinstance(cfg, model_configs.VLMConfig):
-            raise ValueError(f"config key 'task.model': {t.model!r} is not a video LLM config")
+        cfg = resolve_model_config(t)
         try:
             ccfg = json.loads(t.compressor_cfg)
         except json.JSONDecodeError as e:
@@ -86,6 +118,7 @@ class VideoQA(Task):
             repl["compressor"] = t.compressor
         if t.budget:
             repl["budget"] = int(t.budget)
+        self._auto_budget = not t.budget and (t.compressor or cfg.compressor) in ("pool", "none")
         if ccfg or t.compressor:
             repl["compressor_cfg"] = tuple(sorted(ccfg.items()))
         if t.resize_vocab and not t.init_from:
@@ -103,6 +136,8 @@ class VideoQA(Task):
         except (KeyError, TypeError) as e:
             raise ValueError(f"config keys 'task.compressor' / 'task.compressor_cfg': {e}") from None
         self.model_cfg = cfg
+        if self._auto_budget:            # every pooled cell / token of the configured frame count
+            self.model_cfg = cfg = cfg.replace(budget=self._media_budget(cfg))
         self.model = VideoLLM(cfg)
         self.option_ids = np.asarray(tok.option_ids, np.int32)
         self._families: list[str] | None = None
@@ -159,11 +194,30 @@ class VideoQA(Task):
                                  f"for source={d.source!r}")
         return self._media_shape
 
+    def _media_budget(self, cfg) -> int:
+        """``pool`` / ``none`` slots for the configured media: every pooled cell / token."""
+        from td_jax.convert import default_budget
+
+        shape = self.media_shape()
+        if self.config.task.data.source == "tokens":
+            grid = tuple(shape[1:3])
+        elif cfg.vision is not None:
+            grid = cfg.vision.grid
+        else:
+            raise ValueError("config key 'task.budget' is required for a model without a vision tower")
+        return default_budget(cfg.compressor, cfg.compressor_kwargs, grid, int(shape[0]))
+
     def family_names(self) -> list[str]:
         if self._families is None:
             d = self.config.task.data
             if d.source == "tfds":
                 self._families = list(self._builder_info().metadata["families"])
+            elif d.source == "folder":
+                from td_jax.data import video_folder
+                if not d.folder_jsonl:
+                    raise ValueError("config key 'task.data.folder_jsonl' is required for source='folder'")
+                self._families = video_folder.folder_family_names(d.folder_jsonl, d.video_root or None,
+                                                                  d.folder_layout)
             else:
                 from td_jax.data import moving_shapes as ms
                 self._families = list(ms.FAMILIES)
@@ -243,13 +297,42 @@ class VideoQA(Task):
         return mc.markdown_table(metrics, self.family_names(), title=f"{self.config.task.model} + "
                                  f"{self.model_cfg.compressor} (budget {self.model_cfg.budget})")
 
+    def checkpoint_meta(self) -> dict:
+        """The architecture, stored with every checkpoint (``launch.eval`` reads it back)."""
+        from td_jax.convert.checkpoint import model_record
+        return {"model": model_record(self.model)}
+
+    def abstract_params(self):
+        """(abstract params [ShapeDtypeStructs], ``init_compressor(key)`` or None) of the model on
+        one example of this task's media (nothing is allocated)."""
+        from td_jax.convert import params as params_lib
+
+        ab = self.abstract_batch(1, train=True)
+        media = self._media(ab)
+        args = (ab["input_ids"], ab["attention_mask"], media.get("frames"), media.get("visual_tokens"))
+        abstract, init_compressor = params_lib.abstract_video_llm(self.model, 0, args=args)
+        pdt = jnp.dtype(self.config.param_dtype)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, pdt if jnp.issubdtype(a.dtype, jnp.floating)
+                                                               else a.dtype), abstract)
+        return abstract, init_compressor
+
     def load_pretrained(self):
+        """``task.init_from`` weights fitted to the model (a learned compressor missing from them is
+        freshly initialised; any other difference is a ValueError listing the parameter paths)."""
         t = self.config.task
         if not t.init_from:
             return None
-        from td_jax.convert import load_hf
+        from td_jax.convert import expand_path, fit_params, load_hf
+        from td_jax.convert.checkpoint import load_converted
 
-        m = self.model_cfg
-        _, params = load_hf(t.init_from, self.config.param_dtype, compressor=m.compressor,
-                            compressor_cfg=m.compressor_cfg, budget=m.budget)
-        return params
+        path = expand_path(t.init_from)
+        abstract, init_compressor = self.abstract_params()
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 1)
+        if os.path.isfile(os.path.join(path, "model.json")):
+            _, params = load_converted(path)
+        else:
+            m = self.model_cfg
+            num_frames = self.media_shape()[0] if self.config.task.data.source != "tokens" else None
+            _, params = load_hf(path, self.config.param_dtype, compressor=m.compressor, compressor_cfg=m.compressor_cfg,
+                                budget=m.budget, num_frames=num_frames, key=key)
+        return fit_params(dict(params), abstract, init_compressor, key=key, source=path)
