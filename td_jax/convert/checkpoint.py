@@ -124,3 +124,32 @@ def load_converted(out: str, shardings=None):
         target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree, shardings)
     params = ckptr.restore(os.path.join(out, "params"), target)
     return module, params
+
+
+def _metadata_tree(path: str):
+    meta = ocp.StandardCheckpointer().metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    return getattr(tree, "tree", tree)
+
+
+def saved_params(state_dir: str) -> dict:
+    """Shapes and dtypes (``jax.ShapeDtypeStruct``) of the ``params`` a training checkpoint's
+    ``state`` item holds, read from its metadata (no array is loaded)."""
+    if not os.path.isdir(state_dir):
+        raise FileNotFoundError(f"{state_dir}: no such checkpoint item")
+    tree = _metadata_tree(state_dir)
+    if not isinstance(tree, dict) or "params" not in tree:
+        raise ValueError(f"{state_dir}: not a training state (no 'params')")
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])
+
+
+def restore_params(state_dir: str, abstract: dict, shardings) -> dict:
+    """Only ``params`` (only the top-level entries ``abstract`` names) of a training checkpoint's
+    ``state`` item, each array restored directly onto its sharding; the optimizer state is
+    never read."""
+    target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                     abstract, shardings)}
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), target)
+    out = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+    return out["params"]

@@ -280,6 +280,25 @@ def make_pipeline(config: Mapping[str, Any], split: str, *, process_index: int |
                              tokenizer=tokenizer))
 
 
+def example_records(config: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
+    """The text side of every example of ``split``, in index order (a batch row's ``index``), as
+    ``td_jax.data.video_folder`` records (``id, question, options, answer, answers, family,
+    groups``; folder records also their layout's extra fields).  Media are not decoded for
+    folders and token stores; a TFDS source decodes each record once."""
+    c = _cfg(config)
+    if c.source == "folder":
+        return _folder_source(c, split)[0]
+    source = _tfds_source(c, split)[0] if c.source == "tfds" else _TokenSource(c.tokens_dir, split)
+    out = []
+    for i in range(len(source)):
+        rec = source[i]
+        opts, ans, fam = [_s(o) for o in rec["options"]], int(rec["answer"]), _s(rec["family"])
+        out.append({"id": _s(rec["id"]), "question": _s(rec["question"]), "options": opts, "answer": ans,
+                    "answers": [opts[ans]] if 0 <= ans < len(opts) else [], "conversations": None,
+                    "family": fam, "groups": {"family": fam}})
+    return out
+
+
 def iter_examples(config: Mapping[str, Any], split: str):
     """Every example of ``split`` in order as ``(meta, frames [T, R, R, 3] uint8)``; ``meta`` has
     ``id, question, options, answer, family, family_id`` (plain Python).  Source "tfds" or

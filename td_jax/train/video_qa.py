@@ -135,14 +135,14 @@ class VideoQA(Task):
             compressor_for(cfg)
         except (KeyError, TypeError) as e:
             raise ValueError(f"config keys 'task.compressor' / 'task.compressor_cfg': {e}") from None
+        self._families: list[str] | None = None
+        self._media_shape: tuple | None = None
+        self._prepared = False
         self.model_cfg = cfg
         if self._auto_budget:            # every pooled cell / token of the configured frame count
             self.model_cfg = cfg = cfg.replace(budget=self._media_budget(cfg))
         self.model = VideoLLM(cfg)
         self.option_ids = np.asarray(tok.option_ids, np.int32)
-        self._families: list[str] | None = None
-        self._media_shape: tuple | None = None
-        self._prepared = False
 
     # ------------------------------------------------------------------ data
     def _data_config(self, split_train: bool) -> dict:
