@@ -204,7 +204,15 @@ def run(config, *, workdir: str | None, step: int, split: str, output_dir: str, 
         ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
         step = _run_step(ck, step)
         meta = ck.read_meta(step)
-        config = mlc.ConfigDict(meta["config"]) if config is None else config
+        run_cfg = mlc.ConfigDict(meta["config"])
+        if config is None:
+            config = run_cfg
+        elif config.task.name == run_cfg.task.name == "video_qa":
+            # the data are --config's; the weights' tokenizer and origin are the run's
+            config = mlc.ConfigDict(config.to_dict())
+            config.task.init_from = run_cfg.task.init_from
+            if config.task.data.tokenizer == "init_from":
+                config.task.data.tokenizer = run_cfg.task.data.tokenizer
         if meta.get("model") is not None and config.task.name == "video_qa":
             os.makedirs(output_dir, exist_ok=True)
             model_path = os.path.join(output_dir, f"model_{step}.json")   # the architecture evaluated

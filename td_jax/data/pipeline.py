@@ -108,18 +108,22 @@ def _tfds_source(c, split):
     return src, (c.num_frames or t, c.resolution or r)
 
 
-def _folder_source(c, split):
+def _folder_records(c, split):
     if not c.folder_jsonl:
-        raise ValueError("source=folder needs config.folder_jsonl (a JSONL path, '{split}' allowed)")
-    if not (c.num_frames and c.resolution):
-        raise ValueError("source=folder needs config.num_frames and config.resolution")
+        raise ValueError("source=folder needs config.folder_jsonl (a question list, '{split}' allowed)")
     recs = video_folder.read_records(video_folder.split_path(c.folder_jsonl, split), c.video_root or None,
                                      c.folder_layout)
     # one family vocabulary for every split, so family ids mean the same thing in each
     fams = video_folder.folder_family_names(c.folder_jsonl, c.video_root or None, c.folder_layout)
     for r in recs:
         r["family_id"] = fams.index(r["family"])
-    return recs, (c.num_frames, c.resolution)
+    return recs
+
+
+def _folder_source(c, split):
+    if not (c.num_frames and c.resolution):
+        raise ValueError("source=folder needs config.num_frames and config.resolution")
+    return _folder_records(c, split), (c.num_frames, c.resolution)
 
 
 class _TokenSource:
@@ -287,7 +291,7 @@ def example_records(config: Mapping[str, Any], split: str) -> list[dict[str, Any
     folders and token stores; a TFDS source decodes each record once."""
     c = _cfg(config)
     if c.source == "folder":
-        return _folder_source(c, split)[0]
+        return _folder_records(c, split)
     source = _tfds_source(c, split)[0] if c.source == "tfds" else _TokenSource(c.tokens_dir, split)
     out = []
     for i in range(len(source)):

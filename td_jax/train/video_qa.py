@@ -43,6 +43,22 @@ from td_jax.train.task import Task, register_task
 _TRAINER_OWNED = ("batch_size", "seed", "shuffle", "num_epochs", "drop_remainder")
 
 
+def tokenizer_spec(t) -> str:
+    """``task.data.tokenizer``, with ``"init_from"`` meaning the ``tokenizer.json`` beside the
+    weights (``task.init_from``, else a ``task.model`` directory)."""
+    spec = t.data.tokenizer
+    if spec != "init_from":
+        return spec
+    from td_jax.convert import expand_path
+
+    where = t.init_from or t.model
+    path = os.path.join(expand_path(where), "tokenizer.json") if where else ""
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"config key 'task.data.tokenizer' is 'init_from' but there is no tokenizer.json in "
+                         f"{where or '(task.init_from is empty)'}")
+    return path
+
+
 def resolve_model_config(t):
     """The architecture ``config.task`` (``t``) names: ``t.model`` or, when empty, ``t.init_from``
     (a named config, a Hugging Face directory, a ``launch.convert`` output or a model.json)."""
@@ -111,7 +127,7 @@ class VideoQA(Task):
             raise ValueError(f"config key 'task.compressor_cfg' is not JSON: {e}") from None
         if not isinstance(ccfg, dict):
             raise ValueError(f"config key 'task.compressor_cfg' must be a JSON object, got {t.compressor_cfg!r}")
-        self.tokenizer = tok_lib.make_tokenizer(t.data.tokenizer, t.data.num_options)
+        self.tokenizer = tok_lib.make_tokenizer(tokenizer_spec(t), t.data.num_options)
         tok = self.tokenizer
         repl: dict[str, Any] = {"video_token_id": int(tok.video_token_id), "pad_id": int(tok.pad_id)}
         if t.compressor:
@@ -121,7 +137,8 @@ class VideoQA(Task):
         self._auto_budget = not t.budget and (t.compressor or cfg.compressor) in ("pool", "none")
         if ccfg or t.compressor:
             repl["compressor_cfg"] = tuple(sorted(ccfg.items()))
-        if t.resize_vocab and not t.init_from:
+        named = (t.model or t.init_from or "tiny_vlm") in model_configs.CONFIGS
+        if t.resize_vocab and named and not t.init_from:
             repl["llm"] = dataclasses.replace(cfg.llm, vocab_size=int(tok.vocab_size))
         elif cfg.llm.vocab_size < tok.vocab_size:
             raise ValueError(f"model {t.model!r} has vocab_size {cfg.llm.vocab_size} < tokenizer's {tok.vocab_size}")
@@ -184,14 +201,15 @@ class VideoQA(Task):
             if d.source == "tokens":
                 from td_jax.data import tokens_store
                 self._media_shape = tuple(tokens_store.read_meta(d.tokens_dir)["token_shape"])
-            elif d.num_frames and d.resolution:
-                self._media_shape = (d.num_frames, d.resolution, d.resolution, 3)
+            elif d.num_frames and (d.resolution or self._model_resolution()):
+                r = d.resolution or self._model_resolution()
+                self._media_shape = (d.num_frames, r, r, 3)
             elif d.source == "tfds":
                 t, r = self._builder_info().features["frames"].shape[:2]
                 self._media_shape = (d.num_frames or t, d.resolution or r, d.resolution or r, 3)
             else:
-                raise ValueError("config keys 'task.data.num_frames' and 'task.data.resolution' are required "
-                                 f"for source={d.source!r}")
+                raise ValueError("config key 'task.data.num_frames' (and 'task.data.resolution' for a model without "
+                                 f"a vision tower) is required for source={d.source!r}")
         return self._media_shape
 
     def _media_budget(self, cfg) -> int:
@@ -207,6 +225,11 @@ class VideoQA(Task):
             raise ValueError("config key 'task.budget' is required for a model without a vision tower")
         return default_budget(cfg.compressor, cfg.compressor_kwargs, grid, int(shape[0]))
 
+    def _model_resolution(self) -> int:
+        """The vision tower's image size (frames are resized to it when data.resolution is 0)."""
+        cfg = getattr(self, "model_cfg", None)
+        return cfg.vision.image_size if cfg is not None and cfg.vision is not None else 0
+
     def family_names(self) -> list[str]:
         if self._families is None:
             d = self.config.task.data
@@ -214,10 +237,9 @@ class VideoQA(Task):
                 self._families = list(self._builder_info().metadata["families"])
             elif d.source == "folder":
                 from td_jax.data import video_folder
-                if not d.folder_jsonl:
-                    raise ValueError("config key 'task.data.folder_jsonl' is required for source='folder'")
-                self._families = video_folder.folder_family_names(d.folder_jsonl, d.video_root or None,
-                                                                  d.folder_layout)
+                # No list yet (e.g. --compile_only): one family; reading any data fails naming the key.
+                self._families = (video_folder.folder_family_names(d.folder_jsonl, d.video_root or None,
+                                                                   d.folder_layout) if d.folder_jsonl else ["all"])
             else:
                 from td_jax.data import moving_shapes as ms
                 self._families = list(ms.FAMILIES)
@@ -246,6 +268,8 @@ class VideoQA(Task):
         d = dict(self.config.task.data.to_dict())
         d.update(batch_size=batch_size * shard_count, seed=seed, shuffle=bool(train),
                  num_epochs=-1 if train else 1, drop_remainder=bool(train))
+        if d["source"] != "tokens":            # frames as the model sees them (resolution 0: the tower's)
+            d.update(num_frames=self.media_shape()[0], resolution=self.media_shape()[1])
         return pipeline.make_pipeline(d, split, process_index=shard_index, process_count=shard_count,
                                       tokenizer=self.tokenizer)
 
