@@ -78,16 +78,5 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     t.model = ""
     t.init_from = a.get("ckpt", "")
     t.resize_vocab = False
-    t.prepare_data = False
-    d = t.data
-    d.source = "folder"
-    d.folder_jsonl = a.get("data", "")
-    d.folder_layout = a.get("layout", "auto")
-    d.video_root = a.get("video_root", "")
-    d.num_frames = a.get("frames", 32)
-    d.resolution = a.get("res", 0)
-    d.tokenizer = a.get("tokenizer", "init_from")
-    d.num_options = a.get("options", 5)
-    d.max_text_len = a.get("max_len", 512)
-    d.worker_count = a.get("workers", 0)
+    mod.set_folder_data(t, a, frames=32, max_len=512, workers=0, tokenizer="init_from")
     return c

@@ -118,17 +118,24 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     import json
     t.compressor_cfg = json.dumps(ccfg)
     t.remat = not tiny
+    set_folder_data(t, a, frames=4 if tiny else 32, max_len=64 if tiny else 1024, workers=0 if tiny else 8,
+                    tokenizer="init_from" if "hf_dir" in a else "word")
+    t.data.skip_corrupt = not tiny    # a broken video in 178K rows becomes a masked row, counted
+    return c
+
+
+def set_folder_data(t, a: dict, *, frames: int, max_len: int, workers: int, tokenizer: str) -> None:
+    """``config.task`` reading a video-QA folder from the ``data``, ``layout``, ``video_root``,
+    ``frames``, ``res``, ``max_len``, ``workers`` and ``options`` args (defaults as given)."""
     t.prepare_data = False
     d = t.data
     d.source = "folder"
     d.folder_jsonl = a.get("data", "")
     d.folder_layout = a.get("layout", "auto")
     d.video_root = a.get("video_root", "")
-    d.num_frames = a.get("frames", 4 if tiny else 32)
+    d.num_frames = a.get("frames", frames)
     d.resolution = a.get("res", 0)
-    d.tokenizer = "init_from" if "hf_dir" in a else "word"
-    d.num_options = 5
-    d.max_text_len = a.get("max_len", 64 if tiny else 1024)
-    d.worker_count = a.get("workers", 0 if tiny else 8)
-    d.skip_corrupt = not tiny         # a broken video in 178K rows becomes a masked row, counted
-    return c
+    d.tokenizer = a.get("tokenizer", tokenizer)
+    d.num_options = a.get("options", 5)
+    d.max_text_len = a.get("max_len", max_len)
+    d.worker_count = a.get("workers", workers)

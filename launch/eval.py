@@ -198,8 +198,10 @@ def run(config, *, workdir: str | None, step: int, split: str, output_dir: str, 
     overrides, gen = dict(overrides or {}), dict(gen or {})
     ck, model_path, init_from, source = None, None, None, None
     if workdir:
+        from etils import epath
+
         workdir = expand_path(workdir)
-        if not os.path.isdir(workdir):
+        if not epath.Path(workdir).is_dir():          # local or gs://
             raise FileNotFoundError(f"--workdir={workdir}: no such directory")
         ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
         step = _run_step(ck, step)

@@ -21,7 +21,6 @@ Unknown keys, missing parameters and shape mismatches raise one ValueError listi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any
@@ -37,7 +36,7 @@ from td_jax import compressors
 from td_jax.compressors import pool as pool_lib
 from td_jax.convert import layouts
 from td_jax.convert import params as params_lib
-from td_jax.convert.checkpoint import load_converted, save_converted
+from td_jax.convert.checkpoint import load_converted, read_json, save_converted
 from td_jax.convert.params import check_params, fit_params
 from td_jax.convert.safetensors_io import read_checkpoint, read_safetensors
 from td_jax.models import configs as C
@@ -344,12 +343,7 @@ def _read_config(path) -> tuple[str, dict]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory)")
-    with open(cfg_path) as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-    return path, d
+    return path, read_json(cfg_path)
 
 
 def _check_vlm_overrides(layout: str, path: str, vlm_overrides: dict, num_frames) -> dict:

@@ -50,6 +50,15 @@ def config_from_dict(kind: str, d: dict):
     raise ValueError(f"unknown model kind {kind!r}; known: {sorted(_KINDS)}")
 
 
+def read_json(file: str):
+    """The JSON in ``file`` (ValueError naming the file if it is not valid JSON)."""
+    with open(file) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
 def model_record(module) -> dict:
     """``{"kind": ..., "config": {...}}``: the JSON record of a module's architecture."""
     kind = type(module).__name__
@@ -78,11 +87,7 @@ def read_model(path: str):
     file = os.path.join(path, "model.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path}: no model.json (not written by save_converted / launch.convert)")
-    with open(file) as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file}: not valid JSON ({e})") from None
+    d = read_json(file)
     if isinstance(d, dict) and "kind" not in d and isinstance(d.get("model"), dict):
         d = d["model"]
     return module_from_record(d, source=file)
@@ -135,7 +140,9 @@ def _metadata_tree(path: str):
 def saved_params(state_dir: str) -> dict:
     """Shapes and dtypes (``jax.ShapeDtypeStruct``) of the ``params`` a training checkpoint's
     ``state`` item holds, read from its metadata (no array is loaded)."""
-    if not os.path.isdir(state_dir):
+    from etils import epath
+
+    if not epath.Path(state_dir).is_dir():          # local or gs://
         raise FileNotFoundError(f"{state_dir}: no such checkpoint item")
     tree = _metadata_tree(state_dir)
     if not isinstance(tree, dict) or "params" not in tree:

@@ -282,12 +282,6 @@ def generate(module: VideoLLM, variables, input_ids, attention_mask=None, *, fra
     ``compress_key``: the PRNG key of the compressor's randomness (k-means seeding), required
     by compressors that draw any.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature > 0 and key is None:
-        raise ValueError("sampling with temperature > 0 needs a PRNG key")
     check_placeholders(input_ids, module.cfg.video_token_id)
     if frames is not None and _is_concrete(frames) and module.cfg.vision is not None:
         check_frames(frames, module.cfg.vision.image_size)
