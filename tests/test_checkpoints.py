@@ -12,6 +12,7 @@ import pytest
 
 import tiny_llava
 import td_jax
+from td_jax import compressors
 from td_jax.convert import check_params, fit_params, load_hf
 from td_jax.convert import params as params_lib
 from td_jax.data import chat, video_folder
@@ -74,6 +75,18 @@ def test_load_hf_with_a_learned_compressor_is_abstract(tiny, monkeypatch, tmp_pa
     ids = jnp.asarray([[5, 6, m_td.cfg.video_token_id, 7]] * 2)
     logits = m_td.apply({"params": p_td}, ids, None, frames, rngs={"compress": jax.random.key(0)})
     assert logits.shape == (2, 4, 128) and np.isfinite(np.asarray(logits, np.float32)).all()
+
+
+def test_every_registered_compressor_traces_on_a_checkpoint_with_one_frame(tiny):
+    """Any compressor in front of a LLaVA-OV directory's LLM, on a 1-frame video (shapes only)."""
+    from td_jax.convert import hf_model_config
+
+    _, path = tiny
+    for name in compressors.names():
+        cfg = hf_model_config(path, compressor=name, budget=16, num_frames=1)
+        abstract, init_compressor = params_lib.abstract_video_llm(vlm_lib.VideoLLM(cfg), 1)
+        assert {"llm", "vision", "projector", "image_newline"} <= set(abstract), name
+        assert (init_compressor is not None) == ("compressor" in abstract), name
 
 
 def test_load_hf_user_errors_are_clear_and_early(tiny, tmp_path, monkeypatch):
