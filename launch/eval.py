@@ -178,7 +178,14 @@ def _video_qa(s, params, *, split: str, mode: str, gen: dict, max_batches: int, 
     title = (f"{label} + {m.compressor} (budget {m.budget}): {split} split, "
              f"{'option letters' if mode == 'mc' else 'generated answers'}")
     rates = [n for n in names if n not in ("answer_nll", "judge_score")]
-    return preds, metrics, predict.markdown(metrics, preds, rates, title=title)
+    md = predict.markdown(metrics, preds, rates, title=title)
+    if len(preds) < len(records):
+        why = f"the first {max_batches} batches" if max_batches else "videos that failed to decode were skipped"
+        md += f"\nScored {len(preds)} of the split's {len(records)} questions ({why}).\n"
+        if not max_batches:
+            logging.warning("scored %d of %d questions: %d skipped (undecodable videos)", len(preds), len(records),
+                            len(records) - len(preds))
+    return preds, metrics, md, len(records)
 
 
 def run(config, *, workdir: str | None, step: int, split: str, output_dir: str, checkpoint: str | None = None,
@@ -245,11 +252,13 @@ def run(config, *, workdir: str | None, step: int, split: str, output_dir: str, 
     stem = os.path.join(output_dir, f"eval_{split}_{step}" + ("" if mode == "mc" else "_generate"))
     record = {"split": split, "step": int(step), "task": cfg.task.name, "mode": mode, "source": source}
     if cfg.task.name == "video_qa":
-        preds, metrics, md = _video_qa(s, params, split=split, mode=mode, gen=gen, max_batches=cfg.eval_steps,
-                                       label=f"{source} step {step}" if ck is not None else source)
+        preds, metrics, md, n_split = _video_qa(s, params, split=split, mode=mode, gen=gen, max_batches=cfg.eval_steps,
+                                                label=f"{source} step {step}" if ck is not None else source)
         m = s.task.model_cfg
         record.update(model={"compressor": m.compressor, "budget": m.budget, "compressor_cfg": dict(m.compressor_cfg),
-                             "dtype": m.dtype}, metrics=metrics)
+                             "dtype": m.dtype},
+                      examples={"scored": len(preds), "in_split": n_split, "max_batches": cfg.eval_steps or None},
+                      metrics=metrics)
         if jax.process_index() == 0:
             paths = predict.write_outputs(stem, record, preds, md)
             logging.info("wrote %s", ", ".join(paths.values()))

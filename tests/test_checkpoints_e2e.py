@@ -70,6 +70,7 @@ def test_eval_multiple_choice_matches_transformers(world, converted):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.load(open(out / "eval_test_0.json"))
     assert rec["metrics"]["count"] == 6 and rec["model"]["compressor"] == "pool" and rec["model"]["budget"] == 16
+    assert rec["examples"] == {"scored": 6, "in_split": 6, "max_batches": None}
     assert rec["metrics"]["count/CW"] == 3 and "accuracy/DC" in rec["metrics"]
     preds = [json.loads(line) for line in open(out / "eval_test_0_predictions.jsonl")]
     assert [p["id"] for p in preds] == [f"{1000 + i}_{i}" for i in range(6)]
@@ -107,6 +108,7 @@ def test_eval_generate_matches_transformers_greedy(world, converted):
         assert p["ids"] == ref[:len(p["ids"])].tolist() and 1 <= len(p["ids"]) <= 5
 
 
+@pytest.mark.slow    # faster: test_checkpoints.py (HF init + token dynamics), test_train_video.py (train -> eval)
 def test_finetune_with_token_dynamics_then_evaluate_the_run(world):
     run_dir = world["root"] / "run"
     data = world["data"]["root"]

@@ -118,22 +118,21 @@ def abstract_video_llm(module, num_frames: int, *, args: tuple | None = None
     comp, c_args, c_kw = seen[COMPRESSOR]
     want = abstract[COMPRESSOR]
 
+    leaves, treedef = jax.tree.flatten((c_args, c_kw), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    is_array = [isinstance(x, jax.ShapeDtypeStruct) for x in leaves]
+
     def init_compressor(key: jax.Array) -> dict:
         k_params, k_rng, k_drop, k_data = jax.random.split(key, 4)
-        leaves, treedef = jax.tree.flatten((c_args, c_kw), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        rngs = {"params": k_params, compressors.RNG_STREAM: k_rng, "dropout": k_drop}
+
+        def run(*arrays):        # the recorded call, with these arrays where it had arrays
+            it = iter(arrays)
+            a, kw = jax.tree.unflatten(treedef, [next(it) if arr else x for x, arr in zip(leaves, is_array)])
+            return comp.init(rngs, *a, **kw)["params"]
+
         keys = jax.random.split(k_data, max(len(leaves), 1))
-        a, kw = jax.tree.unflatten(treedef, [_dummy(x, k) for x, k in zip(leaves, keys)])
-        arrays = [i for i, x in enumerate(jax.tree.leaves((a, kw))) if isinstance(x, jax.Array)]
-
-        def run(*xs):
-            flat = jax.tree.leaves((a, kw))
-            for i, x in zip(arrays, xs):
-                flat[i] = x
-            aa, kk = jax.tree.unflatten(jax.tree.structure((a, kw)), flat)
-            return comp.init({"params": k_params, compressors.RNG_STREAM: k_rng, "dropout": k_drop}, *aa, **kk)["params"]
-
-        flat_in = jax.tree.leaves((a, kw))
-        fresh = nn.unbox(jax.jit(run)(*[flat_in[i] for i in arrays]))
+        dummies = [_dummy(x, k) for x, k, arr in zip(leaves, keys, is_array) if arr]
+        fresh = nn.unbox(jax.jit(run)(*dummies))
         problems = tree_problems(fresh, want)
         if problems:   # the standalone module must build exactly the tree it has inside the model
             raise RuntimeError(f"compressor {module.cfg.compressor!r}: standalone init differs from the model's "
