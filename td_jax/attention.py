@@ -46,11 +46,11 @@ def trajectory_features(dynamics_map: jax.Array, k: int) -> tuple[jax.Array, jax
     vx = jnp.einsum("bthwk,w->bkt", onehot, xs * xs) / safe - mx ** 2
     present = cnt > 0
     # Velocity: centre shift from the previous frame where the cluster is in both.
+    # (The first frame, and a single-frame video's only frame, has zero velocity.)
     both = present[..., 1:] & present[..., :-1]
-    dy = jnp.where(both, my[..., 1:] - my[..., :-1], 0.0)
-    dx = jnp.where(both, mx[..., 1:] - mx[..., :-1], 0.0)
-    dy = jnp.concatenate([jnp.zeros_like(dy[..., :1]), dy], -1)
-    dx = jnp.concatenate([jnp.zeros_like(dx[..., :1]), dx], -1)
+    first = jnp.zeros(my.shape[:-1] + (1,), my.dtype)
+    dy = jnp.concatenate([first, jnp.where(both, my[..., 1:] - my[..., :-1], 0.0)], -1)
+    dx = jnp.concatenate([first, jnp.where(both, mx[..., 1:] - mx[..., :-1], 0.0)], -1)
     area = cnt / float(h * w)
     feats = jnp.stack([present.astype(jnp.float32), jnp.sqrt(area), my, mx,
                        jnp.sqrt(jnp.maximum(vy, 0.0)), jnp.sqrt(jnp.maximum(vx, 0.0)),

@@ -115,8 +115,11 @@ def test_bad_inputs_raise(tiny):
     two[0, 4] = VID
     with pytest.raises(ValueError, match="exactly one video_token_id"):
         module.apply({"params": p}, two, tiny["mask"], tiny["frames"])
-    with pytest.raises(ValueError, match=r"pixels must be \[B, 32, 32, 3\]"):
+    # errors show the shape the caller passed, not the tower's flattened B*T view
+    with pytest.raises(ValueError, match=r"frames must be \[B, T, 32, 32, 3\].*got shape \(2, 2, 16, 16, 3\): resize"):
         module.apply({"params": p}, tiny["ids"], tiny["mask"], tiny["frames"][:, :, :16, :16])
+    with pytest.raises(ValueError, match=r"got shape \(2, 2, 3, 32, 32\): channels-first"):
+        module.apply({"params": p}, tiny["ids"], tiny["mask"], jnp.moveaxis(tiny["frames"], -1, 2))
     with pytest.raises(ValueError, match="exactly one of frames"):
         module.apply({"params": p}, tiny["ids"], tiny["mask"])
     with pytest.raises(ValueError, match="width 32"):

@@ -21,7 +21,11 @@ Batches (``B`` = ``config.batch_size // process_count`` rows per process):
 * ``answer [B]`` int32 (option index), ``family [B]`` int32, ``index [B]`` int32 (position in
   the split, -1 for padding), ``valid [B]`` bool (False on padding rows),
   ``corrupt [B]`` bool (True where a video failed to decode and ``skip_corrupt`` replaced it
-  by a padding row — sum it for the "skipped" metric).
+  by a padding row — sum it for the "skipped" metric), ``num_options [B]`` int32 (the
+  example's option count; 0 for open-ended questions, conversations and padding).
+Folder sources read any ``td_jax.data.video_folder`` layout (``folder_layout``): multiple-choice
+rows are encoded with a letter answer, open-ended rows with their first reference answer,
+instruction rows as a conversation (loss on every assistant turn).
 
 How batches are drawn: ``families`` / ``max_examples`` select examples of the split, process
 ``i`` of ``n`` keeps examples ``i, i+n, ...``; Grain shuffles (reshuffled every epoch),
@@ -48,6 +52,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
+from td_jax.data import chat
 from td_jax.data import tokenizer as tok_lib
 from td_jax.data import tokens_store
 from td_jax.data import video as video_lib
@@ -63,7 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
         "tfds_name": "moving_shapes_qa/tiny",  # source=tfds: registered name/config ...
         "tfds_dir": "",                   # ... or a prepared dataset directory (builder_from_directory)
         "data_dir": "",                   # TFDS data_dir ("" = TFDS default)
-        "folder_jsonl": "",               # source=folder: JSONL path, "{split}" is replaced by the split
+        "folder_jsonl": "",               # source=folder: question list (file or dir), "{split}" is replaced by the split
+        "folder_layout": "auto",          # source=folder: video_folder.LAYOUTS (mc, open, instruct, nextqa, mvbench, ...)
         "video_root": "",                 # source=folder: video paths are relative to this ("" = JSONL dir)
         "tokens_dir": "",                 # source=tokens: directory written by launch/extract_tokens.py
         "num_frames": 0,                  # frames per video (0 = as stored; required for folder)
@@ -143,16 +149,22 @@ def _tfds_source(c, split):
     return src, (c.num_frames or t, c.resolution or r)
 
 
-def _folder_source(c, split):
+def _folder_records(c, split):
     if not c.folder_jsonl:
-        raise ValueError("source=folder needs config.folder_jsonl (a JSONL path, '{split}' allowed)")
-    if not (c.num_frames and c.resolution):
-        raise ValueError("source=folder needs config.num_frames and config.resolution")
-    recs = video_folder.read_jsonl(c.folder_jsonl.replace("{split}", split), c.video_root or None)
-    fams = video_folder.family_names(recs)
+        raise ValueError("source=folder needs config.folder_jsonl (a question list, '{split}' allowed)")
+    recs = video_folder.read_records(video_folder.split_path(c.folder_jsonl, split), c.video_root or None,
+                                     c.folder_layout)
+    # one family vocabulary for every split, so family ids mean the same thing in each
+    fams = video_folder.folder_family_names(c.folder_jsonl, c.video_root or None, c.folder_layout)
     for r in recs:
         r["family_id"] = fams.index(r["family"])
-    return recs, (c.num_frames, c.resolution)
+    return recs
+
+
+def _folder_source(c, split):
+    if not (c.num_frames and c.resolution):
+        raise ValueError("source=folder needs config.num_frames and config.resolution")
+    return _folder_records(c, split), (c.num_frames, c.resolution)
 
 
 class _TokenSource:
@@ -213,7 +225,7 @@ class ToExample:
         out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.arrays.items()}
         out.update({"input_ids": ids, "attention_mask": np.zeros(L, bool), "loss_mask": np.zeros(L, np.float32),
                     "answer": np.int32(0), "family": np.int32(0), "index": np.int32(index),
-                    "valid": np.bool_(False), "corrupt": np.bool_(corrupt)})
+                    "valid": np.bool_(False), "corrupt": np.bool_(corrupt), "num_options": np.int32(0)})
         if self.with_options:
             n = self.num_options
             out.update({"opt_input_ids": np.repeat(ids[None], n, 0), "opt_attention_mask": np.zeros((n, L), bool),
@@ -246,9 +258,15 @@ class ToExample:
             logging.warning("skipping corrupt video (example %d): %s", index, e)
             return self.padding(index, corrupt=True)
         question, options = _s(rec["question"]), [_s(o) for o in rec["options"]]
-        text = tok_lib.encode_mc(self.tok, question, options, int(rec["answer"]), self.max_len, self.answer_format,
-                                 self.list_options)
+        if self.kind == "folder":      # multiple choice, open-ended or a conversation
+            text = chat.encode_record(self.tok, rec, self.max_len)
+        else:
+            text = tok_lib.encode_mc(self.tok, question, options, int(rec["answer"]), self.max_len,
+                                     self.answer_format, self.list_options)
         if self.with_options:
+            if not options:
+                raise ValueError(f"example {index} ({_s(rec['id'])}) has no options to score (data config "
+                                 "with_options=True needs multiple-choice questions)")
             opts = tok_lib.encode_mc_options(self.tok, question, options, self.max_len, self.list_options)
             pad = self.num_options - len(options)
             if pad:   # fewer options than slots: repeat the last one, never the argmax of a tie
@@ -256,7 +274,8 @@ class ToExample:
                 opts["loss_mask"][len(options):] = 0.0
             text.update({f"opt_{k}": v for k, v in opts.items()})
         return {**media, **text, "answer": np.int32(rec["answer"]), "family": np.int32(rec["family_id"]),
-                "index": np.int32(index), "valid": np.bool_(True), "corrupt": np.bool_(False)}
+                "index": np.int32(index), "valid": np.bool_(True), "corrupt": np.bool_(False),
+                "num_options": np.int32(len(options))}
 
     def family(self, index: int) -> str:
         return _s(self.source[int(index)]["family"])
@@ -444,6 +463,25 @@ def family_names(config: Mapping[str, Any]) -> list[str] | None:
                                                                                        data_dir=c.data_dir or None)
     fams = (builder.info.metadata or {}).get("families")
     return list(fams) if fams else None
+
+
+def example_records(config: Mapping[str, Any], split: str) -> list[dict[str, Any]]:
+    """The text side of every example of ``split``, in index order (a batch row's ``index``), as
+    ``td_jax.data.video_folder`` records (``id, question, options, answer, answers, family,
+    groups``; folder records also their layout's extra fields).  Media are not decoded for
+    folders and token stores; a TFDS source decodes each record once."""
+    c = _cfg(config)
+    if c.source == "folder":
+        return _folder_records(c, split)
+    source = _tfds_source(c, split)[0] if c.source == "tfds" else _TokenSource(c.tokens_dir, split)
+    out = []
+    for i in range(len(source)):
+        rec = source[i]
+        opts, ans, fam = [_s(o) for o in rec["options"]], int(rec["answer"]), _s(rec["family"])
+        out.append({"id": _s(rec["id"]), "question": _s(rec["question"]), "options": opts, "answer": ans,
+                    "answers": [opts[ans]] if 0 <= ans < len(opts) else [], "conversations": None,
+                    "family": fam, "groups": {"family": fam}})
+    return out
 
 
 def iter_examples(config: Mapping[str, Any], split: str):

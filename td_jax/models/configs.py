@@ -20,6 +20,23 @@ def as_dtype(name: str):
     return _DTYPES[name]
 
 
+def dtype_name(dtype) -> str:
+    """The config name (``"float32" | "bfloat16" | "float16"``) of any spelling of a float
+    dtype: the name itself, ``jnp.bfloat16``, ``np.float32``, ``np.dtype("float16")``, ...
+    (ValueError naming the value otherwise)."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = jnp.dtype(dtype).name
+        except TypeError:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} "
+                             "(a name, or a numpy / JAX dtype)") from None
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(_DTYPES)} (or the numpy / JAX dtype)")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
     """A Qwen2-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""

@@ -60,6 +60,24 @@ def check_placeholders(input_ids, video_token_id: int) -> None:
                              f"rows {bad.tolist()[:8]} have counts {counts[bad].tolist()[:8]}")
 
 
+def check_frames(frames, resolution: int) -> None:
+    """ValueError naming the shape the caller passed unless ``frames`` is ``[B, T, R, R, 3]``
+    with ``R = resolution`` (images are 1-frame videos: ``[B, 1, R, R, 3]``)."""
+    shape = tuple(frames.shape)
+    want = f"[B, T, {resolution}, {resolution}, 3] (batch, frames, height, width, RGB)"
+    if len(shape) == 4 and shape[-1] == 3:
+        raise ValueError(f"frames must be {want}, got shape {shape}: an image batch? pass it as 1-frame videos, "
+                         f"frames[:, None]")
+    if len(shape) != 5:
+        raise ValueError(f"frames must be {want}, got shape {shape}")
+    if shape[2] == 3 and shape[-1] != 3:
+        raise ValueError(f"frames must be {want}, got shape {shape}: channels-first? move the channel axis last, "
+                         f"frames.transpose(0, 1, 3, 4, 2)")
+    if shape[2:] != (resolution, resolution, 3):
+        raise ValueError(f"frames must be {want}, got shape {shape}: resize the frames to {resolution}x{resolution} "
+                         f"(the vision tower's image_size)")
+
+
 def splice(text: Array, text_valid: Array, placeholder: Array, vis: Array, vis_valid: Array) -> tuple[Array, Array]:
     """Replace each row's placeholder by its visual slots.
 
@@ -158,8 +176,7 @@ class VideoLLM(nn.Module):
         if frames is not None:
             if cfg.vision is None:
                 raise ValueError("this VLMConfig has no vision tower: pass visual_tokens instead of frames")
-            if frames.ndim != 5:
-                raise ValueError(f"frames must be [B, T, R, R, 3], got shape {tuple(frames.shape)}")
+            check_frames(frames, cfg.vision.image_size)
             B, T = frames.shape[:2]
             if isinstance(cfg.vision, PatchEmbedConfig):    # frozen: nothing to train or differentiate
                 feats = jax.lax.stop_gradient(patch_embed(frames, **cfg.vision.kwargs()))
@@ -378,19 +395,37 @@ def mc_accuracy(logits, loss_mask, option_ids, answer, valid=None) -> Array:
     return jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def _generate(module: VideoLLM, variables, input_ids, attention_mask, frames, visual_tokens, precomputed, key,
+              compress_key, *, max_new_tokens: int, temperature: float, eos_id: int | None, pad_id: int) -> dict:
+    rngs = {} if compress_key is None else {compressors.RNG_STREAM: compress_key}
+    d = module.apply(variables, input_ids, attention_mask, frames, visual_tokens, precomputed=precomputed,
+                     method=VideoLLM.decoder_inputs, rngs=rngs)
+    layout = None if d.memory is None else (d.positions, d.slots, d.kv_valid)
+    return llm_lib.generate_from_embeds(module, variables, d.embeds, d.valid, max_new_tokens=max_new_tokens, key=key,
+                                        temperature=temperature, eos_id=eos_id, pad_id=pad_id, layout=layout,
+                                        memory=d.memory)
+
+
+# One compiled program per (model, decoding settings, input shapes); reused across calls.
+_generate_jit = jax.jit(_generate, static_argnames=("module", "max_new_tokens", "temperature", "eos_id", "pad_id"))
+
+
 def generate(module: VideoLLM, variables, input_ids, attention_mask=None, *, frames=None, visual_tokens=None,
-             max_new_tokens: int, key=None, temperature: float = 0.0, eos_id: int | None = None,
+             precomputed: dict | None = None, max_new_tokens: int, key=None, temperature: float = 0.0,
+             eos_id: int | None = None,
              pad_id: int | None = None, compress_key=None) -> dict:
     """Batched greedy / temperature generation after a right-padded prompt with one video.
 
     Returns ``{"ids": [B, max_new_tokens], "lengths": [B]}`` (see
-    ``td_jax.models.llm.generate_from_embeds``).
+    ``td_jax.models.llm.generate_from_embeds``).  Compiled with ``jax.jit`` (cached per model,
+    decoding settings and input shapes); inside a caller's own ``jit`` it simply traces.
+    ``compress_key``: the PRNG key of the compressor's randomness (k-means seeding), required
+    by compressors that draw any.  ``precomputed``: a stored compressor stage instead of media.
     """
-    rngs = {} if compress_key is None else {compressors.RNG_STREAM: compress_key}
-    d = module.apply(variables, input_ids, attention_mask, frames, visual_tokens,
-                     method=VideoLLM.decoder_inputs, rngs=rngs)
+    check_placeholders(input_ids, module.cfg.video_token_id)
+    if frames is not None and _is_concrete(frames) and module.cfg.vision is not None:
+        check_frames(frames, module.cfg.vision.image_size)
     pad = module.cfg.pad_id if pad_id is None else pad_id
-    layout = None if d.memory is None else (d.positions, d.slots, d.kv_valid)
-    return llm_lib.generate_from_embeds(module, variables, d.embeds, d.valid, max_new_tokens=max_new_tokens, key=key,
-                                        temperature=temperature, eos_id=eos_id, pad_id=pad, layout=layout,
-                                        memory=d.memory)
+    return _generate_jit(module, variables, input_ids, attention_mask, frames, visual_tokens, precomputed, key,
+                         compress_key, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                         eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad))

@@ -88,6 +88,11 @@ class Task(abc.ABC):
         """
         return None
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """JSON-serialisable facts saved with every checkpoint next to the config (e.g. the
+        model's architecture, which ``launch.eval`` reads back); default none."""
+        return {}
+
     def eval_report(self, metrics: Mapping[str, float]) -> str:
         """Markdown summary of :meth:`finalize_eval` metrics (default: a key/value table)."""
         lines = ["| metric | value |", "|---|---|"]

@@ -484,7 +484,7 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *
     eval_step = make_eval_step(s)
     progress = metrics_lib.Progress(cfg.total_steps, start)
     history, eval_metrics, acc, n_acc = [], {}, None, 0
-    meta = {"config": cfg.to_dict(), "task": cfg.task.name}
+    meta = {"config": cfg.to_dict(), "task": cfg.task.name, **s.task.checkpoint_meta()}
     step = start
     preempted = False
     try:
