@@ -126,6 +126,18 @@ def arm_budget(arm: dict, s: dict) -> int:
     return s["budget"] if b == 0 else (s["budget"] - b if b < 0 else b)
 
 
+def arm_cfg(arm: dict, s: dict) -> dict:
+    """An arm's compressor config at its budget: the method's knob set by
+    ``td_jax.compressors.budget.plan`` for the video's T x h x w tokens (e.g. pooling's
+    area grid over space and time, ToMe's merge schedule), plus the arm's own options."""
+    from td_jax.compressors import budget as budget_lib
+
+    if arm["compressor"] == "none":
+        return dict(arm.get("cfg", {}))
+    side = s["resolution"] // s["patch"]
+    return budget_lib.plan(arm["compressor"], arm_budget(arm, s), (s["frames"], side, side), **arm.get("cfg", {})).cfg
+
+
 def grid_arms(opts: dict) -> list[dict]:
     """The arms this arg runs, in order (eval-only arms after the arms they evaluate)."""
     names = [a for a in opts["arms"].split("+") if a] if opts["arms"] else []
@@ -153,7 +165,7 @@ def store_dir(root: str, arm: dict, s: dict) -> str:
     """Where an arm's precomputed stage lives: arms whose stages are identical share it."""
     from td_jax.data import extract
 
-    meta = extract.compressor_meta(arm["compressor"], arm_budget(arm, s), arm.get("cfg", {}), 0, s["frames"])
+    meta = extract.compressor_meta(arm["compressor"], arm_budget(arm, s), arm_cfg(arm, s), 0, s["frames"])
     stage = json.dumps({"stage": meta["stage"], "patch": s["patch"], "dim": s["dim"], "dataset": s["dataset"]},
                        sort_keys=True)
     kind = meta["stage"].get("stage", arm["compressor"])       # "kmeans" for the token-dynamics family
@@ -202,7 +214,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     t.visual_tokens_stage = "vision"
     t.compressor = arm["compressor"]
     t.budget = arm_budget(arm, s) if arm["compressor"] != "none" else 0
-    t.compressor_cfg = json.dumps(arm.get("cfg", {}), sort_keys=True)
+    t.compressor_cfg = json.dumps(arm_cfg(arm, s), sort_keys=True)
     t.prepare_data = True
     d = t.data
     d.tfds_name = s["dataset"]
@@ -293,7 +305,7 @@ def prepare(arg: str = "", log=print) -> None:
         log(f"[motion_qa] store for {st['arm']['name']}'s stage ({arm_budget(st['arm'], s)} slots): {d}")
     t0 = time.time()
     extract.build_stores([(d, {"name": st["arm"]["compressor"], "budget": arm_budget(st["arm"], s),
-                               "cfg": st["arm"].get("cfg", {}), "seed": 0}, st["splits"]) for d, st in stores.items()],
+                               "cfg": arm_cfg(st["arm"], s), "seed": 0}, st["splits"]) for d, st in stores.items()],
                          src, embed=embed, batch_size=s["extract_batch"], log=log)
     log(f"[motion_qa] {len(stores)} stores ready ({time.time() - t0:.0f}s)")
 
@@ -309,7 +321,7 @@ def plan(arg: str = "") -> dict:
     s = settings(opts)
     arms = []
     for arm in grid_arms(opts):
-        a = {"name": arm["name"], "label": arm["label"], "compressor": arm["compressor"], "cfg": arm.get("cfg", {}),
+        a = {"name": arm["name"], "label": arm["label"], "compressor": arm["compressor"], "cfg": arm_cfg(arm, s),
              "eval_of": arm.get("eval_of", ""), "kind": arm.get("kind", "store"),
              "seeds": list(s["ref_seeds"] if arm.get("seeds") == "reference" else s["seeds"]),
              "budget": arm_budget(arm, s) if arm["compressor"] != "none" else _tokens_per_video(s)}

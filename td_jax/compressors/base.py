@@ -249,7 +249,12 @@ def cfg_from_json(text: str, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is not JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{what} must be a JSON object, got {text!r}")
-    return cfg
+    # JSON has no tuples: arrays become tuples (module fields such as pool's out_hw must hash)
+    return {k: _tuples(v) for k, v in cfg.items()}
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 def get(name: str, **cfg: Any) -> Compressor:

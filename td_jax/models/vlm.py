@@ -60,11 +60,13 @@ def check_placeholders(input_ids, video_token_id: int) -> None:
                              f"rows {bad.tolist()[:8]} have counts {counts[bad].tolist()[:8]}")
 
 
-def check_frames(frames, resolution: int) -> None:
+def check_frames(frames, resolution: int | None, multiple_of: int = 1) -> None:
     """ValueError naming the shape the caller passed unless ``frames`` is ``[B, T, R, R, 3]``
-    with ``R = resolution`` (images are 1-frame videos: ``[B, 1, R, R, 3]``)."""
+    with ``R = resolution`` (None: any R that is a multiple of ``multiple_of``; images are
+    1-frame videos: ``[B, 1, R, R, 3]``)."""
     shape = tuple(frames.shape)
-    want = f"[B, T, {resolution}, {resolution}, 3] (batch, frames, height, width, RGB)"
+    r = "R" if resolution is None else resolution
+    want = f"[B, T, {r}, {r}, 3] (batch, frames, height, width, RGB)"
     if len(shape) == 4 and shape[-1] == 3:
         raise ValueError(f"frames must be {want}, got shape {shape}: an image batch? pass it as 1-frame videos, "
                          f"frames[:, None]")
@@ -73,9 +75,21 @@ def check_frames(frames, resolution: int) -> None:
     if shape[2] == 3 and shape[-1] != 3:
         raise ValueError(f"frames must be {want}, got shape {shape}: channels-first? move the channel axis last, "
                          f"frames.transpose(0, 1, 3, 4, 2)")
-    if shape[2:] != (resolution, resolution, 3):
+    if resolution is None:
+        if shape[2] != shape[3] or shape[2] % multiple_of:
+            raise ValueError(f"frames must be {want} with R a multiple of the patch size {multiple_of}, got shape "
+                             f"{shape}")
+    elif shape[2:] != (resolution, resolution, 3):
         raise ValueError(f"frames must be {want}, got shape {shape}: resize the frames to {resolution}x{resolution} "
                          f"(the vision tower's image_size)")
+
+
+def _check_frames_for(frames, vision) -> None:
+    """:func:`check_frames` for a tower: a ViT's image_size, a patch embedding's patch multiple."""
+    if isinstance(vision, PatchEmbedConfig):
+        check_frames(frames, None, vision.patch_size)
+    else:
+        check_frames(frames, vision.image_size)
 
 
 def splice(text: Array, text_valid: Array, placeholder: Array, vis: Array, vis_valid: Array) -> tuple[Array, Array]:
@@ -176,7 +190,7 @@ class VideoLLM(nn.Module):
         if frames is not None:
             if cfg.vision is None:
                 raise ValueError("this VLMConfig has no vision tower: pass visual_tokens instead of frames")
-            check_frames(frames, cfg.vision.image_size)
+            _check_frames_for(frames, cfg.vision)
             B, T = frames.shape[:2]
             if isinstance(cfg.vision, PatchEmbedConfig):    # frozen: nothing to train or differentiate
                 feats = jax.lax.stop_gradient(patch_embed(frames, **cfg.vision.kwargs()))
@@ -424,7 +438,7 @@ def generate(module: VideoLLM, variables, input_ids, attention_mask=None, *, fra
     """
     check_placeholders(input_ids, module.cfg.video_token_id)
     if frames is not None and _is_concrete(frames) and module.cfg.vision is not None:
-        check_frames(frames, module.cfg.vision.image_size)
+        _check_frames_for(frames, module.cfg.vision)
     pad = module.cfg.pad_id if pad_id is None else pad_id
     return _generate_jit(module, variables, input_ids, attention_mask, frames, visual_tokens, precomputed, key,
                          compress_key, max_new_tokens=int(max_new_tokens), temperature=float(temperature),

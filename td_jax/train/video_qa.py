@@ -307,7 +307,7 @@ class VideoQA(Task):
     def _model_resolution(self) -> int:
         """The vision tower's image size (frames are resized to it when data.resolution is 0)."""
         cfg = getattr(self, "model_cfg", None)
-        return cfg.vision.image_size if cfg is not None and cfg.vision is not None else 0
+        return getattr(cfg.vision, "image_size", 0) if cfg is not None and cfg.vision is not None else 0
 
     def family_names(self) -> list[str]:
         if self._families is None:
