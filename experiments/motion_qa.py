@@ -1,184 +1,339 @@
 r"""The paper's claims in miniature: every compressor at one visual-token budget on moving_shapes_qa.
 
-    # the default run (README's first command; 16-20 min on 2 CPU cores, data build included): builds
-    # moving_shapes_qa/motion if absent, compresses every video once, trains + evaluates the
-    # main arms, writes results/
+    # the default run (the README's first command): builds moving_shapes_qa/motion and the
+    # compressor stores if absent, runs the grid (arms x seeds) as framework runs in
+    # results/runs/<arm>_s<seed>/, writes results/motion_qa.{json,md}, the plots and (with
+    # --readme) the README block
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
-    # then the README block (or add --readme=README.md above):
-    python -m launch.motion_qa --report_only --results_dir=results --readme=README.md
-    # the complete grid (+ full-token reference, frames, TokenLearner, K=16; more seeds and steps; hours)
-    python -m launch.motion_qa --config=experiments/motion_qa.py --config.full=True --results_dir=results_full
-    # the full-token reference (~1 h): all-token model warm-started from base_only, scored on
-    # the test videos next to token dynamics; the default run's report then reads it
-    python -m launch.motion_qa --config=experiments/motion_qa.py \
-        --config.arms="token_dynamics,token_dynamics K=4,base_only,none (all tokens)" --results_dir=results/reference
-    # a second seed of the single-seed arms (~10 min; results/baselines_seed1 in the README)
-    python -m launch.motion_qa --config=experiments/motion_qa.py --config.seeds="(1,)" \
-        --config.arms="base + map (no attention),random_map,random_base,tome,prune,pool" \
-        --results_dir=results/baselines_seed1
-    # the test's configuration: tiny data, three arms, a few steps
+    # the same grid through the generic sweep launcher (prepare + runs + report)
+    python -m launch.sweep --config=experiments/motion_qa.py --workdir=results/runs --report --results_dir=results
+    # re-render the report (and README block) from finished runs
+    python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results --report_only --readme=README.md
+    # restore one arm's newest checkpoint and re-score it (same accuracy as motion_qa.json)
+    python -m launch.eval --workdir=results/runs/token_dynamics_s0 --split=test --output_dir=/tmp/re_eval
+    # the complete grid: + FastVID, VisionZip, HoliTom, K=16, TokenLearner; 3 seeds of the all-token arm
+    python -m launch.motion_qa --config=experiments/motion_qa.py:full --results_dir=results_full
+    # a subset of arms / seeds, another data root; tiny CI configuration
+    python -m launch.motion_qa --config=experiments/motion_qa.py:arms=token_dynamics+tome,seeds=0+1 --results_dir=/tmp/r
     python -m launch.motion_qa --config=experiments/motion_qa.py:tiny --results_dir=/tmp/mqa_tiny
+    # one run by hand (any arm x seed of the grid; the stores must exist: prepare() builds them)
+    python -m launch.train --config=experiments/motion_qa.py --workdir=/tmp/td_s0
 
-Setup (see launch/motion_qa.py): 16 frames of 64x64 px -> a frozen 4x4-px patch embedding
-(td_jax.data.patch_embed, width = the LLM width) -> 16 x 16 x 16 = 4,096 tokens per video.
-The parameter-free part of every compressor (k-means, ToMe, pruning, pooling, frame
-sampling) runs once per video with a fixed key and is cached; what trains per arm is the
-tiny Qwen2-style decoder, the video newline, and the compressor's own parameters (the
-cross-dynamics attention, TokenLearner).  ``get_arms(config)`` lists the arms.
+Setup. 16 frames of 64x64 px -> the frozen "tower" (``td_jax.data.patch_embed``: a fixed
+projection of 4x4-px patches plus a 2-D sin-cos position embedding, the same for every arm)
+-> 16 x 16 x 16 = 4,096 tokens per video of width 64.  Every compressed arm's
+parameter-free stage (k-means, ToMe's merges, pruning, pooling, ...) runs once per video
+into a token store (``td_jax.data.extract.build_store``, one fixed key per video); each run
+then trains the compressor's learned stage (the cross-dynamics attention, MapTokens), the
+projector (after the compressor) and a 3-layer, width-64 Qwen2-style decoder from scratch on
+the same 2,500 x 32 examples with the same schedule, curriculum and seeds.  The decoder
+reads visual tokens as keys/values only (``visual_attention="kv_only"``) so that the
+all-token arm — 4,096 tokens straight from the frames — costs O(N) and trains on exactly
+the same examples and steps inside the default run: one architecture for every arm.
+Answers are the option's words, scored by likelihood (video + prompt decoded once).
 
-``arg`` (after the colon): "" (default) or "tiny" (test configuration).
+``arg`` (after the colon), comma-separated: ``tiny`` (CI: the tiny dataset, a few steps),
+``full`` (the complete grid), ``root=PATH`` (TFDS data and stores; default
+/tmp/td_jax_motion_qa), ``arms=a+b`` (a subset of arm names), ``seeds=0+1`` (the compressed
+arms' seeds), ``arm=NAME`` / ``seed=N`` (which run ``get_config`` returns; the sweep sets these).
 """
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
 import ml_collections as mlc
 
-# The paper's ablation ladder and baselines.  Each arm: name (row label), method (the
-# compressor registry's name; "none" = all tokens), budget (K or visual slots; 0 = config.budget),
-# cfg (compressor options), seeds ("headline" = config.headline_seeds, else config.seeds),
-# eval_only_of (adaptive arms reuse the weights of the named fixed-K arm, see launch/motion_qa.py),
-# full_only (run only with --config.full=True: the costly or secondary arms).
-_ARMS = (
-    dict(name="token_dynamics", method="token_dynamics", seeds="headline"),
-    dict(name="token_dynamics K=4", method="token_dynamics", budget=4),
-    dict(name="token_dynamics K=16", method="token_dynamics", budget=16, full_only=True),
-    dict(name="adaptive (elbow)", method="token_dynamics", cfg={"adaptive": "elbow"},
-         eval_only_of="token_dynamics", seeds="headline"),
-    dict(name="adaptive (silhouette)", method="token_dynamics", cfg={"adaptive": "silhouette"},
-         eval_only_of="token_dynamics", seeds="headline"),
-    dict(name="base_only", method="base_only", seeds="headline"),
-    dict(name="base + map (no attention)", method="base_map"),
-    dict(name="random_map", method="random_map"),
-    dict(name="random_base", method="random_base"),
-    dict(name="tome", method="tome"),
-    dict(name="prune", method="prune"),
-    dict(name="pool", method="pool"),
-    dict(name="frames", method="frames", full_only=True),
-    dict(name="token_learner", method="token_learner", cfg={"mode": "video"}, full_only=True),
-    dict(name="none (all tokens)", method="none", full_only=True),
+DEFAULT_ROOT = "/tmp/td_jax_motion_qa"
+
+# The arms.  name: run/row name; label: table label; compressor: registry name ("none" = all
+# tokens); budget: visual slots (0 = the experiment's budget); cfg: compressor options; kind:
+# "store" (the compressor's stage precomputed once per video) or "frames" (the model reads
+# frames: the all-token arm); eval_of: evaluate that arm's trained weights with this arm's
+# compressor (adaptive K); seeds: "arms" (the compressed arms' seeds) or "reference";
+# grid: "default" or "full" (only with :full).
+TD = {"iters": 20, "n_init": 1, "sample_size": 1024, "refine_iters": 2}
+ARMS = (
+    dict(name="token_dynamics", label="token dynamics", compressor="token_dynamics", cfg=TD),
+    dict(name="token_dynamics_k4", label="token dynamics K=4", compressor="token_dynamics", budget=4, cfg=TD),
+    dict(name="paper_attention", label="token dynamics, paper's attention", compressor="token_dynamics",
+         cfg={**TD, "attention": "paper"}),
+    dict(name="adaptive_elbow", label="adaptive K (elbow)", compressor="token_dynamics",
+         cfg={**TD, "adaptive": "elbow"}, eval_of="token_dynamics"),
+    dict(name="adaptive_silhouette", label="adaptive K (silhouette)", compressor="token_dynamics",
+         cfg={**TD, "adaptive": "silhouette"}, eval_of="token_dynamics"),
+    dict(name="base_only", label="base only", compressor="base_only", cfg=TD),
+    dict(name="base_map", label="base + map (no attention)", compressor="base_map", budget=-16, cfg=TD),
+    dict(name="random_map", label="random map", compressor="random_map", cfg=TD),
+    dict(name="random_base", label="random base", compressor="random_base", cfg=TD),
+    dict(name="tome", label="ToMe", compressor="tome"),
+    dict(name="prune", label="pruning", compressor="prune"),
+    dict(name="pool", label="pooling", compressor="pool"),
+    dict(name="vidtome", label="VidToMe", compressor="vidtome"),
+    dict(name="dycoke", label="DyCoke", compressor="dycoke"),
+    dict(name="fastvid", label="FastVID", compressor="fastvid", grid="full"),
+    dict(name="visionzip", label="VisionZip", compressor="visionzip", grid="full"),
+    dict(name="holitom", label="HoliTom", compressor="holitom", grid="full"),
+    dict(name="token_dynamics_k16", label="token dynamics K=16", compressor="token_dynamics", budget=16, cfg=TD,
+         grid="full"),
+    dict(name="none", label="all tokens", compressor="none", kind="frames", seeds="reference"),
 )
+ARM_NAMES = tuple(a["name"] for a in ARMS)
+_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "arm", "seed")
+
+
+def options(arg: str) -> dict:
+    """The parsed ``arg`` (see the module docstring)."""
+    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "arm": "token_dynamics",
+           "seed": 0}
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        key, eq, value = part.partition("=")
+        if key not in _OPTIONS or (key in ("tiny", "full")) == bool(eq):
+            raise ValueError(f"experiments/motion_qa.py: bad arg {part!r}; known: tiny, full, root=PATH, arms=a+b, "
+                             f"seeds=0+1, arm=NAME, seed=N")
+        out[key] = True if key in ("tiny", "full") else value
+    if out["arm"] not in ARM_NAMES:
+        raise ValueError(f"experiments/motion_qa.py: unknown arm {out['arm']!r}; known: {list(ARM_NAMES)}")
+    out["seed"] = int(out["seed"])
+    out["root"] = os.path.abspath(os.path.expanduser(out["root"]))
+    return out
+
+
+def settings(opts: dict) -> dict:
+    """The grid's sizes: the full and tiny variants differ only here."""
+    s = dict(dataset="moving_shapes_qa/motion", frames=16, resolution=64, patch=4, dim=64, budget=8, steps=2500,
+             batch=32, log_every=100,
+             ckpt_every=500, steps_per_call=50, ref_steps_per_call=10, eval_batch=128, ref_eval_batch=32,
+             layers=3, mlp=256, heads=4, kv_heads=2, curriculum="direction:600", seeds=(0, 1, 2),
+             ref_seeds=(0,), extract_batch=64)
+    if opts["full"]:
+        s["ref_seeds"] = (0, 1, 2)
+    if opts["tiny"]:
+        s.update(dataset="moving_shapes_qa/tiny", frames=8, resolution=32, patch=8, dim=32, budget=4, steps=6,
+                 batch=8, log_every=2,
+                 ckpt_every=2, steps_per_call=2, ref_steps_per_call=2, eval_batch=16, ref_eval_batch=16, layers=1,
+                 mlp=64, curriculum="", seeds=(0, 1), ref_seeds=(0,), extract_batch=16)
+    if opts["seeds"]:
+        s["seeds"] = tuple(int(x) for x in opts["seeds"].split("+"))
+    return s
+
+
+def arm_budget(arm: dict, s: dict) -> int:
+    """An arm's visual slots: its own budget, the experiment's, or (negative) the experiment's
+    plus the frame count (base_map: K base tokens + T map tokens)."""
+    b = arm.get("budget", 0)
+    return s["budget"] if b == 0 else (s["budget"] - b if b < 0 else b)
+
+
+def arm_cfg(arm: dict, s: dict) -> dict:
+    """An arm's compressor config at its budget: the method's knob set by
+    ``td_jax.compressors.budget.plan`` for the video's T x h x w tokens (e.g. pooling's
+    area grid over space and time, ToMe's merge schedule), plus the arm's own options."""
+    from td_jax.compressors import budget as budget_lib
+
+    if arm["compressor"] == "none":
+        return dict(arm.get("cfg", {}))
+    side = s["resolution"] // s["patch"]
+    return budget_lib.plan(arm["compressor"], arm_budget(arm, s), (s["frames"], side, side), **arm.get("cfg", {})).cfg
+
+
+def grid_arms(opts: dict) -> list[dict]:
+    """The arms this arg runs, in order (eval-only arms after the arms they evaluate)."""
+    names = [a for a in opts["arms"].split("+") if a] if opts["arms"] else []
+    bad = sorted(set(names) - set(ARM_NAMES))
+    if bad:
+        raise ValueError(f"experiments/motion_qa.py: unknown arms {bad}; known: {list(ARM_NAMES)}")
+    if opts["tiny"] and not names:
+        names = ["token_dynamics", "adaptive_elbow", "base_only", "tome", "none"]
+    if names:
+        arms = [a for a in ARMS if a["name"] in names]
+    else:
+        arms = [a for a in ARMS if opts["full"] or a.get("grid", "default") == "default"]
+    have = {a["name"] for a in arms}
+    for a in arms:
+        if a.get("eval_of") and a["eval_of"] not in have:
+            raise ValueError(f"arm {a['name']!r} evaluates the weights of {a['eval_of']!r}: add it to arms=")
+    return sorted(arms, key=lambda a: bool(a.get("eval_of")))
+
+
+def _arm(name: str) -> dict:
+    return next(a for a in ARMS if a["name"] == name)
+
+
+def store_dir(root: str, arm: dict, s: dict) -> str:
+    """Where an arm's precomputed stage lives: arms whose stages are identical share it."""
+    from td_jax.data import extract
+
+    meta = extract.compressor_meta(arm["compressor"], arm_budget(arm, s), arm_cfg(arm, s), 0, s["frames"])
+    stage = json.dumps({"stage": meta["stage"], "patch": s["patch"], "dim": s["dim"], "dataset": s["dataset"]},
+                       sort_keys=True)
+    kind = meta["stage"].get("stage", arm["compressor"])       # "kmeans" for the token-dynamics family
+    return os.path.join(root, "stores", f"{kind}_{hashlib.sha1(stage.encode()).hexdigest()[:10]}")
 
 
 def get_config(arg: str = "") -> mlc.ConfigDict:
-    c = mlc.ConfigDict()
-    c.full = False                   # True: the complete grid (full_* values below replace the defaults)
-    c.workdir = "/tmp/td_jax_motion_qa"   # TFDS data, caches, per-arm logs ("" = this default)
+    """The framework config of one run (``arm=``, ``seed=`` in ``arg``; default token_dynamics, seed 0)."""
+    from td_jax.train.trainer import default_config
 
-    c.data = mlc.ConfigDict()
-    c.data.tfds_name = "moving_shapes_qa/motion"   # color, direction, order; 12,288 train videos
-    c.data.data_dir = ""             # "" = {workdir}/tfds
-    c.data.train_examples = 0        # 0 = the whole train split
-    c.data.eval_split = "test"
-    c.data.eval_examples = 0         # 0 = the whole eval split
-    c.data.families = ""             # comma-separated question families to keep ("" = all eight)
-    c.data.max_text_len = 40
-    c.data.answer_format = "text"    # "text": the target is the option's words, options scored by likelihood;
-                                     # "letter": the target is the option letter (lmms-eval style)
-    c.data.list_options = False      # list the options in the prompt (required by "letter")
-
-    c.tokens = mlc.ConfigDict()       # the frozen vision tower (fixed patch embedding)
-    c.tokens.patch_size = 4
-    c.tokens.seed = 0
-    c.tokens.batch_size = 64         # videos per extraction / compression call
-
-    c.budget = 8                     # visual tokens per video for every compressed arm
-    c.cache_seed = 0                 # key of the cached k-means / ToMe / ... (fixed per video)
-    c.kmeans = mlc.ConfigDict({"iters": 20, "n_init": 1, "sample_size": 1024, "refine_iters": 2})
-    c.adaptive = mlc.ConfigDict({"k_min": 2, "elbow_tol": 0.05})
-    # k_min on the validation split (fixed K=8: 66.1%): elbow 65.6 / 65.9 / 66.1% with 7.83 / 7.95 /
-    # 7.99 tokens, silhouette 43.5 / 52.3 / 57.8% with 2.34 / 3.82 / 5.16 tokens at k_min 2 / 3 / 4
-
-    c.model = mlc.ConfigDict()       # the tiny Qwen2-style decoder (its width is the token width)
-    c.model.hidden_size = 64
-    c.model.intermediate_size = 256
-    c.model.num_layers = 3           # 2 layers learned `direction` in 1 of 3 seeds, 3 layers in 3 of 4
-                                     # (validation split, own_bias 4); ~35% more time per step
-    c.model.num_heads = 4
-    c.model.num_kv_heads = 2
-    c.model.rope_theta = 10000.0
-    c.model.tie_embeddings = False   # share the input embedding and the output head (Qwen2-0.5B does;
-                                     # untied learned the order family faster in the probes)
-    c.model.video_newline = True
-    c.model.projector = "mlp2x_gelu"  # trainable projector on the compressed tokens: mlp2x_gelu | linear | identity
-    c.model.cross_heads = 4          # CrossDynamicsAttention heads
-    c.model.own_bias = 4.0           # CrossDynamicsAttention: initial logit bonus for a base token's own trajectory
-                                     # (learned); validation accuracy over seeds 0-2 at 2 layers: 56.0% at 0,
-                                     # 60.4% at 2, 61.5% at 4 (the gain is on `order`)
-
-    c.train = mlc.ConfigDict()
-    c.train.steps = 2500
-    c.train.batch_size = 32
-    c.train.lr = 1e-3                # 3e-3 stalled at chance in the probes (letter answers); 2e-3 no better
-    c.train.compressor_lr = 1e-3     # the compressor's own parameters (attention, TokenLearner)
-    c.train.warmup_frac = 0.05
-    c.train.weight_decay = 0.1
-    c.train.clip_norm = 1.0
-    c.train.none_steps = 150         # the full-token reference costs ~16 s per step of 8 on 2 cores (3 layers)
-    c.train.none_batch_size = 8
-    c.train.none_microbatches = 4    # the all-token arm's step runs as 4 accumulated micro-batches of 2: peak
-                                     # memory 6.2 GiB and ~16 s per step, vs 22.6 GiB and ~30 s for 8 at once
-    c.train.none_init_from = "base_only"  # the full-token reference starts from this slot arm's trained weights
-                                     # (same projector + decoder + newline; "" = random init): 2,500 steps
-                                     # from scratch at ~8 s each is out of reach on 2 cores
-    c.train.none_eval_examples = 0   # the full-token reference is evaluated on the first N eval videos (0 = all;
-                                     # ~0.75 s per video on 2 cores, video + prompt run once for the 4 options)
-    c.train.log_every = 100
-    c.train.curriculum = "direction:600"  # "family[,family...]:N": the first N steps draw only those families
-                                     # ("" = none); mixed from the start, no arm learned direction in 3,000 steps
-    c.train.steps_per_call = 50      # optimizer steps per jitted call (lax.scan); arms reading frames use 1
-    c.train.eval_batch_size = 128
-
-    c.seeds = (0,)
-    c.headline_seeds = (0, 1)
-    c.arms = ""                      # comma-separated arm names to run ("" = all of get_arms)
-
-    c.full_overrides = mlc.ConfigDict({
-        "train_steps": 6000, "none_steps": 300, "train_examples": 0, "eval_examples": 0,
-        "seeds": (0, 1), "headline_seeds": (0, 1, 2)})
-
-    if arg == "tiny":
-        c.data.tfds_name = "moving_shapes_qa/tiny"
-        c.data.train_examples = 0
-        c.data.eval_examples = 0
-        c.tokens.patch_size = 8
-        c.tokens.batch_size = 32
-        c.budget = 4
-        c.kmeans.sample_size = 0
-        c.model.hidden_size = 32
-        c.model.intermediate_size = 64
-        c.model.num_layers = 1
-        c.train.steps = 4
-        c.train.curriculum = ""      # 4 steps: a family switch would make the loss check noise
-        c.train.none_steps = 2
-        c.train.batch_size = 8
-        c.train.none_batch_size = 4
-        c.train.none_microbatches = 2
-        c.train.log_every = 2
-        c.train.eval_batch_size = 16
-        c.headline_seeds = (0, 1)
-        c.arms = "token_dynamics,base_only,base + map (no attention)"
-    elif arg:
-        raise ValueError(f"experiments/motion_qa.py: unknown arg {arg!r}; known: '', 'tiny'")
+    opts = options(arg)
+    s = settings(opts)
+    arm = _arm(opts["arm"])
+    c = default_config("video_qa")
+    c.seed = opts["seed"]
+    c.compute_dtype = "float32"
+    c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.total_steps = 0 if arm.get("eval_of") else s["steps"]
+    c.steps_per_call = s["ref_steps_per_call"] if arm.get("kind") == "frames" else s["steps_per_call"]
+    c.log_every_steps = s["log_every"]
+    c.checkpoint_every_steps = s["ckpt_every"]
+    c.eval_every_steps = 0
+    c.eval_split = "validation"
+    c.final_eval_splits = ("validation", "test")
+    c.batch_size = s["batch"]
+    c.eval_batch_size = s["ref_eval_batch"] if arm.get("kind") == "frames" else s["eval_batch"]
+    c.optim.lr = 1e-3
+    c.optim.warmup_frac = 0.05
+    c.optim.weight_decay = 0.1
+    c.optim.clip_norm = 1.0
+    c.checkpoint = mlc.ConfigDict({"keep": 2, "keep_best": 0, "best_metric": "eval/accuracy", "best_mode": "max",
+                                   "async_save": True})
+    if arm.get("eval_of"):
+        c.warm_start = f"{arm['eval_of']}_s{opts['seed']}"    # the sibling run of the same sweep
+    t = c.task
+    t.model = "tiny_vlm"
+    t.llm.hidden_size, t.llm.intermediate_size, t.llm.num_layers = s["dim"], s["mlp"], s["layers"]
+    t.llm.num_heads, t.llm.num_kv_heads, t.llm.rope_theta = s["heads"], s["kv_heads"], 10000.0
+    t.llm.tie_embeddings = False
+    t.vision = "patch" if arm.get("kind") == "frames" else "none"
+    t.patch.patch_size, t.patch.dim = s["patch"], s["dim"]
+    t.mm_hidden_size = s["dim"]
+    t.projector = "mlp2x_gelu"
+    t.projector_position = "after"
+    t.visual_attention = "kv_only"
+    t.visual_tokens_stage = "vision"
+    t.compressor = arm["compressor"]
+    t.budget = arm_budget(arm, s) if arm["compressor"] != "none" else 0
+    t.compressor_cfg = json.dumps(arm_cfg(arm, s), sort_keys=True)
+    t.prepare_data = True
+    d = t.data
+    d.tfds_name = s["dataset"]
+    d.data_dir = os.path.join(opts["root"], "tfds")
+    d.max_text_len = 24
+    d.answer_format = "text"
+    d.list_options = False
+    d.curriculum = s["curriculum"]
+    d.read_threads = 1
+    d.prefetch_buffer_size = 2
+    if arm.get("kind") == "frames":
+        d.source = "tfds"
+        d.in_memory = False
+        t.budget = _tokens_per_video(s)
+    else:
+        d.source = "tokens"
+        d.tokens_dir = store_dir(opts["root"], arm, s)
+        d.in_memory = True
     return c
 
 
-def get_arms(config: mlc.ConfigDict) -> list[dict]:
-    """The arms to run for ``config`` (filtered by ``config.arms``), seeds and budgets resolved."""
-    full = bool(config.full)
-    seeds = tuple(config.full_overrides.seeds if full else config.seeds)
-    head = tuple(config.full_overrides.headline_seeds if full else config.headline_seeds)
-    known = [a["name"] for a in _ARMS]
-    default = [a["name"] for a in _ARMS if full or not a.get("full_only")]
-    wanted = [s.strip() for s in config.arms.split(",") if s.strip()] if config.arms else default
-    bad = [w for w in wanted if w not in known]
-    if bad:
-        raise ValueError(f"config.arms: unknown arm(s) {bad}; known: {known}")
+def _tokens_per_video(s: dict) -> int:
+    return s["frames"] * (s["resolution"] // s["patch"]) ** 2
+
+
+def _with(arg: str, **kw) -> str:
+    parts = [p for p in (arg or "").split(",") if p and p.partition("=")[0] not in kw]
+    return ",".join(parts + [f"{k}={v}" for k, v in kw.items()])
+
+
+def get_sweep(arg: str = "") -> list[dict]:
+    """Arms x seeds: each point names its run ``<arm>_s<seed>`` and sets what differs from
+    ``get_config``'s run (the same dict ``get_config(arg + ",arm=..,seed=..")`` would give)."""
+    opts = options(arg)
+    s = settings(opts)
+    base = get_config(arg).to_dict()
     out = []
-    for a in _ARMS:
-        if a["name"] not in wanted:
-            continue
-        arm = {"cfg": {}, "budget": 0, "eval_only_of": "", **{k: v for k, v in a.items() if k != "full_only"}}
-        arm["seeds"] = head if a.get("seeds") == "headline" else seeds
-        arm["budget"] = int(arm["budget"] or config.budget)
-        if arm["eval_only_of"] and arm["eval_only_of"] not in wanted:
-            raise ValueError(f"arm {arm['name']!r} evaluates the weights of {arm['eval_only_of']!r}: "
-                             f"add it to config.arms")
-        out.append(arm)
+    for arm in grid_arms(opts):
+        seeds = s["ref_seeds"] if arm.get("seeds") == "reference" else s["seeds"]
+        for seed in seeds:
+            cfg = get_config(_with(arg, arm=arm["name"], seed=seed)).to_dict()
+            point = {"_name": f"{arm['name']}_s{seed}"}
+            point.update(_diff(base, cfg))
+            out.append(point)
     return out
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in b.items():
+        if isinstance(v, dict):
+            out.update(_diff(a.get(k, {}), v, f"{prefix}{k}."))
+        elif a.get(k) != v:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def prepare(arg: str = "", log=print) -> None:
+    """Builds the dataset and every store the grid's arms read (skipping what exists)."""
+    import time
+
+    import tensorflow_datasets as tfds
+
+    import td_jax.data.moving_shapes_qa  # noqa: F401  (registers the builder)
+    from td_jax.data import extract
+
+    opts = options(arg)
+    s = settings(opts)
+    data_dir = os.path.join(opts["root"], "tfds")
+    builder = tfds.builder(s["dataset"], data_dir=data_dir)
+    if not builder.is_prepared():
+        t0 = time.time()
+        log(f"[motion_qa] building {s['dataset']} in {data_dir} (once)")
+        builder.download_and_prepare()
+        log(f"[motion_qa] built in {time.time() - t0:.0f}s")
+    src = {"source": "tfds", "tfds_name": s["dataset"], "data_dir": data_dir}
+    embed = ("patch", {"patch_size": s["patch"], "dim": s["dim"], "seed": 0, "pos_embed": "sincos2d",
+                       "pos_scale": 0.1, "temporal": False})
+    stores: dict[str, dict] = {}
+    for arm in grid_arms(opts):
+        if arm.get("kind") == "frames":
+            continue
+        d = store_dir(opts["root"], arm, s)
+        splits = ("validation", "test") if arm.get("eval_of") else ("train", "validation", "test")
+        prev = stores.get(d, {}).get("splits", ())
+        stores[d] = {"arm": arm, "splits": tuple(sorted(set(prev) | set(splits), key=splits_order))}
+    for d, st in stores.items():
+        log(f"[motion_qa] store for {st['arm']['name']}'s stage ({arm_budget(st['arm'], s)} slots): {d}")
+    t0 = time.time()
+    extract.build_stores([(d, {"name": st["arm"]["compressor"], "budget": arm_budget(st["arm"], s),
+                               "cfg": arm_cfg(st["arm"], s), "seed": 0}, st["splits"]) for d, st in stores.items()],
+                         src, embed=embed, batch_size=s["extract_batch"], log=log)
+    log(f"[motion_qa] {len(stores)} stores ready ({time.time() - t0:.0f}s)")
+
+
+def splits_order(split: str) -> int:
+    return ("train", "validation", "test").index(split)
+
+
+def plan(arg: str = "") -> dict:
+    """The grid as plain data for the report: settings, and per arm its resolved budget, seeds
+    and store."""
+    opts = options(arg)
+    s = settings(opts)
+    arms = []
+    for arm in grid_arms(opts):
+        a = {"name": arm["name"], "label": arm["label"], "compressor": arm["compressor"], "cfg": arm_cfg(arm, s),
+             "eval_of": arm.get("eval_of", ""), "kind": arm.get("kind", "store"),
+             "seeds": list(s["ref_seeds"] if arm.get("seeds") == "reference" else s["seeds"]),
+             "budget": arm_budget(arm, s) if arm["compressor"] != "none" else _tokens_per_video(s)}
+        a["store"] = store_dir(opts["root"], arm, s) if a["kind"] == "store" else ""
+        arms.append(a)
+    return {"arg": arg, "settings": s, "root": opts["root"], "n_tokens": _tokens_per_video(s),
+            "data_dir": os.path.join(opts["root"], "tfds"), "arms": arms}
+
+
+def report(arg: str, workdir: str, results_dir: str, readme: str = "") -> dict:
+    """Reads the runs' workdirs and writes results_dir/motion_qa.{json,md}, the plots and the
+    README block; returns {what: path}."""
+    from experiments import motion_qa_report
+
+    return motion_qa_report.write(plan(arg), workdir, results_dir, readme)

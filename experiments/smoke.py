@@ -50,8 +50,6 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
         c.checkpoint = mlc.ConfigDict({"keep": 2, "keep_best": 1, "best_metric": "eval/accuracy"})
         c.task.hidden, c.task.depth = 32, 2
         return c
-    from td_jax.models.sharding import DEFAULT_RULES
-    c.axis_rules = DEFAULT_RULES
     c.total_steps = 30
     c.log_every_steps = 5
     c.checkpoint_every_steps = 15

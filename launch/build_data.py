@@ -7,10 +7,11 @@
         --manual_dir=/data/nextqa_mc [--skip_corrupt]
 
 Read back with ``tfds.data_source("moving_shapes_qa/default", split="train", data_dir=DIR)``
-(after ``import td_jax.data``) or ``tfds.builder_from_directory(DIR/moving_shapes_qa/default/1.0.0)``.
+(after ``import td_jax.data``) or ``tfds.builder_from_directory(DIR/moving_shapes_qa/default/2.0.0)``.
 """
 from __future__ import annotations
 
+import os
 import time
 
 from absl import app, flags, logging
@@ -43,6 +44,10 @@ def main(argv):
     elif name == "video_qa_folder":
         if not FLAGS.manual_dir:
             raise app.UsageError("video_qa_folder needs --manual_dir")
+        if not os.path.isdir(FLAGS.manual_dir):
+            raise FileNotFoundError(f"--manual_dir={FLAGS.manual_dir}: no such directory")
+        if not os.listdir(FLAGS.manual_dir):
+            raise ValueError(f"--manual_dir={FLAGS.manual_dir}: empty (expected {{split}}.jsonl files and videos)")
         kwargs["num_workers"] = 0 if FLAGS.num_workers < 0 else FLAGS.num_workers
         kwargs["skip_corrupt"] = FLAGS.skip_corrupt
     else:

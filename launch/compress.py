@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from launch import cli
+from launch.cli import flag_error
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("video", None, "Input video file (mp4/avi/webm/...).", required=True)
@@ -84,6 +84,25 @@ def overlay_png(path: str, frames, dmap, valid, frame_indices) -> None:
     plt.close(fig)
 
 
+def check_flags() -> None:
+    """Raises ``ValueError`` naming the first flag whose value cannot work (before any decoding)."""
+    for name in ("k", "frames", "resolution", "patch", "dim", "k_min"):
+        if getattr(FLAGS, name) < 1:
+            raise flag_error(name, getattr(FLAGS, name), "must be >= 1")
+    if FLAGS.adaptive == "threshold" and not 0.0 < FLAGS.threshold <= 2.0:
+        raise flag_error("threshold", FLAGS.threshold, "must be a cosine distance in (0, 2]")
+    if FLAGS.adaptive and FLAGS.k_min > FLAGS.k:
+        raise flag_error("k_min", FLAGS.k_min, f"must be <= --k={FLAGS.k} (adaptive K tries k_min..k)")
+    if not FLAGS.vision_hf_dir and FLAGS.resolution % FLAGS.patch:
+        raise flag_error("resolution", FLAGS.resolution, f"is not a multiple of --patch={FLAGS.patch}")
+    if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+        raise flag_error("out", FLAGS.out, "exists and is not a directory")
+    if not FLAGS.make_sample and os.path.isdir(FLAGS.video):
+        raise flag_error("video", FLAGS.video, "is a directory; give a video file")
+    if FLAGS.vision_hf_dir and not os.path.isdir(FLAGS.vision_hf_dir):
+        raise flag_error("vision_hf_dir", FLAGS.vision_hf_dir, "no such directory")
+
+
 def _embedder():
     """The frame embedding chosen by flags: ``frames [T, R, R, 3] uint8 -> tokens [T, h, w, D]``."""
     import jax
@@ -93,8 +112,6 @@ def _embedder():
     from td_jax.data.video import normalize_frames
 
     if not FLAGS.vision_hf_dir:
-        if FLAGS.resolution % FLAGS.patch:
-            sys.exit(f"error: --resolution={FLAGS.resolution} is not a multiple of --patch={FLAGS.patch}")
         return (lambda f: patch_embed(f[None], patch_size=FLAGS.patch, dim=FLAGS.dim, seed=FLAGS.seed)[0]), \
             FLAGS.resolution
     from td_jax.convert import load_hf
@@ -102,9 +119,9 @@ def _embedder():
     try:
         module, params = load_hf(FLAGS.vision_hf_dir)
     except (ValueError, OSError) as e:
-        sys.exit(f"error: --vision_hf_dir={FLAGS.vision_hf_dir}: {e}")
+        raise flag_error("vision_hf_dir", FLAGS.vision_hf_dir, str(e)) from e
     if not isinstance(module, VisionTower):
-        sys.exit(f"error: --vision_hf_dir={FLAGS.vision_hf_dir} is not a SiglipVisionModel directory")
+        raise flag_error("vision_hf_dir", FLAGS.vision_hf_dir, "is not a SiglipVisionModel directory")
     cfg = module.cfg
     apply = jax.jit(lambda p, x: module.apply({"params": p}, x, select_layer=FLAGS.select_layer))
 
@@ -118,28 +135,26 @@ def _embedder():
 
 def main(argv):
     del argv
+    check_flags()                 # before the heavy imports: a bad flag fails at once
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     import td_jax
-    from td_jax.data.video import VideoDecodeError, decode_video, sample_indices
+    from td_jax.data.video import decode_video_with_indices
 
     if FLAGS.make_sample:
         q = make_sample_video(FLAGS.video, seed=FLAGS.sample_seed)
         print(f"wrote sample video {FLAGS.video} (its benchmark question: {q})")
     embed, resolution = _embedder()
     t0 = time.time()
-    try:
-        frames = decode_video(FLAGS.video, FLAGS.frames, resolution)
-    except VideoDecodeError as e:
-        sys.exit(f"error: {e}")
+    # A missing, undecodable or truncated file raises VideoDecodeError (a ValueError naming it).
+    frames, idx = decode_video_with_indices(FLAGS.video, FLAGS.frames, resolution)
     t_decode = time.time() - t0
     tokens = embed(frames)
     t, h, w, d = tokens.shape
     n = t * h * w
     if FLAGS.k > n:
-        sys.exit(f"error: --k={FLAGS.k} is larger than the {n} tokens of {t} frames x {h}x{w} patches")
+        raise flag_error("k", FLAGS.k, f"is larger than the {n} tokens of {t} frames x {h}x{w} patches")
     key = jax.random.key(FLAGS.seed)
     t1 = time.time()
     if FLAGS.adaptive:
@@ -153,10 +168,7 @@ def main(argv):
     err = float(td_jax.reconstruction_error(tokens, td))
 
     os.makedirs(FLAGS.out, exist_ok=True)
-    # The frame indices the decoder sampled (lmms-eval style uniform sampling).
-    from td_jax.data.video import _frame_count
-    total = _frame_count(FLAGS.video)
-    idx = sample_indices(total, FLAGS.frames) if total > 0 else np.arange(t)
+    # idx: the indices (among the frames actually decoded) of the sampled frames.
     np.savez_compressed(os.path.join(FLAGS.out, "tokens.npz"), base=np.asarray(td.base),
                         dynamics_map=np.asarray(td.dynamics_map), counts=np.asarray(td.counts),
                         valid=np.asarray(td.valid), frame_indices=np.asarray(idx))

@@ -1,135 +1,102 @@
-r"""Expand a config's ``get_sweep(arg)`` grid into runs, one workdir each, and tabulate them.
+r"""Run a config's ``get_sweep(arg)`` grid, one workdir per run, and tabulate (or report) it.
 
     python -m launch.sweep --config=experiments/smoke.py:synthetic --workdir=/tmp/sweep            # run locally
+    python -m launch.sweep --config=experiments/smoke.py:synthetic --workdir=/tmp/sweep --config.total_steps=20
     python -m launch.sweep --config=experiments/smoke.py:synthetic --workdir=/tmp/sweep --mode=print
+    python -m launch.sweep --config=experiments/motion_qa.py --workdir=gs://b/mqa --mode=tpu --tpu=NAME --zone=Z
     python -m launch.sweep --config=experiments/smoke.py:synthetic --workdir=gs://b/sweep --mode=manifest
 
-``get_sweep(arg)`` lives beside ``get_config`` and returns a list of override dicts keyed by
-dotted config names (``{"optim.lr": 1e-3}``). Local runs are sequential subprocesses of
-``launch.train`` (a finished run is skipped / an interrupted one resumes). ``print`` emits the
-commands; ``manifest`` writes ``WORKDIR/manifest.json`` for a cluster scheduler. After
-local runs (or with ``--mode=summarize``) a table of final metrics is printed and written to
-``WORKDIR/summary.md``.
+Local runs go one after another (``--in_process``: in this process, compiled programs shared
+through JAX's compilation cache; else ``launch.train`` subprocesses); a finished run (its
+``done.json``) is skipped and an interrupted one resumes, so re-running a killed sweep
+finishes it.  ``--config.KEY=VALUE`` overrides apply to every run, after the grid's.  If the
+config file defines ``prepare(arg)`` it runs first (local mode), and ``--report`` calls its
+``report(arg, workdir, results_dir, readme)`` afterwards.  ``print`` / ``tpu`` emit the
+``launch.train`` / ``launch.tpu`` command of every run; ``manifest`` writes
+``WORKDIR/manifest.json`` for a scheduler; a table of final metrics goes to ``WORKDIR/summary.md``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
-import subprocess
-import sys
+import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from launch import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Config file with get_config/get_sweep: path[:arg].")
+config_flags.DEFINE_config_file("config", None, "Config file with get_config/get_sweep: path[:arg].",
+                                lock_config=False)
 flags.DEFINE_string("workdir", None, "Root directory; each run gets WORKDIR/<run name>.")
-flags.DEFINE_enum("mode", "local", ["local", "print", "manifest", "summarize"], "What to do with the grid.")
+flags.DEFINE_enum("mode", "local", ["local", "print", "tpu", "manifest", "summarize"], "What to do with the grid.")
 flags.DEFINE_list("metrics", ["loss", "eval/accuracy"], "Final metrics to tabulate (last logged value).")
-flags.DEFINE_list("train_args", [], "Extra flags for every launch.train run (e.g. --num_cpu_devices=8).")
-flags.DEFINE_integer("run_timeout", 0, "Seconds per local run (0: none).")
-
-
-def load_sweep(config_arg: str) -> tuple[str, str, list[dict]]:
-    """(path, arg, grid) from ``path[:arg]``; ValueError if the file has no usable get_sweep."""
-    path, _, arg = config_arg.partition(":")
-    if not os.path.exists(path):
-        raise ValueError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_sweep"):
-        raise ValueError(f"{path} defines no get_sweep(arg)")
-    grid = list(mod.get_sweep(arg))
-    if not grid:
-        raise ValueError(f"{path}:get_sweep({arg!r}) returned an empty grid")
-    for point in grid:
-        if not isinstance(point, dict) or not point:
-            raise ValueError(f"{path}: every sweep point must be a non-empty dict of overrides, got {point!r}")
-    return path, arg, grid
-
-
-def run_name(point: dict) -> str:
-    """Directory-safe name of a sweep point: ``optim.lr=0.001,seed=1`` -> ``optim.lr=0.001_seed=1``."""
-    parts = [f"{k}={v}" for k, v in sorted(point.items())]
-    return "_".join(parts).replace("/", "-").replace(" ", "").replace("'", "").replace('"', "")
-
-
-def _flag_value(v) -> str:
-    if isinstance(v, (tuple, list)):
-        return repr(tuple(v))
-    return str(v)
-
-
-def run_command(config_arg: str, point: dict, workdir: str, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "launch.train", f"--config={config_arg}", f"--workdir={workdir}"]
-    cmd += [f"--config.{k}={_flag_value(v)}" for k, v in sorted(point.items())]
-    return cmd + list(extra)
-
-
-def final_metrics(workdir: str, names: list[str]) -> dict:
-    """Last logged value of each metric in ``workdir/metrics.jsonl`` (None if never logged)."""
-    from td_jax.train.metrics import read_metrics
-
-    out = {n: None for n in names}
-    step = None
-    for rec in read_metrics(workdir):
-        step = rec["step"] if step is None else max(step, rec["step"])
-        for n in names:
-            if n in rec:
-                out[n] = rec[n]
-    out["step"] = step
-    return out
-
-
-def summary_table(rows: list[tuple[str, dict]], names: list[str]) -> str:
-    lines = ["| run | step | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for name, m in rows:
-        vals = [("—" if m.get(n) is None else f"{m[n]:.4g}") for n in names]
-        lines.append(f"| {name} | {m.get('step') if m.get('step') is not None else '—'} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+flags.DEFINE_list("train_args", [], "Extra flags for every launch.train subprocess (e.g. --num_cpu_devices=8).")
+flags.DEFINE_integer("run_timeout", 0, "Seconds per subprocess run (0: none).")
+flags.DEFINE_bool("in_process", True, "Local mode: run in this process (else one launch.train subprocess per run).")
+flags.DEFINE_string("compilation_cache", "", "JAX compilation cache directory ('' = WORKDIR/.jax_cache).")
+flags.DEFINE_bool("report", False, "After the runs, call the config file's report(arg, workdir, results_dir, readme).")
+flags.DEFINE_string("results_dir", "", "--report: where the results go.")
+flags.DEFINE_string("readme", "", "--report: also refresh this README's results block.")
+flags.DEFINE_string("tpu", "TPU_NAME", "--mode=tpu: TPU VM name.")
+flags.DEFINE_string("zone", "ZONE", "--mode=tpu: GCP zone.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.config or not FLAGS.workdir:
+    if FLAGS.config is None or not FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
-    path, arg, grid = load_sweep(FLAGS.config)
-    runs = [(run_name(p), p, os.path.join(FLAGS.workdir, run_name(p))) for p in grid]
-    cmds = [run_command(FLAGS.config, p, wd, FLAGS.train_args) for _, p, wd in runs]
+    from td_jax.train import sweep
+
+    config_arg = config_flags.get_config_filename(FLAGS["config"])
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    runs = sweep.expand(config_arg, FLAGS.workdir)
+    mod, arg = sweep.load_module(config_arg)
     if FLAGS.mode == "print":
-        for c in cmds:
-            print(shlex.join(c))
+        for r in runs:
+            print(shlex.join(sweep.train_command(config_arg, r, overrides, FLAGS.train_args)))
+        return 0
+    if FLAGS.mode == "tpu":
+        for r in runs:
+            args = sweep.train_args(r, overrides) + list(FLAGS.train_args)
+            print(shlex.join(["python", "-m", "launch.tpu", f"--tpu={FLAGS.tpu}", f"--zone={FLAGS.zone}",
+                              f"--config={config_arg}", f"--workdir={r.workdir}", "--train_args=" + ",".join(args)]))
         return 0
     if FLAGS.mode == "manifest":
         os.makedirs(FLAGS.workdir, exist_ok=True)
-        manifest = [{"name": n, "overrides": p, "workdir": wd, "command": shlex.join(c)}
-                    for (n, p, wd), c in zip(runs, cmds)]
+        manifest = [{"name": r.name, "overrides": r.overrides, "workdir": r.workdir,
+                     "command": shlex.join(sweep.train_command(config_arg, r, overrides, FLAGS.train_args))}
+                    for r in runs]
         out = os.path.join(FLAGS.workdir, "manifest.json")
         with open(out, "w") as f:
-            json.dump({"config": FLAGS.config, "runs": manifest}, f, indent=2)
+            json.dump({"config": config_arg, "overrides": overrides, "runs": manifest}, f, indent=2)
         print(out)
         return 0
     failed = []
     if FLAGS.mode == "local":
-        for (name, _, wd), cmd in zip(runs, cmds):
-            print(f"[sweep] {name}: {shlex.join(cmd)}", flush=True)
-            rc = subprocess.call(cmd, timeout=FLAGS.run_timeout or None)
-            if rc != 0:
-                failed.append(name)
-                print(f"[sweep] {name} exited with status {rc}", flush=True)
-    rows = [(name, final_metrics(wd, FLAGS.metrics)) for name, _, wd in runs]
-    table = summary_table(rows, FLAGS.metrics)
+        if FLAGS.in_process:
+            sweep.enable_compilation_cache(FLAGS.compilation_cache or os.path.join(FLAGS.workdir, ".jax_cache"))
+        if hasattr(mod, "prepare"):
+            mod.prepare(arg)
+        t0 = time.time()
+        failed = sweep.run_local(runs, config_arg, overrides=overrides, in_process=FLAGS.in_process,
+                                 extra_args=FLAGS.train_args, timeout=FLAGS.run_timeout or None)
+        sweep.add_wall_time(FLAGS.workdir, time.time() - t0)
+    table = sweep.summary_table([(r.name, sweep.final_metrics(r.workdir, FLAGS.metrics)) for r in runs],
+                                FLAGS.metrics)
     os.makedirs(FLAGS.workdir, exist_ok=True)
     with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
         f.write(table)
     print(table, flush=True)
     if failed:
         raise SystemExit(f"sweep runs failed: {failed}")
+    if FLAGS.report:
+        if not hasattr(mod, "report"):
+            raise ValueError(f"{config_arg.partition(':')[0]} defines no report(arg, workdir, results_dir, readme)")
+        mod.report(arg, FLAGS.workdir, FLAGS.results_dir or FLAGS.workdir, FLAGS.readme)
     return 0
 
 

@@ -13,7 +13,6 @@ on a multi-host TPU VM ``jax.distributed.initialize()`` runs without arguments.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -84,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, defer_sigterm=True)   # a SIGTERM during start-up is handed to the trainer

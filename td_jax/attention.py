@@ -46,11 +46,11 @@ def trajectory_features(dynamics_map: jax.Array, k: int) -> tuple[jax.Array, jax
     vx = jnp.einsum("bthwk,w->bkt", onehot, xs * xs) / safe - mx ** 2
     present = cnt > 0
     # Velocity: centre shift from the previous frame where the cluster is in both.
+    # (The first frame, and a single-frame video's only frame, has zero velocity.)
     both = present[..., 1:] & present[..., :-1]
-    dy = jnp.where(both, my[..., 1:] - my[..., :-1], 0.0)
-    dx = jnp.where(both, mx[..., 1:] - mx[..., :-1], 0.0)
-    dy = jnp.concatenate([jnp.zeros_like(dy[..., :1]), dy], -1)
-    dx = jnp.concatenate([jnp.zeros_like(dx[..., :1]), dx], -1)
+    first = jnp.zeros(my.shape[:-1] + (1,), my.dtype)
+    dy = jnp.concatenate([first, jnp.where(both, my[..., 1:] - my[..., :-1], 0.0)], -1)
+    dx = jnp.concatenate([first, jnp.where(both, mx[..., 1:] - mx[..., :-1], 0.0)], -1)
     area = cnt / float(h * w)
     feats = jnp.stack([present.astype(jnp.float32), jnp.sqrt(area), my, mx,
                        jnp.sqrt(jnp.maximum(vy, 0.0)), jnp.sqrt(jnp.maximum(vx, 0.0)),
@@ -72,6 +72,25 @@ def _dense(features, axes, name, zero=False, dtype=jnp.float32, param_dtype=jnp.
     return nn.Dense(features, name=name, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=nn.with_logical_partitioning(init, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
+
+
+def _attend_residual_ffn(base, logits, kv_mask, val, valid, dropout, mlp_ratio, deterministic, dtype, kw):
+    """The block both attentions end with (call inside a compact method): masked softmax of
+    ``logits [B, heads, K, Nk]`` over ``val [B, Nk, heads, hd]``, a zero-initialised output
+    projection added to ``base [B, K, D]``, then a pre-norm FFN whose last layer is
+    zero-initialised too (an untrained block returns the base); rows where ``valid [B, K]``
+    is False come out as zeros."""
+    b, k, d = base.shape
+    logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    attn = nn.Dropout(dropout)(attn, deterministic=deterministic)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
+    x = base.astype(dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
+    y = nn.LayerNorm(name="mlp_norm", **kw)(x)
+    y = _dense(int(d * mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
+    y = nn.Dropout(dropout)(nn.gelu(y), deterministic=deterministic)
+    x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
+    return jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
 
 
 class CrossDynamicsAttention(nn.Module):
@@ -128,15 +147,52 @@ class CrossDynamicsAttention(nn.Module):
             bias = self.param("own_bias", nn.with_logical_partitioning(
                 nn.initializers.constant(self.own_bias), ("heads",)), (self.num_heads,), self.param_dtype)
             logits = logits + bias[None, :, None, None] * own[None, None].astype(logits.dtype)
-        logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
-        x = base.astype(self.dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
-
-        y = nn.LayerNorm(name="mlp_norm", **kw)(x)
-        y = _dense(int(d * self.mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
-        y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=deterministic)
-        x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
-        x = jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
+        x = _attend_residual_ffn(base, logits, kv_mask, val, valid, self.dropout, self.mlp_ratio, deterministic,
+                                 self.dtype, kw)
         return x[0] if unbatched else x
+
+
+class MapValueAttention(nn.Module):
+    """The paper's own cross-dynamics ("VQ-") attention: queries and keys from the base,
+    values from a learned MLP of the map — no hand-made geometry.
+
+    ``(base [B, K, D], dynamics_map [B, T, H, W] int32, valid [B, K] bool, deterministic)
+    -> [B, K, D]``.  The paper writes ``M~ = MLP(Flatten(M))``, ``B' = MHA(Q = B·W_Q,
+    K = B·W_K, V = M~·W_V)`` and leaves open how a ``[T, H, W]`` map becomes K value rows;
+    here value row k is the MLP of cluster k's flattened occupancy ``(map == k) [T·H·W]``,
+    which keeps the output equivariant to relabelling the clusters.  The MLP's input width
+    is T·H·W, so a module is tied to one map size (as the released code's ``Linear(729, D)``).
+    Pre-norm queries/keys, zero-initialised output and FFN (an untrained layer returns the
+    base); rows where ``valid`` is False come out as zeros.
+    """
+
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, base: jax.Array, dynamics_map: jax.Array, valid: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        if base.ndim != 3 or dynamics_map.ndim != 4 or base.shape[0] != dynamics_map.shape[0]:
+            raise ValueError(f"MapValueAttention expects base [B, K, D] and dynamics_map [B, T, H, W], "
+                             f"got {tuple(base.shape)} and {tuple(dynamics_map.shape)}")
+        b, k, d = base.shape
+        if d % self.num_heads:
+            raise ValueError(f"width D={d} is not divisible by num_heads={self.num_heads}")
+        if valid is None:
+            valid = jnp.ones((b, k), bool)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        hd = d // self.num_heads
+        cells = dynamics_map.reshape(b, 1, -1)
+        occupancy = (cells == jnp.arange(k)[None, :, None]).astype(self.dtype)           # [B, K, T*H*W]
+        m = _dense(d, (None, "mlp"), "map_in", **kw)(occupancy)
+        m = _dense(d, ("mlp", "embed"), "map_out", **kw)(nn.gelu(m))                      # [B, K, D]
+        x_in = nn.LayerNorm(name="query_norm", **kw)(base.astype(self.dtype))
+        q = _dense(d, ("embed", "heads"), "query", **kw)(x_in).reshape(b, k, self.num_heads, hd)
+        key_ = _dense(d, ("embed", "heads"), "key", **kw)(x_in).reshape(b, k, self.num_heads, hd)
+        val = _dense(d, ("embed", "heads"), "value", **kw)(m).reshape(b, k, self.num_heads, hd)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, key_) / math.sqrt(hd)
+        return _attend_residual_ffn(base, logits, valid, val, valid, self.dropout, self.mlp_ratio, deterministic,
+                                    self.dtype, kw)

@@ -30,6 +30,13 @@ CASES = [
     ("prune", {"mode": "frame"}, 13),
     ("token_learner", {}, 13),
     ("token_learner", {"mode": "video"}, 13),
+    ("pool", {"kind": "area", "out_t": 2, "out_hw": (2, 3)}, 13),
+    ("vidtome", {}, 13),
+    ("dycoke", {}, 13),
+    ("fastvid", {}, 13),
+    ("visionzip", {}, 13),
+    ("visionzip", {"mode": "frame"}, 13),
+    ("holitom", {}, 13),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'default'}" for n, c, _ in CASES]
 
@@ -51,7 +58,8 @@ def run(name, cfg, budget, x, **kw):
 
 
 def test_registry_lists_baselines():
-    for name in ("none", "frames", "pool", "tome", "prune", "token_learner"):
+    for name in ("none", "frames", "pool", "tome", "prune", "token_learner", "vidtome", "dycoke", "fastvid",
+                 "visionzip", "holitom"):
         assert name in compressors.names()
     with pytest.raises(KeyError, match="known:.*pool"):
         compressors.get("no_such_method")
@@ -113,11 +121,25 @@ def test_bad_shapes_and_budgets(tokens):
         compressors.get("pool")(tokens, key=KEY, budget=T * 9 - 1)
     with pytest.raises(ValueError, match="not both"):
         compressors.get("pool", stride=2, out_hw=(3, 3))(tokens, key=KEY, budget=100)
-    for name in ("tome", "prune", "token_learner"):
+    for name in ("tome", "prune", "token_learner", "visionzip"):
         with pytest.raises(ValueError, match="mode"):
             run(name, {"mode": "clip"}, 8, tokens)
         with pytest.raises(ValueError, match="per frame|< T"):
             run(name, {"mode": "frame"}, T - 1, tokens)
+    with pytest.raises(ValueError, match="out_t=2 needs kind='area'"):
+        compressors.get("pool", out_t=2)(tokens, key=KEY, budget=100)
+    # slot counts are whole numbers: a fraction is refused, never rounded
+    with pytest.raises(ValueError, match="whole number"):
+        compressors.get("prune")(tokens, key=KEY, budget=7.5)
+    with pytest.raises(TypeError, match="integer number of slots"):
+        compressors.get("prune")(tokens, key=KEY, budget="8")
+    assert compressors.get("prune")(tokens, key=KEY, budget=8.0).tokens.shape == (B, 8, D)
+    # a learned compressor called without params says how to get them
+    with pytest.raises(ValueError, match=r"has parameters: create them with params = compressor.init"):
+        compressors.get("token_learner")(tokens, key=KEY, budget=8)
+    # method inputs a module does not take are refused by name
+    with pytest.raises(ValueError, match="'tome' does not take the input 'saliency'"):
+        compressors.get("tome")(tokens, key=KEY, budget=8, saliency=tokens[..., 0])
 
 
 # --- none / frames ---------------------------------------------------------------------
@@ -153,7 +175,7 @@ def test_pool_llava_onevision_grid_and_known_values():
     # 27x27 SigLIP grid -> ceil(27/2) = 14 per side, LLaVA-OneVision's 196 tokens per frame
     x = jnp.zeros((1, 1, 27, 27, 1))
     out = compressors.get("pool")(x, key=KEY, budget=196)
-    np.testing.assert_array_equal(np.asarray(out.aux["grid"]), [14, 14])
+    np.testing.assert_array_equal(np.asarray(out.aux["grid"]), [1, 14, 14])
     # a linear ramp is reproduced exactly at the sample points (h=4 -> 2: src = 0.5, 2.5)
     ramp = jnp.arange(4.0)[None, None, :, None, None] * jnp.ones((1, 1, 4, 4, 1))
     got = compressors.get("pool")(ramp, key=KEY, budget=4).tokens.reshape(2, 2)

@@ -45,11 +45,14 @@ def test_plans_at_the_papers_budgets():
     fr = plan("frames", "10%", LLAVA_OV)
     assert (fr.cfg, fr.real_tokens) == ({"num_frames": 3}, 3 * 729)
     po = plan("pool", "10%", LLAVA_OV)
-    assert (po.cfg["out_hw"], po.real_tokens) == ((8, 8), 32 * 64)
+    assert (po.cfg, po.real_tokens) == ({"kind": "area", "out_hw": (8, 8)}, 32 * 64)
     assert abs(po.kept_fraction - 2048 / N_OV) < 1e-12
-    # LLaVA-OneVision's own setting: stride 2 -> 14x14 = 196 per frame
-    ov = plan("pool", 32 * 196, LLAVA_OV, stride=2)
-    assert (ov.real_tokens, ov.knobs["out_hw"]) == (32 * 196, (14, 14))
+    # below one token per frame, area pooling boxes time too: 16 boxes of 2 frames
+    p16 = plan("pool", "0.07%", LLAVA_OV)
+    assert (p16.cfg["out_t"], p16.cfg["out_hw"], p16.real_tokens) == (16, (1, 1), 16)
+    # LLaVA-OneVision's own setting: bilinear, stride 2 -> 14x14 = 196 per frame
+    ov = plan("pool", 32 * 196, LLAVA_OV, kind="bilinear", stride=2)
+    assert (ov.real_tokens, ov.knobs["grid"]) == (32 * 196, (32, 14, 14))
     tl = plan("token_learner", "1%", LLAVA_OV)
     assert tl.knobs == {"tokens_per_frame": 7}
     assert plan("none", N_OV, LLAVA_OV).real_tokens == N_OV
@@ -59,22 +62,25 @@ def test_plan_refuses_unreachable_budgets():
     with pytest.raises(ValueError, match="below one frame"):
         plan("frames", "1%", LLAVA_OV)
     with pytest.raises(ValueError, match="below one token per frame"):
-        plan("pool", "0.07%", LLAVA_OV)
+        plan("pool", "0.07%", LLAVA_OV, kind="bilinear")
     with pytest.raises(ValueError, match="keeps all"):
         plan("none", "10%", LLAVA_OV)
-    with pytest.raises(ValueError, match="stride=2.*budget|> budget"):
-        plan("pool", 100, LLAVA_OV, stride=2)
+    with pytest.raises(ValueError, match="> budget"):
+        plan("pool", 100, LLAVA_OV, kind="bilinear", stride=2)
     with pytest.raises(KeyError, match="known"):
         plan("nope", 16, LLAVA_OV)
     with pytest.raises(ValueError, match="shape"):
         plan("tome", 16, (27, 27))
 
 
-def test_pool_grid_keeps_aspect_ratio():
-    assert pool_grid_for(4 * 6, (4, 6, 9)) == (2, 3)
-    assert pool_grid_for(4 * 50, (4, 27, 27)) == (7, 7)
-    assert pool_grid_for(18, (1, 6, 12)) == (3, 6)
-    assert pool_grid_for(10 ** 6, (2, 5, 7)) == (5, 7)  # never upsamples
+def test_pool_grid_keeps_aspect_ratio_then_pools_time():
+    assert pool_grid_for(4 * 6, (4, 6, 9)) == (4, 2, 3)
+    assert pool_grid_for(4 * 50, (4, 27, 27)) == (4, 7, 7)
+    assert pool_grid_for(18, (1, 6, 12)) == (1, 3, 6)
+    assert pool_grid_for(10 ** 6, (2, 5, 7)) == (2, 5, 7)  # never upsamples
+    assert pool_grid_for(8, (16, 16, 16)) == (8, 1, 1)     # the motion-QA budget: time boxes of 2 frames
+    with pytest.raises(ValueError, match="one token per frame"):
+        pool_grid_for(8, (16, 16, 16), pool_time=False)
 
 
 def test_plan_drives_the_compressor():
@@ -130,12 +136,15 @@ def test_comparison_script_rows():
 
     cc.import_methods()
     x = cc.synthetic_batch(0, 1, 2, 4, 8)
-    rows = cc.compare(x, ["none", "frames", "tome", "prune"], ["25%"], {}, warmup=0, repeats=1,
-                      text_tokens=0, seed=0)
+    rows = cc.compare(x, ["none", "frames", "tome", "prune", "visionzip", "dycoke"], ["25%"], {}, warmup=0,
+                      repeats=1, text_tokens=0, seed=0, method_budgets={"prune": ["1"]})
     by = {r["method"]: r for r in rows}
     assert by["none"]["rel_err"] == 0.0 and by["none"]["real_tokens"] == 32
     assert "below one frame" in by["frames"]["error"]
     assert by["tome"]["real_tokens"] == 8 and 0 < by["tome"]["rel_err"] < 1
-    assert by["prune"]["rel_err"] is None
+    assert by["prune"]["rel_err"] is None and by["prune"]["real_tokens"] == 1    # its own budget list
+    assert by["visionzip"]["real_tokens"] == 8 and 0 < by["visionzip"]["rel_err"] < 1
+    assert by["dycoke"]["rel_err"] is None                                      # it drops tokens
+    assert by["tome"]["x_tome"] == 1.0 and by["visionzip"]["x_tome"] > 0 and by["visionzip"]["x_token_dynamics"] is None
     table = cc.format_table(rows)
-    assert table.count("\n") == len(rows) + 1 and "unreachable" in table
+    assert table.count("\n") == len(rows) + 1 and "unreachable" in table and "| x ToMe |" in table

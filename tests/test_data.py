@@ -10,10 +10,12 @@ import pytest
 
 from td_jax.data import moving_shapes as ms
 from td_jax.data import pipeline, qa_checker
+from td_jax.data.moving_shapes_qa import MovingShapesQa
 from td_jax.data.tokenizer import WordTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"train": 64, "validation": 32, "test": 32}
+VERSION = str(MovingShapesQa.VERSION)
 
 
 def _run(code_or_args, timeout=240):
@@ -31,7 +33,7 @@ def tiny_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tfds"))
     out = _run(["-m", "launch.build_data", "--dataset=moving_shapes_qa/tiny", f"--data_dir={d}",
                 "--num_workers=2"])
-    assert "moving_shapes_qa/tiny/1.0.0" in out
+    assert f"moving_shapes_qa/tiny/{VERSION}" in out
     return d
 
 
@@ -39,7 +41,7 @@ def tiny_dir(tmp_path_factory):
 def tiny_source(tiny_dir):
     import tensorflow_datasets as tfds
 
-    return {s: tfds.builder_from_directory(os.path.join(tiny_dir, "moving_shapes_qa/tiny/1.0.0")).as_data_source(s)
+    return {s: tfds.builder_from_directory(os.path.join(tiny_dir, f"moving_shapes_qa/tiny/{VERSION}")).as_data_source(s)
             for s in TINY}
 
 
@@ -65,7 +67,7 @@ print(json.dumps(out))
     assert got["tracks"] == [[8, 2], [8]]
     code2 = f"""
 import tensorflow_datasets as tfds
-b = tfds.builder_from_directory({os.path.join(tiny_dir, 'moving_shapes_qa/tiny/1.0.0')!r})
+b = tfds.builder_from_directory({os.path.join(tiny_dir, f'moving_shapes_qa/tiny/{VERSION}')!r})
 print(len(b.as_data_source("test")), b.info.metadata["families"])
 """
     assert _run(code2).strip().splitlines()[-1].startswith("32 ['color', 'shape', 'count'")
@@ -315,3 +317,60 @@ def test_config_errors(tiny_dir):
         pipeline.make_pipeline(_cfg(tiny_dir), "dev", process_index=0, process_count=1)
     with pytest.raises(ValueError, match="source="):
         pipeline.make_pipeline(_cfg(tiny_dir, source="webdataset"), "train", process_index=0, process_count=1)
+
+
+def test_curriculum_draws_its_families_first_then_all_and_resumes(tiny_dir, tiny_source):
+    fams = {f: i for i, f in enumerate(ms.FAMILIES)}
+    cfg = _cfg(tiny_dir, batch_size=4, curriculum="direction,order:3")
+    it = pipeline.make_pipeline(cfg, "train", process_index=0, process_count=1)
+    first = [next(it) for _ in range(3)]
+    for b in first:
+        assert set(b["family"].tolist()) <= {fams["direction"], fams["order"]}
+    state = it.get_state()
+    later = [next(it) for _ in range(16)]
+    assert len({int(f) for b in later for f in b["family"]}) > 2            # every family from here on
+    it2 = pipeline.make_pipeline(cfg, "train", process_index=0, process_count=1)
+    it2.set_state(state)
+    np.testing.assert_array_equal(next(it2)["index"], later[0]["index"])
+    with pytest.raises(ValueError, match="curriculum"):
+        pipeline.make_pipeline(_cfg(tiny_dir, curriculum="direction"), "train", process_index=0, process_count=1)
+
+
+def test_in_memory_serves_the_same_batches(tiny_dir):
+    for split, kw in (("train", {}), ("validation", dict(shuffle=False, num_epochs=1, drop_remainder=False,
+                                                          batch_size=12))):
+        a = pipeline.make_pipeline(_cfg(tiny_dir, **kw), split, process_index=0, process_count=1)
+        b = pipeline.make_pipeline(_cfg(tiny_dir, in_memory=True, **kw), split, process_index=0, process_count=1)
+        for _ in range(3):
+            x, y = next(a), next(b)
+            assert x.keys() == y.keys()
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+    with pytest.raises(ValueError, match="worker_count=0"):
+        pipeline.make_pipeline(_cfg(tiny_dir, in_memory=True, worker_count=1), "train", process_index=0,
+                               process_count=1)
+
+
+def test_text_answers_option_rows_and_family_filter(tiny_dir, tiny_source):
+    tok = WordTokenizer.for_moving_shapes()
+    cfg = _cfg(tiny_dir, answer_format="text", list_options=False, with_options=True, families="color,order",
+               shuffle=False, num_epochs=1, drop_remainder=False, batch_size=16)
+    batches = list(pipeline.make_pipeline(cfg, "test", process_index=0, process_count=1))
+    idx = np.concatenate([b["index"][b["valid"]] for b in batches])
+    want = [i for i in range(len(tiny_source["test"])) if tiny_source["test"][i]["family"].decode() in ("color", "order")]
+    assert idx.tolist() == want
+    b = batches[0]
+    assert b["opt_input_ids"].shape == (16, 4, 48)
+    for r in range(int(b["valid"].sum())):
+        ex = tiny_source["test"][int(b["index"][r])]
+        a = int(ex["answer"])
+        # the training target is the answer's words; option row a is exactly that sequence
+        np.testing.assert_array_equal(b["opt_input_ids"][r, a], b["input_ids"][r])
+        words = b["input_ids"][r][b["loss_mask"][r] > 0].tolist()
+        assert words == tok.encode(ex["options"][a].decode()) + [tok.eos_id]
+        assert "options" not in tok.decode(b["input_ids"][r])
+    assert list(pipeline.make_pipeline(_cfg(tiny_dir, max_examples=5, shuffle=False, num_epochs=1,
+                                            drop_remainder=False, batch_size=4), "test", process_index=0,
+                                       process_count=1))[1]["index"].tolist() == [4, -1, -1, -1]
+    with pytest.raises(ValueError, match="never asked"):
+        pipeline.make_pipeline(_cfg(tiny_dir, families="colour"), "test", process_index=0, process_count=1)

@@ -193,10 +193,23 @@ def test_patch_embed_fixed_and_keeps_colour():
     assert tok.shape == (2, 3, 2, 2, 32)
     np.testing.assert_array_equal(tok, np.asarray(pe.make_patch_embed(8, 32, 0)(fr)))
     assert not np.allclose(tok[0, 0, 0, 0], tok[0, 0, 1, 1])  # red vs blue patch
-    np.testing.assert_allclose(tok[0, 0, 0, 1], tok[1, 0, 0, 0], atol=1e-6)  # same (black) pixels
+    # The same (black) pixels at another place differ by exactly the position embedding ...
+    pos = pe.position_embedding(3, 2, 2, 32)
+    np.testing.assert_allclose(tok[0, 0, 0, 1] - pos[0, 0, 1], tok[1, 0, 0, 0] - pos[0, 0, 0], atol=1e-6)
+    assert np.abs(tok[0, 0, 0, 1] - tok[1, 0, 0, 0]).max() > 0.05
+    # ... and at the same place they are equal (no temporal embedding by default) ...
+    np.testing.assert_allclose(tok[1, 0, 0, 0], tok[1, 2, 0, 0], atol=1e-6)
+    # ... which "none" leaves out and temporal=True adds per frame.
+    flat = np.asarray(pe.patch_embed(fr, patch_size=8, dim=32, pos_embed="none"))
+    np.testing.assert_allclose(flat[0, 0, 0, 1], flat[1, 0, 0, 0], atol=1e-6)
+    timed = np.asarray(pe.patch_embed(fr, patch_size=8, dim=32, temporal=True))
+    assert np.abs(timed[1, 0, 0, 0] - timed[1, 2, 0, 0]).max() > 0.05
+    assert np.sqrt(np.mean(pos ** 2)) == pytest.approx(0.1, rel=1e-5)    # per-entry RMS = pos_scale
     assert not np.allclose(tok, np.asarray(pe.patch_embed(fr, patch_size=8, dim=32, seed=1)))
     with pytest.raises(ValueError, match="multiple of patch_size"):
         pe.patch_embed(np.zeros((1, 1, 12, 12, 3), np.uint8), patch_size=8)
+    with pytest.raises(ValueError, match="pos_embed"):
+        pe.patch_embed(fr, patch_size=8, dim=32, pos_embed="learned")
 
 
 def test_extract_tokens_cli_and_token_pipeline(folder, tmp_path):
@@ -209,7 +222,8 @@ def test_extract_tokens_cli_and_token_pipeline(folder, tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     meta = tokens_store.read_meta(str(out))
-    assert meta["token_shape"] == [8, 4, 4, 16] and meta["counts"] == {"train": 4, "validation": 3}
+    assert meta["arrays"]["visual_tokens"]["shape"] == [8, 4, 4, 16]
+    assert meta["counts"] == {"train": 4, "validation": 3}
     cfg = dict(source="tokens", tokens_dir=str(out), batch_size=4, shuffle=False, num_epochs=1,
                drop_remainder=False, max_text_len=48)
     batches = list(pipeline.make_pipeline(cfg, "validation", process_index=0, process_count=1))
@@ -250,3 +264,63 @@ def test_text_answers_and_option_scoring_rows():
         tok_lib.encode_mc(tok, "q", opts, 0, 40, "word")
     with pytest.raises(ValueError, match="list_options=True"):
         tok_lib.encode_mc(tok, "q", opts, 0, 40, "letter", list_options=False)
+
+
+def test_compressed_store_holds_the_compressor_stage(folder, tmp_path):
+    """launch.extract_tokens --compressor stores the parameter-free stage once per video, with
+    the video's own key (so batching does not matter); an interrupted store is completed by
+    the same call, one with other settings is refused; the pipeline serves it as pre/*."""
+    import jax
+    from td_jax import compressors
+    from td_jax.data import extract
+
+    d, _ = folder
+    out = tmp_path / "td"
+    src = dict(source="folder", folder_jsonl=f"{d}/{{split}}.jsonl", num_frames=8, resolution=32, skip_corrupt=True)
+    embed = ("patch", dict(patch_size=8, dim=16))
+    comp = {"name": "token_dynamics", "budget": 3, "cfg": {"iters": 5, "n_init": 1}, "seed": 0}
+    env = dict(os.environ, PYTHONPATH=REPO)
+    run = subprocess.run([sys.executable, "-m", "launch.extract_tokens", f"--folder_jsonl={d}/{{split}}.jsonl",
+                          "--num_frames=8", "--resolution=32", "--splits=train,validation", f"--out_dir={out}",
+                          "--patch_size=8", "--dim=16", "--batch_size=2", "--skip_corrupt",
+                          "--compressor=token_dynamics", "--budget=3", '--compressor_cfg={"iters": 5, "n_init": 1}'],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = tokens_store.read_meta(str(out))
+    assert meta["arrays"]["pre/base"] == {"shape": [3, 16], "dtype": "float32"}
+    assert meta["arrays"]["pre/dynamics_map"]["shape"] == [8, 4, 4] and "visual_tokens" not in meta["arrays"]
+    assert meta["compressor"]["stage"]["k"] == 3 and meta["counts"] == {"train": 4, "validation": 3}
+    # one batch of 3 gives the same records as batches of 2
+    again = tmp_path / "td_b3"
+    extract.build_store(str(again), src, ["validation"], embed=embed, compressor=comp, batch_size=3, log=lambda m: None)
+    read = lambda p, s: [tokens_store.decode_record(r) for r in __import__("grain").sources.ArrayRecordDataSource(  # noqa: E731
+        [tokens_store.split_path(str(p), s)])]
+    for a, b in zip(read(out, "validation"), read(again, "validation")):
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+    # the stage equals the registry's precompute on the tower's tokens with the video's key
+    frames = np.stack([video.decode_video(d / f"clips/validation{i}.mp4", 8, 32) for i in range(3)])
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(np.arange(3))
+    want = compressors.get("token_dynamics", iters=5, n_init=1).precompute(
+        pe.patch_embed(frames, patch_size=8, dim=16), keys=keys, budget=3)
+    for i, rec in enumerate(read(out, "validation")):
+        np.testing.assert_allclose(rec["pre/base"], np.asarray(want["base"][i]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(rec["pre/dynamics_map"], np.asarray(want["dynamics_map"][i]))
+    # served by the pipeline (per record and in memory alike)
+    for in_memory in (False, True):
+        cfg = dict(source="tokens", tokens_dir=str(out), batch_size=4, shuffle=False, num_epochs=1,
+                   drop_remainder=False, max_text_len=48, in_memory=in_memory)
+        b = next(pipeline.make_pipeline(cfg, "validation", process_index=0, process_count=1))
+        assert b["pre/dynamics_map"].shape == (4, 8, 4, 4) and b["pre/dynamics_map"].dtype == np.int16
+        np.testing.assert_allclose(b["pre/base"][:3], np.asarray(want["base"]), rtol=1e-5, atol=1e-6)
+    # an interrupted store: the split that did not finish is redone, the other kept
+    m = json.load(open(out / "meta.json"))
+    del m["counts"]["validation"]
+    json.dump(m, open(out / "meta.json", "w"))
+    t_train = os.path.getmtime(tokens_store.split_path(str(out), "train"))
+    extract.build_store(str(out), src, ["train", "validation"], embed=embed, compressor=comp, batch_size=2,
+                        log=lambda m: None)
+    assert tokens_store.read_meta(str(out))["counts"] == {"train": 4, "validation": 3}
+    assert os.path.getmtime(tokens_store.split_path(str(out), "train")) == t_train
+    with pytest.raises(ValueError, match="other settings"):
+        extract.build_store(str(out), src, ["test"], embed=embed, compressor={**comp, "budget": 4}, log=lambda m: None)

@@ -165,9 +165,8 @@ def test_compile_only_reports_params_memory_flops():
 
 def test_eval_and_sweep(tmp_path):
     root = str(tmp_path / "sweep")
-    r = run("launch.sweep", f"--config={CONFIG}", f"--workdir={root}",
-            "--train_args=--config.total_steps=6,--config.checkpoint_every_steps=3,--config.eval_every_steps=3",
-            timeout=300)
+    r = run("launch.sweep", f"--config={CONFIG}", f"--workdir={root}", "--config.total_steps=6",
+            "--config.checkpoint_every_steps=3", "--config.eval_every_steps=3", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [l for l in r.stdout.splitlines() if l.startswith("| optim.lr=")]
     assert len(lines) == 2 and all("| 6 |" in l for l in lines)
@@ -179,9 +178,17 @@ def test_eval_and_sweep(tmp_path):
     assert rec["step"] == 6 and 0.0 <= rec["metrics"]["accuracy"] <= 1.0 and rec["metrics"]["count"] == 128
     md = open(os.path.join(one, "eval_test_6.md")).read()
     assert "| family_0 |" in md and "| **all** |" in md
-    r = run("launch.sweep", f"--config={CONFIG}", f"--workdir={root}", "--mode=print")
+    r = run("launch.sweep", f"--config={CONFIG}", f"--workdir={root}", "--mode=print", "--config.total_steps=6")
     cmds = r.stdout.strip().splitlines()
     assert len(cmds) == 2 and all("--config.optim.lr=" in c and "launch.train" in c for c in cmds)
+    assert all(c.endswith("--config.total_steps=6") for c in cmds)
+    # a finished grid is skipped as a whole: re-running trains nothing
+    r = run("launch.sweep", f"--config={CONFIG}", f"--workdir={root}", "--config.total_steps=6", timeout=300)
+    assert r.returncode == 0 and "2 already done, 0 to run" in r.stdout
+    r = run("launch.sweep", f"--config={CONFIG}", f"--workdir={root}", "--mode=tpu", "--tpu=pod", "--zone=z")
+    tpu = r.stdout.strip().splitlines()
+    assert len(tpu) == 2 and all(c.startswith("python -m launch.tpu --tpu=pod --zone=z") for c in tpu)
+    assert all("--train_args=--config.optim.lr=" in c for c in tpu)
 
 
 def test_tpu_dry_run_for_v5e_16():

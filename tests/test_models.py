@@ -11,7 +11,7 @@ from td_jax.models import configs as C
 from td_jax.models import llm as llm_lib
 from td_jax.models import vlm as vlm_lib
 from td_jax.models.llm import Qwen2LM
-from td_jax.models.sharding import DEFAULT_RULES, MESH_AXES
+from td_jax.models.sharding import AXIS_RULES, MESH_AXES
 from td_jax.models.vit import VisionTower
 from td_jax.models.vlm import VideoLLM
 
@@ -115,8 +115,11 @@ def test_bad_inputs_raise(tiny):
     two[0, 4] = VID
     with pytest.raises(ValueError, match="exactly one video_token_id"):
         module.apply({"params": p}, two, tiny["mask"], tiny["frames"])
-    with pytest.raises(ValueError, match=r"pixels must be \[B, 32, 32, 3\]"):
+    # errors show the shape the caller passed, not the tower's flattened B*T view
+    with pytest.raises(ValueError, match=r"frames must be \[B, T, 32, 32, 3\].*got shape \(2, 2, 16, 16, 3\): resize"):
         module.apply({"params": p}, tiny["ids"], tiny["mask"], tiny["frames"][:, :, :16, :16])
+    with pytest.raises(ValueError, match=r"got shape \(2, 2, 3, 32, 32\): channels-first"):
+        module.apply({"params": p}, tiny["ids"], tiny["mask"], jnp.moveaxis(tiny["frames"], -1, 2))
     with pytest.raises(ValueError, match="exactly one of frames"):
         module.apply({"params": p}, tiny["ids"], tiny["mask"])
     with pytest.raises(ValueError, match="width 32"):
@@ -216,7 +219,7 @@ def test_forward_on_8_device_mesh_matches_single_device(tiny):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), MESH_AXES)
     module = tiny["module"]
     boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tiny["ids"], tiny["mask"], tiny["frames"]))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)["params"]
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, AXIS_RULES)["params"]
     params = jax.device_put(tiny["params"], shardings)
     # FSDP and TP are really in use
     spec = params["llm"]["layers_0"]["mlp"]["gate_proj"]["kernel"].sharding.spec
@@ -228,7 +231,7 @@ def test_forward_on_8_device_mesh_matches_single_device(tiny):
 
     @jax.jit
     def fwd(p, i, m, f):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(AXIS_RULES):
             return module.apply({"params": p}, i, m, f)
 
     out = fwd(params, jax.device_put(ids, batch_sh), jax.device_put(mask, batch_sh), jax.device_put(frames, batch_sh))
@@ -323,17 +326,75 @@ def test_llava_ov_0_5b_lowers_on_8_device_mesh_abstractly():
     ids = jnp.zeros((B, L), jnp.int32).at[:, 3].set(cfg.video_token_id)
     frames = jax.ShapeDtypeStruct((B, T, 384, 384, 3), jnp.uint8)
     boxed = jax.eval_shape(lambda f: module.init(jax.random.PRNGKey(0), ids, None, f), frames)
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)["params"]
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, AXIS_RULES)["params"]
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.unbox(boxed["params"]), shardings)
     assert tuple(params["llm"]["embed_tokens"]["embedding"].sharding.spec) == ("tensor", "fsdp")
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
 
     def fwd(p, i, f):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(AXIS_RULES):
             return module.apply({"params": p}, i, None, f)
 
     lowered = jax.jit(fwd, in_shardings=(shardings, batch, batch)).lower(
         params, jax.ShapeDtypeStruct((B, L), jnp.int32), frames)
     out = lowered.out_info
     assert out.shape == (B, L, C.QWEN2_0_5B.vocab_size) and out.dtype == jnp.float32
+
+
+def _video_llm(mode, compressor="none", budget=64, layers=2):
+    from td_jax.models.configs import PatchEmbedConfig
+    cfg = C.TINY_VLM.replace(vision=PatchEmbedConfig(patch_size=8, hidden_size=32), compressor=compressor,
+                           budget=budget, projector_position="after", visual_attention=mode,
+                           llm=dataclasses.replace(C.TINY_VLM.llm, num_layers=layers),
+                           compressor_cfg=(("iters", 5), ("num_heads", 2)) if compressor != "none" else ())
+    module = VideoLLM(cfg)
+    B, L = 2, 12
+    ids = np.full((B, L), 7, np.int32)
+    ids[:, 0], ids[:, 1] = 2, cfg.video_token_id
+    mask = np.ones((B, L), bool)
+    mask[1, 9:] = False
+    frames = np.random.default_rng(0).integers(0, 255, (B, 4, 32, 32, 3), np.uint8)
+    rngs = {"params": jax.random.key(0), "compress": jax.random.key(1)}
+    return module, module.init(rngs, ids, mask, frames), ids, mask, frames
+
+
+@pytest.mark.parametrize("mode,compressor,budget", [("full", "none", 64), ("kv_only", "none", 64),
+                                                    ("kv_only", "token_dynamics", 4)])
+def test_option_scores_from_one_cached_prompt_equal_full_rows(mode, compressor, budget):
+    """score_options decodes video + prompt once and the options against that cache: the same
+    numbers as scoring each full row with sequence_logprob."""
+    from td_jax.models.vlm import sequence_logprob
+
+    module, v, ids, mask, frames = _video_llm(mode, compressor, budget)
+    B, L = ids.shape
+    n = 3
+    oids, omask = np.repeat(ids[:, None], n, 1), np.repeat(mask[:, None], n, 1)
+    oloss = np.zeros((B, n, L), np.float32)
+    for i in range(n):            # option i: two answer tokens then the end of the row
+        oids[:, i, 6:8], oloss[:, i, 6:8] = 10 + i, 1.0
+        omask[:, i, 6:8], omask[:, i, 8:], oids[:, i, 8:] = True, False, 0
+    rngs = {"compress": jax.random.key(3)}
+    scores = module.apply(v, oids, omask, oloss, frames, method=VideoLLM.score_options, rngs=rngs)
+    rows = np.stack([sequence_logprob(module.apply(v, oids[:, i], omask[:, i], frames, rngs=rngs), oids[:, i],
+                                      oloss[:, i]) for i in range(n)], 1)
+    np.testing.assert_allclose(np.asarray(scores), rows, atol=2e-5)
+
+
+def test_kv_only_visual_memory():
+    """Visual tokens as keys/values only: with one decoder layer nothing differs from full
+    attention at the text positions (the visual positions' own outputs are all it drops);
+    text before the video never sees it, text after it does; and memory of 64 tokens costs the
+    decoder no positions (the expanded sequence is not built)."""
+    full, vf, ids, mask, frames = _video_llm("full", layers=1)
+    kv, vk, *_ = _video_llm("kv_only", layers=1)
+    a = full.apply(vf, ids, mask, frames)
+    b = kv.apply(vk, ids, mask, frames)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    kv2, v2, *_ = _video_llm("kv_only", layers=2)
+    x = kv2.apply(v2, ids, mask, frames)
+    y = kv2.apply(v2, ids, mask, frames[::-1])
+    assert np.abs(np.asarray(x[:, 0] - y[:, 0])).max() == 0.0          # <bos>, before the video
+    assert np.abs(np.asarray(x[:, 3] - y[:, 3])).max() > 1e-4          # after it
+    d = kv2.apply(v2, ids, mask, frames, method=VideoLLM.decoder_inputs)
+    assert d.embeds.shape[1] == ids.shape[1] and d.memory.x.shape[1] == 64 and d.kv_valid.shape[1] == 12 + 64

@@ -18,7 +18,6 @@ import pytest
 
 from td_jax.eval import mc
 from td_jax.train import checkpoint as ckpt_lib
-from td_jax.train import config as config_lib
 from td_jax.train import mesh as mesh_lib
 from td_jax.train import optim as optim_lib
 from td_jax.train import trainer
@@ -174,11 +173,45 @@ def test_grad_accumulation_matches_one_big_batch():
         rng = np.random.default_rng(0)
         batch = {"x": rng.normal(size=(16, 16)).astype(np.float32), "label": rng.integers(0, 8, 16).astype(np.int32)}
         from td_jax.train import data as data_lib
-        state, m = trainer.make_train_step(s)(state, data_lib.to_global(batch, s.batch_shardings))
+        state, m = trainer.make_train_step(s)(state, data_lib.to_global(batch, s.batch_shardings),
+                                              trainer.seed_key(cfg.seed))
         outs.append((jax.device_get(state["params"]), float(m["loss"])))
     assert outs[0][1] == pytest.approx(outs[1][1], rel=1e-5)
     for a, b in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_steps_per_call_scans_the_same_steps():
+    """S optimizer steps in one jitted call (a scan over [S, B, ...]) = S calls of one step."""
+    from td_jax.train import data as data_lib
+
+    cfg = resolved(**{"mesh": mlc.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2})})
+    s = trainer.build(cfg)
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.normal(size=(16, 16)).astype(np.float32), "label": rng.integers(0, 8, 16).astype(np.int32)}
+               for _ in range(3)]
+    key = trainer.seed_key(cfg.seed)
+    one = trainer.make_init_fn(s)(trainer.init_key(cfg.seed))
+    step1 = trainer.make_train_step(s)
+    losses = []
+    for b in batches:
+        one, m = step1(one, data_lib.to_global(b, s.batch_shardings), key)
+        losses.append(float(m["loss"]))
+    three = trainer.make_init_fn(s)(trainer.init_key(cfg.seed))
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    three, m3 = trainer.make_train_step(s, 3)(three, data_lib.to_global(stacked, trainer.stacked_shardings(s)), key)
+    assert int(three["step"]) == int(one["step"]) == 3
+    np.testing.assert_allclose(np.asarray(m3["loss"]), losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.device_get(one["params"])), jax.tree.leaves(jax.device_get(three["params"]))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_axis_rules_must_name_every_logical_axis():
+    cfg = resolved()
+    with cfg.unlocked():
+        cfg.axis_rules = tuple(r for r in cfg.axis_rules if r[0] != "act_mlp")
+    with pytest.raises(ValueError, match="act_mlp"):
+        trainer.build(cfg)
 
 
 # ---------------------------------------------------------------- training runs (shared)
@@ -266,6 +299,23 @@ def test_half_written_checkpoint_is_ignored(runs, tmp_path):
     assert not tmp.exists()                                  # Orbax cleaned its temporary directory
     assert (ck_dir / "24.damaged").is_dir() and not (ck_dir / "24").exists()
     assert ckpt_lib.Checkpointer(str(ck_dir)).all_steps() == [12]
+
+
+def test_warm_start_and_evaluate_only(runs, tmp_path):
+    """total_steps=0 + warm_start: another run's params, evaluated as they are; a done.json
+    marks the run finished; a model that does not fit is named by path."""
+    cfg = resolved(**{"total_steps": 0, "warm_start": str(runs["root"] / "full"),
+                      "final_eval_splits": ("validation",)})
+    res = trainer.train_and_evaluate(cfg, str(tmp_path / "eval_only"))
+    assert res.step == 0
+    assert res.eval_metrics["eval/accuracy"] == pytest.approx(runs["full"].eval_metrics["eval/accuracy"], abs=0)
+    done = trainer.read_done(str(tmp_path / "eval_only"))
+    assert done["step"] == 0 and done["final"]["validation"]["accuracy"] == res.eval_metrics["eval/accuracy"]
+    bad = resolved(**{"total_steps": 0, "warm_start": str(runs["root"] / "full"), "task.hidden": 16})
+    with pytest.raises(ValueError, match="hidden_0"):
+        trainer.train_and_evaluate(bad, str(tmp_path / "bad"))
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        trainer.train_and_evaluate(resolved(**{"warm_start": str(tmp_path / "nowhere")}), str(tmp_path / "x"))
 
 
 # ---------------------------------------------------------------- multiple-choice scoring

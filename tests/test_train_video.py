@@ -132,3 +132,12 @@ def test_launch_eval_writes_family_table(runs, tmp_path):
     assert rec["metrics"]["count"] == 32 and rec["task"] == "video_qa"
     md = open(tmp_path / "eval_test_6.md").read()
     assert "| direction |" in md and "| **all** |" in md and "token_dynamics (budget 8)" in md
+    preds = [json.loads(line) for line in open(tmp_path / "eval_test_6.predictions.jsonl")]
+    assert len(preds) == 32 and {"id", "question", "options", "prediction", "accuracy", "scores"} <= set(preds[0])
+    # the run's weights with another compressor: base_only has no cross-attention parameters
+    r = subprocess.run([sys.executable, "-m", "launch.eval", f"--workdir={runs['root'] / 'full'}",
+                        f"--output_dir={tmp_path / 'base_only'}", "--split=test", "--compressor=base_only",
+                        "--budget=8", "--eval_steps=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.load(open(tmp_path / "base_only" / "eval_test_6.json"))
+    assert rec["model"]["compressor"] == "base_only" and rec["examples"]["scored"] == 8

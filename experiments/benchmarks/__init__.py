@@ -12,3 +12,15 @@ def load_sentence(load_start: float, load_end: float, cpus: int) -> str:
     return (f"1-min load average {load_start:.1f} at start, {load_end:.1f} at end"
             + (" (other jobs shared the cores: the seconds are inflated and noisy, compare the ratios)."
                if shared_cores(load_start, load_end, cpus) else "."))
+
+
+def write_results(out: str, markdown: str, record: dict) -> None:
+    """Writes ``markdown`` to ``out`` and ``record`` as JSON beside it (``out`` with ``.json``)."""
+    import json
+    import os
+
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        f.write(markdown)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(record, f, indent=1)

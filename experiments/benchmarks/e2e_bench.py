@@ -566,7 +566,6 @@ def stage_prefill(s: Settings, llm_cfg, params, prefill_fn, visual_per_frame: in
 
 def stage_generate(s: Settings, llm_cfg, params, make_generate, context: int, key) -> dict:
     """``new_tokens`` greedy steps from a cache of ``context`` tokens (the cache is donated)."""
-    import jax
     import jax.numpy as jnp
     from td_jax.eval.budget import decoder_from_config
     fn = make_generate(s.new_tokens)

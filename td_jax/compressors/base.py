@@ -2,20 +2,29 @@
 
 A compressor maps a batch of videos' visual tokens to a fixed number ``M`` of tokens:
 
-    tokens [B, T, H, W, D] ──compressor(budget=M)──▶ Compressed(tokens [B, M, D], mask [B, M], aux)
+    tokens [B, T, H, W, D] (+ mask [B, T, H, W] or [B, T]) ──compressor(budget=M)──▶
+        Compressed(tokens [B, M, D], mask [B, M], aux)
 
 ``M`` is static (jit-friendly); ``mask`` marks real tokens (adaptive methods leave unused
 slots False); ``aux`` holds method extras (the dynamics map, kept indices, merge sizes).
 
+The input ``mask`` (None, ``[B, T, H, W]`` bool or per-frame ``[B, T]`` bool; True = real
+token) lets a batch hold videos of different lengths, zero-padded to T frames.  Every
+method excludes masked tokens and never marks an output slot fed only by padding as real;
+:func:`token_mask` turns any accepted form into ``[B, T, H, W]``.
+
 Each method is a ``flax.linen`` module subclassing :class:`CompressorModule`; randomness
 comes from the ``"compress"`` RNG stream (``self.make_rng("compress")``), parameters (if
 any) from ``"params"``.  :class:`Compressor` wraps a module class with its config and gives
-the functional call ``compressor(tokens, key=..., budget=..., params=...)``.
+the functional call ``compressor(tokens, key=..., budget=..., mask=..., params=...)``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import json
+import numbers
 from typing import Any, Callable
 
 import flax
@@ -41,15 +50,48 @@ class Compressed:
 
 
 class CompressorModule(nn.Module):
-    """Base class: ``__call__(tokens [B,T,H,W,D], deterministic=True) -> Compressed``.
+    """Base class: ``__call__(tokens [B,T,H,W,D], deterministic=True, mask=None) -> Compressed``.
 
-    ``budget`` is the static number of output slots M.
+    ``budget`` is the static number of output slots M; ``mask`` is None, ``[B, T, H, W]``
+    or ``[B, T]`` bool (True = real token, see :func:`token_mask`).
+
+    **Two stages.** Every method splits into a parameter-free stage that depends only on
+    the tokens and the ``"compress"`` RNG (k-means, ToMe's merges, pruning's choice) and a
+    learned stage on its output (the cross-dynamics attention; nothing for most methods).
+    :meth:`precompute` runs the first stage and returns per-video arrays ``{name: [B, ...]}``,
+    so it can run once per video and be stored (``launch/extract_tokens.py --compressor``);
+    :meth:`apply_precomputed` runs the learned stage on such arrays.  For any key,
+    ``apply_precomputed(precompute(tokens))`` equals ``__call__(tokens)``, with the same
+    parameter tree, so weights trained on stored stages serve the in-model compressor.
+    The defaults fit a parameter-free method: the whole call is the first stage and its
+    ``tokens`` / ``mask`` are stored (``aux`` is not).
     """
 
     budget: int
 
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:  # pragma: no cover
+    def __call__(self, tokens: jax.Array, deterministic: bool = True,
+                 mask: jax.Array | None = None) -> Compressed:  # pragma: no cover
         raise NotImplementedError
+
+    def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The parameter-free stage: tokens [B,T,H,W,D] → ``{"tokens": [B, M, D], "mask": [B, M]}``."""
+        out = self(tokens, deterministic=True) if mask is None else self(tokens, deterministic=True, mask=mask)
+        return {"tokens": out.tokens, "mask": out.mask}
+
+    def stage_spec(self, num_frames: int) -> dict[str, Any]:
+        """What determines :meth:`precompute`'s output on videos of ``num_frames`` frames
+        (JSON-able): two modules with equal specs store identical stages, so they can share
+        one store."""
+        del num_frames
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("parent", "name")}
+        return {"module": type(self).__name__, **fields}
+
+    def apply_precomputed(self, precomputed: dict[str, jax.Array], deterministic: bool = True) -> Compressed:
+        """The learned stage on :meth:`precompute`'s arrays (here: none, the stored slots as they are)."""
+        missing = sorted({"tokens", "mask"} - set(precomputed))
+        if missing:
+            raise ValueError(f"precomputed compressor arrays lack {missing} (have {sorted(precomputed)})")
+        return Compressed(tokens=precomputed["tokens"], mask=precomputed["mask"].astype(bool))
 
 
 _REGISTRY: dict[str, type[CompressorModule]] = {}
@@ -78,6 +120,48 @@ def check_tokens(tokens: jax.Array) -> None:
         raise ValueError(f"compressor expects tokens [B, T, H, W, D], got shape {tuple(tokens.shape)}")
 
 
+def token_mask(mask: jax.Array | None, tokens_shape: tuple[int, ...]) -> jax.Array:
+    """The real-token mask as ``[B, T, H, W]`` bool for tokens of shape ``[B, T, H, W, D]``.
+
+    mask: None (every token real), ``[B, T, H, W]`` or per-frame ``[B, T]`` (broadcast over
+      the frame's H*W cells); any dtype, nonzero = real.  Other shapes raise ValueError.
+    """
+    b, t, h, w = (int(v) for v in tokens_shape[:4])
+    if mask is None:
+        return jnp.ones((b, t, h, w), bool)
+    shape = tuple(mask.shape)
+    if shape == (b, t):
+        return jnp.broadcast_to(jnp.asarray(mask).astype(bool)[:, :, None, None], (b, t, h, w))
+    if shape == (b, t, h, w):
+        return jnp.asarray(mask).astype(bool)
+    raise ValueError(f"compressor mask must be [B, T, H, W]={[b, t, h, w]} or per-frame [B, T]={[b, t]} "
+                     f"for tokens {list(tokens_shape)}, got {list(shape)}")
+
+
+def check_budget(budget: Any) -> int:
+    """The slot count M as an int: a positive integer (an integral float such as 16.0 is
+    accepted); a fractional or non-numeric budget raises (never rounded)."""
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise TypeError(f"budget must be an integer number of slots, got {type(budget).__name__} {budget!r}; "
+                        f"turn '0.07%' or 0.01 into a count with td_jax.compressors.resolve_budget")
+    if isinstance(budget, numbers.Integral):
+        m = int(budget)
+    else:
+        if not float(budget).is_integer():
+            raise ValueError(f"budget must be a whole number of slots, got {budget!r}; fractions of the tokens "
+                             f"go through td_jax.compressors.resolve_budget('0.07%', n_tokens)")
+        m = int(budget)
+    if m < 1:
+        raise ValueError(f"budget must be >= 1, got {budget!r}")
+    return m
+
+
+def accepts(module_cls: type, arg: str) -> bool:
+    """Whether the module's ``__call__`` takes keyword ``arg`` (e.g. ``mask``, ``saliency``)."""
+    params = inspect.signature(module_cls.__call__).parameters
+    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 @dataclasses.dataclass(frozen=True)
 class Compressor:
     """A registered method plus its config; build modules or call it functionally."""
@@ -88,31 +172,89 @@ class Compressor:
 
     def module(self, budget: int) -> CompressorModule:
         """The linen module for this method at ``budget`` output slots."""
-        if int(budget) < 1:
-            raise ValueError(f"budget must be >= 1, got {budget}")
-        return self.module_cls(budget=int(budget), **self.cfg)
+        return self.module_cls(budget=check_budget(budget), **self.cfg)
 
-    def init(self, key: jax.Array, tokens: jax.Array, *, budget: int) -> dict:
+    def _call_kwargs(self, tokens, mask, inputs) -> dict:
+        """Validated keyword inputs for the module call (mask + method-specific extras)."""
+        check_tokens(tokens)
+        kw = dict(inputs)
+        if mask is not None:
+            kw["mask"] = token_mask(mask, tokens.shape)
+        for arg in kw:
+            if not accepts(self.module_cls, arg):
+                what = "masks (padded videos)" if arg == "mask" else f"the input {arg!r}"
+                raise ValueError(f"compressor {self.name!r} does not take {what}")
+        return kw
+
+    def init(self, key: jax.Array, tokens: jax.Array, *, budget: int, mask: jax.Array | None = None,
+             **inputs: jax.Array) -> dict:
         """Parameters of the method (an empty dict for parameter-free methods)."""
-        check_tokens(tokens)
-        return _jitted_init(self.module(budget), key, tokens)
+        kw = self._call_kwargs(tokens, mask, inputs)
+        return _jitted_init(self.module(budget), key, tokens, kw)
 
-    def __call__(self, tokens: jax.Array, *, key: jax.Array, budget: int, params: dict | None = None,
-                 deterministic: bool = True) -> Compressed:
-        """tokens [B, T, H, W, D] -> Compressed(tokens [B, M, D], mask [B, M], aux); M = budget."""
+    def __call__(self, tokens: jax.Array, *, key: jax.Array, budget: int, mask: jax.Array | None = None,
+                 params: dict | None = None, deterministic: bool = True, **inputs: jax.Array) -> Compressed:
+        """tokens [B, T, H, W, D] -> Compressed(tokens [B, M, D], mask [B, M], aux); M = budget.
+
+        mask: None, [B, T, H, W] or [B, T] bool (True = real token).  ``inputs`` are a
+        method's optional extra arrays (e.g. ``saliency=`` for visionzip / fastvid /
+        holitom, ``query=`` for prune / dycoke); a method that does not take one raises.
+        """
+        kw = self._call_kwargs(tokens, mask, inputs)
+        module = self.module(budget)
+        try:
+            return _jitted_apply(module, {} if params is None else params, tokens, key, deterministic, kw)
+        except (flax.errors.ScopeCollectionNotFound, flax.errors.ScopeParamNotFoundError) as e:
+            if params:
+                raise
+            raise ValueError(f"compressor {self.name!r} has parameters: create them with "
+                             f"params = compressor.init(key, tokens, budget={module.budget}) and pass params=params "
+                             f"({type(e).__name__})") from None
+
+    def precompute(self, tokens: jax.Array, *, keys: jax.Array, budget: int) -> dict[str, jax.Array]:
+        """The parameter-free stage of every video with its own key (so a video's result does not
+        depend on its batch): tokens [B, T, H, W, D], keys [B] → ``{name: [B, ...]}``."""
         check_tokens(tokens)
-        return _jitted_apply(self.module(budget), {} if params is None else params, tokens, key, deterministic)
+        if keys.shape[:1] != tokens.shape[:1]:
+            raise ValueError(f"precompute needs one key per video: keys {tuple(keys.shape)}, tokens "
+                             f"{tuple(tokens.shape)}")
+        return _jitted_precompute(self.module(budget), tokens, keys)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _jitted_init(module: CompressorModule, key: jax.Array, tokens: jax.Array) -> dict:
+def _jitted_init(module: CompressorModule, key: jax.Array, tokens: jax.Array, kw: dict) -> dict:
     k_params, k_rng = jax.random.split(key)
-    return module.init({"params": k_params, RNG_STREAM: k_rng}, tokens).get("params", {})
+    return module.init({"params": k_params, RNG_STREAM: k_rng}, tokens, **kw).get("params", {})
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _jitted_apply(module: CompressorModule, params, tokens, key, deterministic: bool) -> Compressed:
-    return module.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key})
+def _jitted_apply(module: CompressorModule, params, tokens, key, deterministic: bool, kw: dict) -> Compressed:
+    return module.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key}, **kw)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_precompute(module: CompressorModule, tokens, keys) -> dict:
+    def one(x, key):
+        out = module.apply({}, x[None], method=type(module).precompute, rngs={RNG_STREAM: key})
+        return jax.tree.map(lambda a: a[0], out)
+
+    return jax.vmap(one)(tokens, keys)
+
+
+def cfg_from_json(text: str, what: str) -> dict[str, Any]:
+    """A compressor config given as a JSON object (a flag or config value named ``what``)."""
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{what} must be a JSON object, got {text!r}")
+    # JSON has no tuples: arrays become tuples (module fields such as pool's out_hw must hash)
+    return {k: _tuples(v) for k, v in cfg.items()}
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 def get(name: str, **cfg: Any) -> Compressor:

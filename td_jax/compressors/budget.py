@@ -6,9 +6,14 @@
 
 Every method gets the same number of static output slots ``M``; :func:`plan` turns the
 budget into the knob that decides how many of those slots a method fills (frames kept,
-pooled grid, ToMe rounds, pruning k, learned tokens, clusters) and reports that count, so
-tables compare like with like.  A method that cannot reach a budget (e.g. ``frames`` below
-one frame's tokens, ``pool`` below one token per frame) raises ValueError saying why.
+pooled grid, ToMe rounds, pruning k, learned tokens, clusters, dominant/contextual
+split) and reports that count, so tables compare like with like.  Every method except
+``frames`` (whole frames only) and the frame-wise modes reaches any budget down to one
+token: ``pool`` area-pools over time once one token per frame is too many (8 tokens of 16
+frames = 8 boxes of 2 frames), ``vidtome`` finishes with ToMe rounds, ``dycoke`` /
+``fastvid`` / ``holitom`` / ``visionzip`` split the budget itself.  A method that cannot
+reach a budget raises ValueError saying why.  A slot count must be a whole number
+(:func:`check_budget`; fractions of the video go through :func:`resolve_budget`).
 """
 from __future__ import annotations
 
@@ -17,8 +22,12 @@ import math
 from typing import Any, Callable
 
 from td_jax.compressors import base as _base
+from td_jax.compressors import dycoke as _dycoke
 from td_jax.compressors import pool as _pool
 from td_jax.compressors import tome as _tome
+from td_jax.compressors import vidtome as _vidtome
+from td_jax.compressors import visionzip as _visionzip
+from td_jax.compressors.base import check_budget  # noqa: F401  (re-exported: slot counts are whole numbers)
 
 
 def resolve_budget(spec: int | float | str, n_tokens: int) -> int:
@@ -126,29 +135,42 @@ def _plan_frames(m, shape, cfg):
     return {**cfg, "num_frames": int(f)}, f * h * w, {"num_frames": int(f)}
 
 
-def pool_grid_for(m: int, shape: tuple[int, int, int]) -> tuple[int, int]:
-    """Largest pooled grid (h', w'), aspect ratio kept (w' = round(h' W / H)), with T h' w' <= M."""
+def pool_grid_for(m: int, shape: tuple[int, int, int], *, pool_time: bool = True) -> tuple[int, int, int]:
+    """Pooled grid (t', h', w') for a budget: space first, time only where needed.
+
+    The largest spatial grid (aspect ratio kept, ``w' = round(h' W / H)``) with
+    ``T * h' * w' <= M``; when even one token per frame is too many (T > M) and
+    ``pool_time``, time is pooled to ``t' = M`` boxes of the whole frame.
+    """
     t, h, w = shape
     best = None
     for oh in range(1, h + 1):
         ow = min(w, max(1, round(oh * w / h)))
         if t * oh * ow <= m and (best is None or oh * ow > best[0] * best[1]):
             best = (oh, ow)
-    if best is None:
-        raise ValueError(f"pool: budget {m} is below one token per frame for T={t} frames")
-    return best
+    if best is not None:
+        return t, best[0], best[1]
+    if not pool_time:
+        raise ValueError(f"pool: budget {m} is below one token per frame for T={t} frames "
+                         f"(kind='bilinear' pools space only; kind='area' also pools time)")
+    return m, 1, 1
 
 
 @planner("pool")
 def _plan_pool(m, shape, cfg):
     t, h, w = shape
-    if cfg.get("stride") is not None or cfg.get("out_hw") is not None:
-        oh, ow = _pool.BilinearPool(budget=m, stride=cfg.get("stride"), out_hw=cfg.get("out_hw")).grid(h, w)
-        if t * oh * ow > m:
-            raise ValueError(f"pool: {t} frames x {oh}x{ow} = {t * oh * ow} tokens > budget {m}")
-        return cfg, t * oh * ow, {"out_hw": (oh, ow)}
-    oh, ow = pool_grid_for(m, shape)
-    return {**cfg, "out_hw": (oh, ow)}, t * oh * ow, {"out_hw": (oh, ow)}
+    cfg = {"kind": "area", **cfg}
+    explicit = any(cfg.get(k) is not None for k in ("stride", "out_hw", "out_t"))
+    if explicit:
+        ot, oh, ow = _pool.Pool(budget=m, **cfg).grid(t, h, w)
+        if ot * oh * ow > m:
+            raise ValueError(f"pool: {ot} time boxes x {oh}x{ow} = {ot * oh * ow} tokens > budget {m}")
+    else:
+        ot, oh, ow = pool_grid_for(m, shape, pool_time=cfg["kind"] == "area")
+        cfg = {**cfg, "out_hw": (oh, ow)}
+        if ot != t:
+            cfg["out_t"] = ot
+    return cfg, ot * oh * ow, {"grid": (ot, oh, ow)}
 
 
 def _per_frame(name, m, t):
@@ -207,6 +229,52 @@ def _plan_base_map(m, shape, cfg):
                          f"{t} map tokens (one per frame); give more than {t}")
     k = min(m - t, t * h * w)
     return cfg, k + t, {"k": k, "map_tokens": t}
+
+
+@planner("vidtome")
+def _plan_vidtome(m, shape, cfg):
+    t, h, w = shape
+    sched = _vidtome.VidToMe(budget=m, **cfg).schedule(t, h * w)
+    knobs = {"local_ratio": round(sched["local_ratio"], 4), "global_ratio": round(sched["global_ratio"], 4),
+             "tome_rounds": sched["tome_rounds"]}
+    return cfg, min(m, t * h * w), knobs
+
+
+@planner("dycoke")
+def _plan_dycoke(m, shape, cfg):
+    t, h, w = shape
+    rate = cfg.get("prune_rate", _dycoke.DyCoke.prune_rate)
+    heads = int((_dycoke.reference_frames(t) < 0).sum())
+    survivors = heads * h * w + (t - heads) * int((1.0 - rate) * h * w)
+    return cfg, min(m, survivors), {"ttm_kept": survivors}
+
+
+@planner("fastvid")
+def _plan_fastvid(m, shape, cfg):
+    t, h, w = shape
+    k = min(m, t * h * w)
+    ctx = int(k * cfg.get("context_ratio", 0.4))
+    return cfg, k, {"salient": k - ctx, "contextual": ctx}
+
+
+@planner("visionzip")
+def _plan_visionzip(m, shape, cfg):
+    t, h, w = shape
+    ratio = cfg.get("dominant_ratio", _visionzip.DEFAULT_DOMINANT_RATIO)
+    if cfg.get("mode", "video") == "frame":
+        per = min(_per_frame("visionzip", m, t), h * w)
+        dom, ctx = _visionzip.split_counts(per, ratio)
+        return cfg, t * per, {"dominant_per_frame": dom, "contextual_per_frame": ctx}
+    k = min(m, t * h * w)
+    dom, ctx = _visionzip.split_counts(k, ratio)
+    return cfg, k, {"dominant": dom, "contextual": ctx}
+
+
+@planner("holitom")
+def _plan_holitom(m, shape, cfg):
+    t, h, w = shape
+    # an upper bound: when temporal merging leaves fewer than M candidates, all are kept
+    return cfg, min(m, t * h * w), {}
 
 
 def plan(method: str, spec: int | float | str, shape: tuple[int, int, int], **cfg: Any) -> BudgetPlan:

@@ -60,3 +60,44 @@ def pad_to_budget(tokens: jax.Array, budget: int, mask: jax.Array | None = None,
 def raster_index(t: int, h: int, w: int) -> jax.Array:
     """[T, H, W] int32 flat raster index of every grid cell."""
     return jnp.arange(t * h * w, dtype=jnp.int32).reshape(t, h, w)
+
+
+# Batched gathers / scatters written on flattened [B*N] rows: XLA compiles these 1-D index
+# ops quickly, while vmapped (batched) gathers over many unrolled merge rounds took minutes
+# to compile for a 23k-token video.
+def gather_flat(v: jax.Array, idx: jax.Array) -> jax.Array:
+    """v [B, N, ...], idx [B, K] -> [B, K, ...]."""
+    b, n = v.shape[:2]
+    flat = v.reshape((b * n,) + v.shape[2:])
+    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    return flat[(idx + offs).reshape(-1)].reshape(idx.shape + v.shape[2:])
+
+
+def scatter_add_flat(v: jax.Array, idx: jax.Array, upd: jax.Array) -> jax.Array:
+    """v [B, N, ...] with upd [B, K, ...] added at rows idx [B, K]."""
+    b, n = v.shape[:2]
+    flat = v.reshape((b * n,) + v.shape[2:])
+    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    flat = flat.at[(idx + offs).reshape(-1)].add(upd.reshape((-1,) + upd.shape[2:]))
+    return flat.reshape(v.shape)
+
+
+def check_options(name: str, module, *, at_least_one: tuple = (), unit_interval: tuple = ()) -> None:
+    """Config checks shared by the peer methods: integer fields >= 1, fractions in [0, 1]."""
+    for f in at_least_one:
+        if getattr(module, f) < 1:
+            raise ValueError(f"{name}: {f} must be >= 1, got {getattr(module, f)}")
+    for f in unit_interval:
+        if not 0.0 <= getattr(module, f) <= 1.0:
+            raise ValueError(f"{name}: {f} must be in [0, 1], got {getattr(module, f)}")
+
+
+def token_scores(name: str, tokens: jax.Array, saliency: jax.Array | None) -> jax.Array:
+    """How much the vision tower attends to each token: ``saliency [B, T, H, W]`` when
+    given (checked against tokens [B, T, H, W, D]), else the tokens' L2 norms (the documented
+    fallback).  Returns [B, T, H, W] float32."""
+    if saliency is None:
+        return jnp.linalg.norm(tokens.astype(jnp.float32), axis=-1)
+    if tuple(saliency.shape) != tuple(tokens.shape[:4]):
+        raise ValueError(f"{name}: saliency must be [B, T, H, W]={list(tokens.shape[:4])}, got {list(saliency.shape)}")
+    return saliency.astype(jnp.float32)

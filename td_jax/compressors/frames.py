@@ -4,12 +4,16 @@ Keeps F frames at ``round(linspace(0, T-1, F))`` (first and last frame kept when
 frame 0 when F == 1).  Output is the kept frames' tokens in raster order, ``F*H*W <= M``
 slots, the rest padded.
 
+Padded videos (``mask``): a frame is real if any of its tokens is; the F frames are spread
+over the video's real frames (``round(linspace(0, T_real-1, F))`` of them), a frame picked
+twice (F > T_real) fills its slots once, and masked tokens' slots are marked False.
+
 aux:
-  frame_index  [B, F] int32: kept frame ids.
+  frame_index  [B, F] int32: kept frame ids (-1 for a repeated pick).
   source_index [B, M] int32: flat raster index of each slot's token, -1 for pads.
   assign       [B, T*H*W] int32: slot of the same (h, w) cell in the nearest kept frame
                (ties go to the earlier frame), so ``tokens[assign]`` is the
-               nearest-frame reconstruction.
+               nearest-frame reconstruction; -1 for masked tokens.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register
+from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
 from td_jax.compressors.common import check_budget_fits, pad_to_budget
 
 
@@ -44,7 +48,7 @@ class UniformFrames(CompressorModule):
 
     num_frames: int | None = None
 
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)
         b, t, h, w, d = tokens.shape
         f = self.num_frames if self.num_frames is not None else min(t, self.budget // (h * w))
@@ -54,14 +58,31 @@ class UniformFrames(CompressorModule):
         if f > t:
             raise ValueError(f"frames: num_frames={f} > T={t} frames in tokens {tuple(tokens.shape)}")
         check_budget_fits("frames", f * h * w, self.budget, f"{f} frames of {h}x{w}")
-        kept = uniform_frame_indices(t, f)
-        out = tokens[:, kept].reshape(b, f * h * w, d)
-        cells = np.arange(h * w, dtype=np.int32)
-        source = (kept[:, None] * (h * w) + cells[None, :]).reshape(-1)
-        assign = (nearest_kept(t, kept)[:, None] * (h * w) + cells[None, :]).reshape(-1)
-        source = jnp.broadcast_to(jnp.asarray(source), (b, f * h * w))
-        out, mask, slot = pad_to_budget(out, self.budget, slot_aux={"source_index": source})
-        aux = {"frame_index": jnp.broadcast_to(jnp.asarray(kept), (b, f)),
-               "source_index": slot["source_index"],
-               "assign": jnp.broadcast_to(jnp.asarray(assign), (b, t * h * w))}
-        return Compressed(tokens=out, mask=mask, aux=aux)
+        real = token_mask(mask, tokens.shape)
+        frame_real = jnp.any(real, axis=(2, 3))                                               # [B, T]
+        # every real length's picks and nearest-pick map (static tables, gathered per video)
+        picks = np.stack([np.round(np.linspace(0, n - 1, f)).astype(np.int32) for n in range(1, t + 1)])
+        near = np.stack([np.pad(nearest_kept(n, picks[n - 1]), (0, t - n)) for n in range(1, t + 1)])
+        n_real = jnp.maximum(jnp.sum(frame_real, axis=1), 1)
+        real_ids = jnp.argsort(~frame_real, axis=1, stable=True).astype(jnp.int32)          # real frames first
+        rank = jnp.asarray(picks)[n_real - 1]                                                # [B, F] ranks
+        kept = jnp.take_along_axis(real_ids, rank, axis=1)                                   # [B, F] frame ids
+        first = jnp.concatenate([jnp.ones((b, 1), bool), rank[:, 1:] != rank[:, :-1]], axis=1)
+        first = first & jnp.take_along_axis(frame_real, kept, axis=1)
+        out = jnp.take_along_axis(tokens, kept[:, :, None, None, None], axis=1).reshape(b, f * h * w, d)
+        slot_real = (jnp.take_along_axis(real, kept[:, :, None, None], axis=1).reshape(b, f, h * w)
+                     & first[:, :, None]).reshape(b, f * h * w)
+        out = jnp.where(slot_real[..., None], out, 0).astype(tokens.dtype)
+        cells = jnp.arange(h * w, dtype=jnp.int32)
+        source = (kept[:, :, None] * (h * w) + cells).reshape(b, f * h * w)
+        source = jnp.where(slot_real, source, -1)
+        # nearest kept frame, in real-frame order: the frame of real rank j -> pick near[j]
+        # (argmin: the earlier pick on ties, so a repeated pick maps to its first slots)
+        frame_rank = jnp.cumsum(frame_real, axis=1) - 1                                      # [B, T]
+        near_slot = jnp.take_along_axis(jnp.asarray(near)[n_real - 1], jnp.maximum(frame_rank, 0), axis=1)
+        assign = near_slot[:, :, None] * (h * w) + cells
+        assign = jnp.where(real.reshape(b, t, h * w), assign, -1).reshape(b, t * h * w)
+        out, slot_mask, slot = pad_to_budget(out, self.budget, mask=slot_real, slot_aux={"source_index": source})
+        aux = {"frame_index": jnp.where(first, kept, -1), "source_index": slot["source_index"],
+               "assign": assign.astype(jnp.int32)}
+        return Compressed(tokens=out, mask=slot_mask, aux=aux)

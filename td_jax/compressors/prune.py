@@ -10,17 +10,19 @@ Scores:
 
 Modes: ``"video"`` keeps the top ``M`` tokens of the whole video; ``"frame"`` keeps the top
 ``M // T`` of every frame.  The kept tokens stay in raster order (``top_k`` indices sorted).
+Masked (padding) tokens score -inf: they are kept only when a video (or frame) has fewer
+real tokens than slots, and those slots are marked False.
 
 aux:
   source_index [B, M] int32: flat raster index of each kept token, -1 for pads.
-  scores       [B, T*H*W] float32: every input token's score.
+  scores       [B, T*H*W] float32: every input token's score (-inf for masked tokens).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register
+from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
 from td_jax.compressors.common import pad_to_budget
 
 
@@ -29,8 +31,9 @@ def norm_scores(x: jax.Array) -> jax.Array:
     return jnp.linalg.norm(x.astype(jnp.float32), axis=-1)
 
 
-def attention_scores(x: jax.Array, query: jax.Array) -> jax.Array:
-    """x [B, N, D], query [B, D] or [B, Q, D] -> [B, N]: softmax attention, mean over queries."""
+def attention_scores(x: jax.Array, query: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """x [B, N, D], query [B, D] or [B, Q, D] -> [B, N]: softmax attention, mean over queries
+    (over the ``valid [B, N]`` tokens only, when given)."""
     if query.ndim == 2:
         query = query[:, None]
     if query.ndim != 3 or query.shape[0] != x.shape[0] or query.shape[-1] != x.shape[-1]:
@@ -38,7 +41,10 @@ def attention_scores(x: jax.Array, query: jax.Array) -> jax.Array:
                          f"got {tuple(query.shape)}")
     logits = jnp.einsum("bqd,bnd->bqn", query.astype(jnp.float32), x.astype(jnp.float32))
     logits = logits / jnp.sqrt(jnp.float32(x.shape[-1]))
-    return jax.nn.softmax(logits, axis=-1).mean(axis=1)
+    if valid is not None:
+        logits = jnp.where(valid[:, None, :], logits, -jnp.inf)
+    p = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(jnp.isnan(p), 0.0, p).mean(axis=1)
 
 
 def top_k_in_order(scores: jax.Array, k: int) -> jax.Array:
@@ -56,13 +62,15 @@ class Prune(CompressorModule):
 
     mode: str = "video"
 
-    def __call__(self, tokens: jax.Array, deterministic: bool = True,
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  query: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)
         b, t, h, w, d = tokens.shape
         n = t * h * w
-        flat = tokens.reshape(b, n, d)
-        scores = norm_scores(flat) if query is None else attention_scores(flat, query)
+        real = token_mask(mask, tokens.shape).reshape(b, n)
+        flat = jnp.where(real[..., None], tokens.reshape(b, n, d), 0).astype(tokens.dtype)
+        scores = norm_scores(flat) if query is None else attention_scores(flat, query, real)
+        scores = jnp.where(real, scores, -jnp.inf)
         if self.mode == "video":
             idx = top_k_in_order(scores, min(self.budget, n))
         elif self.mode == "frame":
@@ -75,5 +83,7 @@ class Prune(CompressorModule):
         else:
             raise ValueError(f"prune: mode must be 'video' or 'frame', got {self.mode!r}")
         kept = jnp.take_along_axis(flat, idx[..., None], axis=1)
-        out, mask, slot = pad_to_budget(kept, self.budget, slot_aux={"source_index": idx})
-        return Compressed(tokens=out, mask=mask, aux={"source_index": slot["source_index"], "scores": scores})
+        kept_real = jnp.take_along_axis(real, idx, axis=1)
+        idx = jnp.where(kept_real, idx, -1)
+        out, slot_mask, slot = pad_to_budget(kept, self.budget, mask=kept_real, slot_aux={"source_index": idx})
+        return Compressed(tokens=out, mask=slot_mask, aux={"source_index": slot["source_index"], "scores": scores})

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from td_jax.attention import CrossDynamicsAttention
+from td_jax.attention import CrossDynamicsAttention, MapValueAttention
 from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register
 from td_jax.dynamics import ADAPTIVE_METHODS, BASE_MODES, adaptive_token_dynamics, token_dynamics
 
@@ -63,13 +63,23 @@ class MapTokens(nn.Module):
         return nn.Dense(self.dim, kernel_init=init(("mlp", "embed")), name="map_out")(nn.gelu(x))
 
 
+ATTENTIONS = ("trajectory", "paper")
+
+
 class _TokenDynamicsBase(CompressorModule):
     """Fields: budget = K (or k_max when adaptive).
 
     adaptive: "" for fixed K, else one of "elbow" | "silhouette" | "threshold".
     k_min, threshold, elbow_tol: adaptive options (see td_jax.adaptive_token_dynamics).
     base: "raw" | "normalized" base means. iters, tol, refine_iters, sample_size, n_init:
-    k-means options. num_heads, mlp_ratio, dropout: attention options.
+    k-means options. attention: "trajectory" (``CrossDynamicsAttention``: per-cluster
+    trajectory tokens read off the map) or "paper" (``MapValueAttention``: values from a
+    learned MLP of the map). num_heads, mlp_ratio, dropout, own_bias: attention options.
+
+    Stages: :meth:`precompute` = k-means (+ the ablations' random map / random base, drawn
+    there, so a stored stage holds one fixed draw per video) →
+    ``{"base" [B,K,D], "dynamics_map" [B,T,H,W] int32, "valid" [B,K], "counts" [B,K],
+    "inertia" [B]}``; the learned stage is the attention (or base_map's MapTokens).
     """
 
     variant: str = "full"
@@ -83,57 +93,110 @@ class _TokenDynamicsBase(CompressorModule):
     refine_iters: int = 1
     sample_size: int | None = None
     n_init: int = 2
+    attention: str = "trajectory"
     num_heads: int = 8
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    own_bias: float = 0.0
 
-    def _validate(self, tokens):
-        check_tokens(tokens)
+    def _validate(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.adaptive and self.adaptive not in ADAPTIVE_METHODS:
             raise ValueError(f"adaptive must be '' or one of {ADAPTIVE_METHODS}, got {self.adaptive!r}")
         if self.base not in BASE_MODES:
             raise ValueError(f"base must be one of {BASE_MODES}, got {self.base!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
-    def _cluster(self, x, key, k):
+    def _k(self, t: int) -> int:
+        """Clusters: the budget, less base_map's T map tokens."""
+        k = self.budget - t if self.variant == "base_map" else self.budget
+        if k < 1:
+            raise ValueError(f"base_map: budget {self.budget} leaves no clusters next to the {t} map tokens")
+        return k
+
+    def _cluster(self, x, key, k, mask):
         """x [T, H, W, D] -> TokenDynamics with K = k (k_max when adaptive) for one video."""
         common = dict(key=key, base=self.base, tol=self.tol, refine_iters=self.refine_iters,
-                      sample_size=self.sample_size, n_init=self.n_init)
+                      sample_size=self.sample_size, n_init=self.n_init, mask=mask)
         if self.adaptive:
             return adaptive_token_dynamics(x, k, method=self.adaptive, k_min=self.k_min,
                                            threshold=self.threshold, elbow_tol=self.elbow_tol,
                                            iters=self.iters, **common)
         return token_dynamics(x, k, iters=self.iters, **common)
 
-    @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
-        """tokens [B, T, H, W, D] -> Compressed(tokens [B, K, D], mask [B, K], aux).
-        base_map: the budget counts the T map tokens too, so K = budget - T."""
-        self._validate(tokens)
-        b, t = tokens.shape[:2]
-        k = self.budget - t if self.variant == "base_map" else self.budget
-        if k < 1:
-            raise ValueError(f"base_map: budget {self.budget} leaves no clusters next to the {t} map tokens")
+    def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The parameter-free stage (see the class docstring); ``mask [B,T,H,W]`` or ``[B,T]``
+        bool marks real tokens (padded cells get map id -1 and never reach a cluster)."""
+        self._validate()
+        check_tokens(tokens)
+        b, t, h, w = tokens.shape[:4]
+        if mask is not None:
+            mask = jnp.asarray(mask).astype(bool)
+            if mask.shape == (b, t):
+                mask = jnp.broadcast_to(mask[:, :, None, None], (b, t, h, w))
+            if mask.shape != (b, t, h, w):
+                raise ValueError(f"mask must be [B, T, H, W] = {(b, t, h, w)} or [B, T], got {tuple(mask.shape)}")
+        k = self._k(t)
         key = self.make_rng(RNG_STREAM)
         k_cluster, k_ablate = jax.random.split(key)
-        td = jax.vmap(lambda x, kk: self._cluster(x, kk, k))(tokens, jax.random.split(k_cluster, b))
+        keys = jax.random.split(k_cluster, b)
+        if mask is None:
+            td = jax.vmap(lambda x, kk: self._cluster(x, kk, k, None))(tokens, keys)
+        else:
+            td = jax.vmap(lambda x, kk, m: self._cluster(x, kk, k, m))(tokens, keys, mask)
         base, dmap, valid = td.base, td.dynamics_map, td.valid
         if self.variant == "random_map":
             dmap = random_map(k_ablate, dmap, valid)
         elif self.variant == "random_base":
             base = random_base(k_ablate, valid, base.shape[-1], token_scale(tokens)).astype(base.dtype)
-        out, mask = base, valid
+        return {"base": base, "dynamics_map": dmap.astype(jnp.int32), "valid": valid, "counts": td.counts,
+                "inertia": td.inertia}
+
+    def stage_spec(self, num_frames: int) -> dict:
+        """The k-means (and ablation draw) settings: the variants with the same clustering share
+        a stage (token_dynamics, base_only, base_map and either attention at the same K)."""
+        keep = ("adaptive", "k_min", "threshold", "elbow_tol", "base", "iters", "tol", "refine_iters", "sample_size",
+                "n_init")
+        spec = {"stage": "kmeans", "k": self._k(num_frames), **{f: getattr(self, f) for f in keep}}
+        if self.variant in ("random_map", "random_base"):
+            spec["ablation"] = self.variant
+        return spec
+
+    def apply_precomputed(self, precomputed: dict[str, jax.Array], deterministic: bool = True) -> Compressed:
+        """The learned stage (attention / MapTokens) on :meth:`precompute`'s arrays."""
+        return self(None, deterministic, precomputed=precomputed)
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array | None = None, deterministic: bool = True, mask: jax.Array | None = None,
+                 *, precomputed: dict[str, jax.Array] | None = None) -> Compressed:
+        """tokens [B, T, H, W, D] (or ``precomputed`` stage arrays) -> Compressed(tokens [B, M, D],
+        mask [B, M], aux).  M = budget; base_map: the budget counts the T map tokens, K = budget - T."""
+        self._validate()
+        if precomputed is None:
+            precomputed = self.precompute(tokens, mask)
+        missing = sorted({"base", "dynamics_map", "valid"} - set(precomputed))
+        if missing:
+            raise ValueError(f"precomputed token-dynamics arrays lack {missing} (have {sorted(precomputed)})")
+        base = precomputed["base"]
+        dmap = precomputed["dynamics_map"].astype(jnp.int32)
+        valid = precomputed["valid"].astype(bool)
+        aux = {"dynamics_map": dmap, **{n: precomputed[n] for n in ("counts", "inertia") if n in precomputed}}
+        out, out_mask = base, valid
         if self.variant == "base_map":
             maps = MapTokens(base.shape[-1], name="map_tokens")(dmap, base.shape[1]).astype(base.dtype)
             out = jnp.concatenate([base, maps], axis=1)
-            mask = jnp.concatenate([valid, jnp.ones(maps.shape[:2], bool)], axis=1)
+            out_mask = jnp.concatenate([valid, jnp.ones(maps.shape[:2], bool)], axis=1)
         elif self.variant != "base_only":
-            out = CrossDynamicsAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                                         dropout=self.dropout, dtype=tokens.dtype,
-                                         name="cross_dynamics")(base, dmap, valid, deterministic)
-        return Compressed(tokens=out, mask=mask,
-                          aux={"dynamics_map": dmap, "counts": td.counts, "inertia": td.inertia})
+            if self.attention == "paper":
+                out = MapValueAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
+                                        dtype=base.dtype, name="map_value_attention")(base, dmap, valid, deterministic)
+            else:
+                out = CrossDynamicsAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                                             dropout=self.dropout, own_bias=self.own_bias, dtype=base.dtype,
+                                             name="cross_dynamics")(base, dmap, valid, deterministic)
+        return Compressed(tokens=out, mask=out_mask, aux=aux)
 
 
 @register("token_dynamics")

@@ -14,9 +14,12 @@ Dropout draws from the ``"compress"`` RNG stream (active with ``deterministic=Fa
 Modes: ``"frame"`` learns ``S = M // T`` tokens per frame (T*S real tokens); ``"video"``
 learns ``S = M`` tokens over all T*H*W positions.
 
+Padded videos (``mask``): the softmax runs over real positions only, so padding gets zero
+weight; a group (frame or video) without real tokens yields zero tokens marked False.
+
 aux:
   assign [B, T*H*W] int32: for every input token, the learned slot whose attention map
-         weighs it most (a hard reading of the soft maps).
+         weighs it most (a hard reading of the soft maps); -1 for masked tokens.
 """
 from __future__ import annotations
 
@@ -24,19 +27,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register
+from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register, token_mask
 from td_jax.compressors.common import pad_to_budget
 
 
 class TokenLearnerV11(nn.Module):
-    """``x [G, N, D] -> (tokens [G, S, D], maps [G, S, N])`` for S = ``num_tokens``."""
+    """``x [G, N, D] (+ valid [G, N]) -> (tokens [G, S, D], maps [G, S, N])`` for S =
+    ``num_tokens``; invalid positions get zero weight (a group with none valid: zero maps)."""
 
     num_tokens: int
     bottleneck_dim: int = 64
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, deterministic: bool = True,
+                 valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         dense_init = nn.initializers.xavier_uniform()
         bias_init = nn.initializers.normal(stddev=1e-6)
         y = nn.LayerNorm(epsilon=1e-6, name="norm",
@@ -51,7 +56,13 @@ class TokenLearnerV11(nn.Module):
                      kernel_init=nn.with_logical_partitioning(dense_init, ("mlp", None)),
                      bias_init=nn.with_logical_partitioning(bias_init, (None,)))(y)
         y = nn.Dropout(self.dropout_rate, rng_collection=RNG_STREAM)(y, deterministic=deterministic)
-        maps = jax.nn.softmax(jnp.swapaxes(y, -1, -2), axis=-1)  # [G, S, N]
+        logits = jnp.swapaxes(y, -1, -2)                            # [G, S, N]
+        if valid is not None:   # a group without valid positions gets finite logits, then zero maps
+            some = jnp.any(valid, axis=-1)[:, None, None]
+            logits = jnp.where(valid[:, None, :] | ~some, logits, -jnp.inf)
+        maps = jax.nn.softmax(logits, axis=-1)
+        if valid is not None:
+            maps = jnp.where(some, maps, 0.0)
         return jnp.einsum("gsn,gnd->gsd", maps, x), maps
 
 
@@ -69,7 +80,7 @@ class TokenLearner(CompressorModule):
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)
         b, t, h, w, d = tokens.shape
         if self.mode == "frame":
@@ -81,10 +92,27 @@ class TokenLearner(CompressorModule):
             groups, per = b, self.budget
         else:
             raise ValueError(f"token_learner: mode must be 'frame' or 'video', got {self.mode!r}")
+        real = None if mask is None else token_mask(mask, tokens.shape).reshape(groups, -1)
         x = tokens.reshape(groups, -1, d)
+        if real is not None:
+            x = jnp.where(real[..., None], x, 0).astype(x.dtype)
         learned, maps = TokenLearnerV11(per, self.bottleneck_dim, self.dropout_rate, name="learner")(
-            x, deterministic=deterministic)
+            x, deterministic=deterministic, valid=real)
         slot = jnp.argmax(maps, axis=1).astype(jnp.int32)  # [G, N]
         slot = slot + (jnp.arange(groups, dtype=jnp.int32) % (groups // b) * per)[:, None]
-        out, mask, _ = pad_to_budget(learned.reshape(b, -1, d), self.budget)
-        return Compressed(tokens=out, mask=mask, aux={"assign": slot.reshape(b, t * h * w)})
+        group_real = jnp.ones((groups, per), bool) if real is None else jnp.broadcast_to(
+            jnp.any(real, axis=1)[:, None], (groups, per))
+        if real is not None:
+            slot = jnp.where(real, slot, -1)
+        out, slot_mask, _ = pad_to_budget(learned.reshape(b, -1, d), self.budget, mask=group_real.reshape(b, -1))
+        return Compressed(tokens=out, mask=slot_mask, aux={"assign": slot.reshape(b, t * h * w)})
+
+    def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        """TokenLearner is learned from the first operation on: its stored stage is the tokens."""
+        check_tokens(tokens)
+        if mask is not None:
+            raise ValueError("token_learner: a mask is not supported by its stored stage")
+        return {"video": tokens}
+
+    def apply_precomputed(self, precomputed: dict[str, jax.Array], deterministic: bool = True) -> Compressed:
+        return self(precomputed["video"], deterministic)

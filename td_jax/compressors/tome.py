@@ -21,10 +21,19 @@ Variants (``mode``): ``"video"`` merges all T*H*W tokens of a video together (bu
 exactly); ``"frame"`` merges within each frame to ``M // T`` tokens per frame (T*(M//T)
 real tokens, the rest padded).
 
+Padded inputs (``mask``): masked tokens enter with size 0, so they add nothing to any
+average.  Before each round the size-0 slots are moved onto the A side and their edges
+ranked first, and no real A token picks a size-0 B partner while a real one exists: every
+round spends its merges on padding first, so all padding is gone after ``P`` merges (P =
+masked tokens) and the remaining merges are ordinary ToMe on the real tokens.  A video
+with at least M real tokens therefore fills all M slots with real tokens; with fewer, the
+slots left holding only padding have size 0 and ``mask`` False.  Without a mask the
+rounds are exactly ToMe's.
+
 aux:
-  sizes  [B, M] float32: how many input tokens each slot averages (0 for pads).
+  sizes  [B, M] float32: how many (real) input tokens each slot averages (0 for pads).
   assign [B, T*H*W] int32: the slot each input token was merged into, so
-         ``tokens[assign]`` is ToMe's reconstruction of the video.
+         ``tokens[assign]`` is ToMe's reconstruction of the video (-1 for masked tokens).
 """
 from __future__ import annotations
 
@@ -33,8 +42,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register
-from td_jax.compressors.common import pad_to_budget
+from td_jax.compressors.base import Compressed, CompressorModule, check_tokens, register, token_mask
+from td_jax.compressors.common import gather_flat, pad_to_budget, scatter_add_flat
 
 DEFAULT_MAX_ROUNDS = 64
 _EPS = 1e-12
@@ -77,33 +86,16 @@ def merge_schedule(n: int, target: int, r: int | None = None,
     return sched
 
 
-# Batched gathers / scatters are written on flattened [B*N] rows: XLA compiles these 1-D
-# index ops quickly, while vmapped (batched) gathers over many unrolled rounds took
-# minutes to compile for a 23k-token video.
-def _gather(v: jax.Array, idx: jax.Array) -> jax.Array:
-    """v [B, N, ...], idx [B, K] -> [B, K, ...]."""
-    b, n = v.shape[:2]
-    flat = v.reshape((b * n,) + v.shape[2:])
-    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
-    return flat[(idx + offs).reshape(-1)].reshape(idx.shape + v.shape[2:])
-
-
-def _scatter_add(v: jax.Array, idx: jax.Array, upd: jax.Array) -> jax.Array:
-    """v [B, N, ...] with upd [B, K, ...] added at rows idx [B, K]."""
-    b, n = v.shape[:2]
-    flat = v.reshape((b * n,) + v.shape[2:])
-    offs = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
-    flat = flat.at[(idx + offs).reshape(-1)].add(upd.reshape((-1,) + upd.shape[2:]))
-    return flat.reshape(v.shape)
-
-
 MATCH_BLOCK = 128   # A rows per block of the similarity matrix (see best_match)
 
 
-def _best_in_block(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _best_in_block(a: jax.Array, b: jax.Array, b_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """a [B, n, D], b [B, M, D] (unit rows) -> (index of the best b per a row [B, n] int32,
-    its cosine [B, n]); ties go to the lowest index, as ``argmax``."""
+    its cosine [B, n]); ties go to the lowest index, as ``argmax``.  ``b_valid [B, M]``
+    (optional) excludes B rows (their score is -inf)."""
     scores = jnp.einsum("bid,bjd->bij", a, b)
+    if b_valid is not None:
+        scores = jnp.where(b_valid[:, None, :], scores, -jnp.inf)
     top = jnp.max(scores, axis=-1)
     # max + "first index reaching it" is ~2x faster on CPU than a variadic argmax reduce
     iota = jnp.arange(scores.shape[-1], dtype=jnp.int32)
@@ -111,35 +103,45 @@ def _best_in_block(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return best.astype(jnp.int32), top
 
 
-def best_match(a: jax.Array, b: jax.Array, block: int | None = MATCH_BLOCK) -> tuple[jax.Array, jax.Array]:
+def best_match(a: jax.Array, b: jax.Array, block: int | None = MATCH_BLOCK,
+               b_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Each A token's most similar B token: ``a [B, NA, D]``, ``b [B, NB, D]`` unit rows ->
     (best [B, NA] int32, cosine [B, NA]).
 
     The [B, NA, NB] similarity is never materialised whole: A is processed ``block`` rows at
     a time (``lax.map``; ``None`` = one dense block), which keeps each block's scores in
-    cache (``experiments/benchmarks/tome_bench.py`` times both).
+    cache (``experiments/benchmarks/tome_bench.py`` times both).  ``b_valid [B, NB]``
+    (optional) excludes B rows.
     """
     bsz, na, d = a.shape
     if block is None or na <= block:
-        return _best_in_block(a, b)
+        return _best_in_block(a, b, b_valid)
     nblk = -(-na // block)
     pad = nblk * block - na
     ap = jnp.pad(a, ((0, 0), (0, pad), (0, 0))) if pad else a
     blocks = ap.reshape(bsz, nblk, block, d).transpose(1, 0, 2, 3)            # [nblk, B, block, D]
-    best, top = jax.lax.map(lambda x: _best_in_block(x, b), blocks)           # [nblk, B, block]
+    best, top = jax.lax.map(lambda x: _best_in_block(x, b, b_valid), blocks)  # [nblk, B, block]
     best = best.transpose(1, 0, 2).reshape(bsz, nblk * block)[:, :na]
     top = top.transpose(1, 0, 2).reshape(bsz, nblk * block)[:, :na]
     return best, top
 
 
-def bipartite_soft_matching(metric: jax.Array, r: int, block: int | None = MATCH_BLOCK) -> Matching:
+def bipartite_soft_matching(metric: jax.Array, r: int, block: int | None = MATCH_BLOCK,
+                            valid: jax.Array | None = None) -> Matching:
     """ToMe's matching on ``metric [B, N, Dk]``: merge the ``r`` most similar A->B edges
-    (``block``: see :func:`best_match`)."""
+    (``block``: see :func:`best_match`).  ``valid [B, N]`` (optional, False = padding):
+    padded A tokens rank first and real A tokens only pick real B partners (if any)."""
     n = metric.shape[1]
     if not 0 <= r <= n // 2:
         raise ValueError(f"tome: r={r} must be in [0, N//2] for N={n} tokens")
     m = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
-    best, node_max = best_match(m[:, 0::2], m[:, 1::2], block)   # cosine of every A token's best B edge
+    if valid is None:
+        best, node_max = best_match(m[:, 0::2], m[:, 1::2], block)   # cosine of every A token's best B edge
+    else:
+        b_valid = valid[:, 1::2]
+        b_valid = b_valid | ~jnp.any(b_valid, axis=1, keepdims=True)  # no real B at all: any partner
+        best, node_max = best_match(m[:, 0::2], m[:, 1::2], block, b_valid)
+        node_max = jnp.where(valid[:, 0::2], node_max, jnp.inf)
     order = jnp.argsort(-node_max, axis=-1, stable=True).astype(jnp.int32)
     src_idx = order[:, :r]
     return Matching(src_idx=src_idx, dst_idx=jnp.take_along_axis(best, src_idx, axis=1),
@@ -152,8 +154,8 @@ def merge_sum(v: jax.Array, match: Matching) -> jax.Array:
     Returns ``[B, N - r, ...]`` in ToMe's order ``[unmerged A, B (+ merged A)]``.
     """
     a, b = v[:, 0::2], v[:, 1::2]
-    dst = _scatter_add(b, match.dst_idx, _gather(a, match.src_idx))
-    return jnp.concatenate([_gather(a, match.unm_idx), dst], axis=1)
+    dst = scatter_add_flat(b, match.dst_idx, gather_flat(a, match.src_idx))
+    return jnp.concatenate([gather_flat(a, match.unm_idx), dst], axis=1)
 
 
 def new_positions(n: int, match: Matching) -> jax.Array:
@@ -161,47 +163,90 @@ def new_positions(n: int, match: Matching) -> jax.Array:
     bsz, na = match.best.shape
     keep = match.unm_idx.shape[1]
     zeros = jnp.zeros((bsz, na), jnp.int32)
-    rank = _scatter_add(zeros, match.unm_idx, jnp.broadcast_to(jnp.arange(keep, dtype=jnp.int32), (bsz, keep)))
-    is_src = _scatter_add(zeros, match.src_idx, jnp.ones(match.src_idx.shape, jnp.int32)) > 0
+    rank = scatter_add_flat(zeros, match.unm_idx, jnp.broadcast_to(jnp.arange(keep, dtype=jnp.int32), (bsz, keep)))
+    is_src = scatter_add_flat(zeros, match.src_idx, jnp.ones(match.src_idx.shape, jnp.int32)) > 0
     pos_a = jnp.where(is_src, keep + match.best, rank)
     pos_b = jnp.broadcast_to(keep + jnp.arange(n // 2, dtype=jnp.int32), (bsz, n // 2))
     return jnp.zeros((bsz, n), jnp.int32).at[:, 0::2].set(pos_a).at[:, 1::2].set(pos_b)
 
 
+def padding_to_a(valid: jax.Array) -> jax.Array:
+    """New position of every slot so that padded slots (``valid [B, N]`` False) take the A
+    positions 0, 2, 4, ... first (then B positions), real slots the rest in their order.
+    All-valid rows keep the identity.  Returns [B, N] int32."""
+    bsz, n = valid.shape
+    pad_order = jnp.asarray(list(range(0, n, 2)) + list(range(1, n, 2)), jnp.int32)   # positions padding fills
+    rank_in_order = jnp.argsort(pad_order).astype(jnp.int32)                          # position -> its rank
+    n_pad = jnp.sum(~valid, axis=1, keepdims=True)
+    taken = rank_in_order[None, :] < n_pad                                            # [B, N] positions of padding
+    free = jnp.argsort(taken, axis=1, stable=True).astype(jnp.int32)                 # free positions first, ascending
+    pad_rank = jnp.cumsum(~valid, axis=1) - 1
+    real_rank = jnp.cumsum(valid, axis=1) - 1
+    return jnp.where(valid, jnp.take_along_axis(free, jnp.maximum(real_rank, 0), axis=1),
+                     pad_order[jnp.maximum(pad_rank, 0)]).astype(jnp.int32)
+
+
 def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None = None,
-                block: int | None = MATCH_BLOCK):
+                block: int | None = MATCH_BLOCK, masked: bool = False):
     """One ToMe round on ``x [B, N, D]`` with sizes ``size [B, N]``.
 
     Returns (x [B, N-r, D] size-weighted means, size [B, N-r], metric [B, N-r, Dk] or None,
     new_pos [B, N] int32).  A given metric is merged by the same size-weighted average.
+    ``masked``: size-0 slots are padding (see the module docstring): they are moved to the
+    A side and merged first; slots left with size 0 hold zeros.
     """
     n = x.shape[1]
-    match = bipartite_soft_matching(x if metric is None else metric, r, block)
+    perm_pos = None
+    valid = None
+    if masked:
+        valid = size > 0
+        perm_pos = padding_to_a(valid)
+        src = jnp.argsort(perm_pos, axis=1).astype(jnp.int32)
+        x, size, valid = gather_flat(x, src), gather_flat(size, src), gather_flat(valid, src)
+        metric = None if metric is None else gather_flat(metric, src)
+    match = bipartite_soft_matching(x if metric is None else metric, r, block, valid)
     w = size[..., None].astype(x.dtype)
     new_size = merge_sum(size, match)
-    nx = merge_sum(x * w, match) / new_size[..., None].astype(x.dtype)
-    nm = None if metric is None else merge_sum(metric * w, match) / new_size[..., None].astype(metric.dtype)
-    return nx, new_size, nm, new_positions(n, match)
+    denom = jnp.where(new_size > 0, new_size, 1.0)[..., None]
+    nx = merge_sum(x * w, match) / denom.astype(x.dtype)
+    nm = None if metric is None else merge_sum(metric * w, match) / denom.astype(metric.dtype)
+    pos = new_positions(n, match)
+    if perm_pos is not None:
+        pos = jnp.take_along_axis(pos, perm_pos, axis=1)
+    return nx, new_size, nm, pos
 
 
 def merge_to(x: jax.Array, target: int, *, r: int | None = None, metric: jax.Array | None = None,
-             max_rounds: int = DEFAULT_MAX_ROUNDS, block: int | None = MATCH_BLOCK):
+             max_rounds: int = DEFAULT_MAX_ROUNDS, block: int | None = MATCH_BLOCK,
+             mask: jax.Array | None = None, size: jax.Array | None = None):
     """Repeated ToMe rounds on ``x [B, N, D]`` until ``target`` tokens remain per sequence.
 
     ``metric [B, N, Dk]`` (optional) is what similarity is measured on (ToMe: attention
-    keys); by default the tokens themselves.
-    Returns (tokens [B, target, D], sizes [B, target] float32, assign [B, N] int32).
+    keys); by default the tokens themselves.  ``mask [B, N]`` (optional, True = real):
+    padding is merged away first (module docstring).  ``size [B, N]`` (optional): the
+    tokens' starting sizes when they already average several inputs (with ``mask``, size 0
+    = padding; without it every size must be positive).
+    Returns (tokens [B, target, D], sizes [B, target] float32, assign [B, N] int32; masked
+    tokens' assign is -1).
     """
     bsz, n = x.shape[:2]
     if target > n:
         raise ValueError(f"tome: cannot merge {n} tokens up to {target}")
     if metric is not None and metric.shape[:2] != (bsz, n):
         raise ValueError(f"tome: metric shape {tuple(metric.shape)} does not match tokens {tuple(x.shape)}")
-    size = jnp.ones((bsz, n), jnp.float32)
+    masked = mask is not None
+    size = jnp.ones((bsz, n), jnp.float32) if size is None else size.astype(jnp.float32)
+    if masked:
+        size = jnp.where(mask, size, 0.0)
+        mask = size > 0
+        x = jnp.where(mask[..., None], x, 0).astype(x.dtype)
+        metric = None if metric is None else jnp.where(mask[..., None], metric, 0).astype(metric.dtype)
     assign = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (bsz, n))
     for ri in merge_schedule(n, target, r, max_rounds):
-        x, size, metric, pos = merge_round(x, size, ri, metric, block)
+        x, size, metric, pos = merge_round(x, size, ri, metric, block, masked=masked)
         assign = jnp.take_along_axis(pos, assign, axis=1)
+    if mask is not None:
+        assign = jnp.where(mask, assign, -1)
     return x, size, assign
 
 
@@ -228,24 +273,28 @@ class ToMe(CompressorModule):
     r: int | None = None
     max_rounds: int = DEFAULT_MAX_ROUNDS
 
-    def __call__(self, tokens: jax.Array, deterministic: bool = True) -> Compressed:
+    def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)
         b, t, h, w, d = tokens.shape
         n = t * h * w
+        real = None if mask is None else token_mask(mask, tokens.shape)
         if self.mode == "video":
             target = min(self.budget, n)
-            out, sizes, assign = merge_to(tokens.reshape(b, n, d), target, r=self.r, max_rounds=self.max_rounds)
+            out, sizes, assign = merge_to(tokens.reshape(b, n, d), target, r=self.r, max_rounds=self.max_rounds,
+                                          mask=None if real is None else real.reshape(b, n))
         elif self.mode == "frame":
             per = min(self.budget // t, h * w)
             if per < 1:
                 raise ValueError(f"tome(mode='frame'): budget={self.budget} < T={t} frames of tokens "
                                  f"{tuple(tokens.shape)}; use mode='video'")
             out, sizes, assign = merge_to(tokens.reshape(b * t, h * w, d), per, r=self.r,
-                                          max_rounds=self.max_rounds)
-            assign = (assign.reshape(b, t, h * w)
-                      + (jnp.arange(t, dtype=jnp.int32) * per)[None, :, None]).reshape(b, n)
+                                          max_rounds=self.max_rounds,
+                                          mask=None if real is None else real.reshape(b * t, h * w))
+            offs = (jnp.arange(t, dtype=jnp.int32) * per)[None, :, None]
+            assign = assign.reshape(b, t, h * w)
+            assign = jnp.where(assign >= 0, assign + offs, -1).reshape(b, n)
             out, sizes = out.reshape(b, t * per, d), sizes.reshape(b, t * per)
         else:
             raise ValueError(f"tome: mode must be 'video' or 'frame', got {self.mode!r}")
-        out, mask, slot = pad_to_budget(out, self.budget, slot_aux={"sizes": sizes})
-        return Compressed(tokens=out, mask=mask, aux={"sizes": slot["sizes"], "assign": assign})
+        out, slot_mask, slot = pad_to_budget(out, self.budget, mask=sizes > 0, slot_aux={"sizes": sizes})
+        return Compressed(tokens=out, mask=slot_mask, aux={"sizes": slot["sizes"], "assign": assign})

@@ -21,7 +21,6 @@ Unknown keys, missing parameters and shape mismatches raise one ValueError listi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any
@@ -33,8 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from td_jax import compressors
+from td_jax.compressors import pool as pool_lib
 from td_jax.convert import layouts
-from td_jax.convert.checkpoint import load_converted, save_converted
+from td_jax.convert import params as params_lib
+from td_jax.convert.checkpoint import load_converted, read_json, save_converted
+from td_jax.convert.params import check_params, fit_params
 from td_jax.convert.safetensors_io import read_checkpoint, read_safetensors
 from td_jax.models import configs as C
 from td_jax.models.llm import Qwen2LM
@@ -42,7 +45,8 @@ from td_jax.models.td_compat import TDCompatAttention, TDCompatConfig
 from td_jax.models.vit import VisionTower
 from td_jax.models.vlm import VideoLLM
 
-__all__ = ["load_hf", "load_converted", "save_converted", "read_checkpoint", "read_safetensors", "assemble", "qwen2_config", "siglip_config",
+__all__ = ["load_hf", "hf_model_config", "load_converted", "save_converted", "read_checkpoint", "read_safetensors",
+           "assemble", "qwen2_config", "siglip_config", "check_params", "fit_params", "default_budget", "expand_path",
            "KNOWN_VISION_TOWERS"]
 
 # Vision towers named by the original LLaVA layout (``mm_vision_tower``) → full-depth configs.
@@ -171,47 +175,50 @@ def _tied_head(tensors: dict, head_key: str, embed_key: str, tie: bool) -> tuple
     return False, ()
 
 
-# ----------------------------------------------------------------------------- loaders
-def _load_qwen2(d, tensors, dtype, source):
+# ----------------------------------------------------------------------------- plans
+# A plan is (config, layout entries, checkpoint keys to ignore): everything but the weights.
+def _plan_qwen2(d, tensors, dtype):
     cfg = qwen2_config(d, dtype)
     tie, ignore = _tied_head(tensors, "lm_head.weight", "model.embed_tokens.weight", cfg.tie_embeddings)
     cfg = dataclasses.replace(cfg, tie_embeddings=tie)
-    module = Qwen2LM(cfg)
-    abstract = _abstract_params(module, jnp.zeros((1, 2), jnp.int32))
-    entries = layouts.qwen2("model.", (), cfg.num_layers, None if tie else "lm_head.weight")
-    return module, assemble(entries, tensors, abstract, C.as_dtype(dtype), source=source, ignore=ignore)
+    return cfg, layouts.qwen2("model.", (), cfg.num_layers, None if tie else "lm_head.weight"), ignore
 
 
-def _load_siglip(d, tensors, dtype, source):
+def _plan_siglip(d, tensors, dtype):
     # transformers 5.x saves a SiglipVisionModel without the "vision_model." prefix
     prefix = "vision_model." if any(k.startswith("vision_model.") for k in tensors) else ""
     use_head = any(k.startswith(prefix + "head.") for k in tensors)
     cfg = siglip_config(d, dtype, use_head=use_head)
-    module = VisionTower(cfg)
-    abstract = _abstract_params(module, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels)))
-    entries = layouts.siglip_vision(prefix, (), cfg.num_layers, use_head)
-    return module, assemble(entries, tensors, abstract, C.as_dtype(dtype), source=source)
+    return cfg, layouts.siglip_vision(prefix, (), cfg.num_layers, use_head), ()
 
 
-def _vlm_init_args(cfg: C.VLMConfig):
-    R = cfg.vision.image_size
-    return (jnp.full((1, 2), cfg.video_token_id, jnp.int32).at[0, 1].set(cfg.pad_id), None,
-            jnp.zeros((1, 1, R, R, 3), jnp.uint8))
+DEFAULT_NUM_FRAMES = 32     # LLaVA-OneVision's video frames (and the paper's)
 
 
-def _build_vlm(cfg, entries, tensors, dtype, source, key, ignore=()):
-    module = VideoLLM(cfg)
-    args = _vlm_init_args(cfg)
-    abstract = _abstract_params(module, *args)
-    fresh = None
-    if "compressor" in abstract:      # the compressor's own parameters are never in HF files
-        k1, k2 = jax.random.split(jax.random.PRNGKey(0) if key is None else key)
-        fresh = nn.unbox(module.init({"params": k1, "compress": k2}, *args)["params"])
-        logging.warning("%s: compressor %r parameters are freshly initialised (not in the checkpoint)",
-                        source, cfg.compressor)
-    params = assemble(entries, tensors, abstract, C.as_dtype(dtype), source=source, ignore=ignore,
-                      fresh=fresh, fresh_prefixes=("compressor",))
-    return module, params
+def default_budget(compressor: str, compressor_cfg: dict, grid: int | tuple[int, int], num_frames: int) -> int:
+    """Visual slots when the user gives no budget: ``pool`` keeps every pooled cell of
+    ``num_frames`` frames of a ``grid`` (side, or (h, w)) of tokens (LLaVA-OV:
+    ``T * ceil(g/2)^2``), ``none`` every token; any other compressor needs an explicit budget
+    (ValueError)."""
+    gh, gw = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    if compressor == "pool":
+        frames = int(compressor_cfg.get("out_t") or num_frames)     # area pooling may pool time too
+        if compressor_cfg.get("out_hw") is not None:
+            oh, ow = compressor_cfg["out_hw"]
+            return frames * int(oh) * int(ow)
+        stride = int(compressor_cfg.get("stride") or pool_lib.DEFAULT_STRIDE)
+        return frames * pool_lib.pooled_size(gh, stride) * pool_lib.pooled_size(gw, stride)
+    if compressor == "none":
+        return num_frames * gh * gw
+    raise ValueError(f"compressor {compressor!r} needs a budget (the number of visual tokens it keeps), "
+                     f"e.g. budget=32")
+
+
+def _vlm_kw(vlm_kw: dict, grid: int, num_frames: int) -> dict:
+    kw = {"compressor": "pool", **vlm_kw}
+    if kw.get("budget") is None:
+        kw["budget"] = default_budget(kw["compressor"], dict(kw.get("compressor_cfg", ())), grid, num_frames)
+    return kw
 
 
 def _first_int(*values) -> int:
@@ -225,7 +232,7 @@ def _probe(tensors: dict, prefixes: tuple[str, ...], leaf: str, what: str) -> st
     raise ValueError(f"no {what} weights found: none of {[p + leaf for p in prefixes]} is in the checkpoint")
 
 
-def _load_llava_hf(d, tensors, dtype, source, vlm_kw, key):
+def _plan_llava_hf(d, tensors, dtype, vlm_kw, num_frames):
     if d.get("vision_feature_select_strategy", "full") != "full":
         raise ValueError("only vision_feature_select_strategy='full' is supported (SigLIP has no CLS token)")
     layer = d.get("vision_feature_layer", -1)
@@ -247,23 +254,21 @@ def _load_llava_hf(d, tensors, dtype, source, vlm_kw, key):
     vis_layers = _count_layers(tensors, vis_p + "encoder.layers.")
     vis_head = any(k.startswith(vis_p + "head.") for k in tensors)
     vcfg = siglip_config(d["vision_config"], dtype, num_layers=vis_layers, use_head=vis_head)
-    kw = dict(compressor="pool", budget=32 * C.math_ceil_half(vcfg.grid) ** 2)
-    kw.update(vlm_kw)
     cfg = C.VLMConfig(llm=llm_cfg, vision=vcfg, select_layer=layer, projector="mlp2x_gelu",
                       projector_bias=d.get("multimodal_projector_bias", True),
                       projector_act=d.get("projector_hidden_act", "gelu"), video_newline=nl in tensors,
                       video_token_id=d.get("video_token_id", d.get("video_token_index", 151647)),
                       pad_id=_first_int(tc.get("pad_token_id"), d.get("pad_token_id"), 151643),
-                      dtype=dtype, param_dtype=dtype, **kw)
+                      dtype=dtype, param_dtype=dtype, **_vlm_kw(vlm_kw, vcfg.grid, num_frames))
     entries = (layouts.qwen2(lm_p, ("llm",), llm_cfg.num_layers, None if tie else head)
                + layouts.siglip_vision(vis_p, ("vision",), vis_layers, vis_head)
                + layouts.projector((proj_p + "linear_1", proj_p + "linear_2"), ("projector",), cfg.projector_bias))
     if cfg.video_newline:
         entries.append(layouts.Entry(nl, ("image_newline",)))
-    return _build_vlm(cfg, entries, tensors, dtype, source, key, ignore)
+    return cfg, entries, ignore
 
 
-def _load_llava_original(d, tensors, dtype, source, vlm_kw, key, cross_attention_prefix):
+def _plan_llava_original(d, tensors, dtype, vlm_kw, num_frames, cross_attention_prefix):
     if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise ValueError(f"only mm_projector_type='mlp2x_gelu' is supported, got {d.get('mm_projector_type')!r}")
     vis_p = "model.vision_tower.vision_tower.vision_model."
@@ -296,9 +301,7 @@ def _load_llava_original(d, tensors, dtype, source, vlm_kw, key, cross_attention
         compat = TDCompatConfig(query_dim=q_w.shape[1], d_model=q_w.shape[0], dim_feedforward=ff.shape[0],
                                 num_layers=n_layers, num_heads=int(d.get("td_compat_num_heads", 8)))
     nl = "model.image_newline"
-    kw = dict(compressor="pool", budget=32 * C.math_ceil_half(vcfg.grid) ** 2,
-              td_compat_apply=False)
-    kw.update(vlm_kw)
+    kw = _vlm_kw({"td_compat_apply": False, **vlm_kw}, vcfg.grid, num_frames)
     cfg = C.VLMConfig(llm=llm_cfg, vision=vcfg, mm_hidden_size=d.get("mm_hidden_size"), select_layer=absolute,
                       projector="mlp2x_gelu", video_newline=nl in tensors, td_compat=compat,
                       video_token_id=d.get("video_token_id", 151647),
@@ -310,7 +313,7 @@ def _load_llava_original(d, tensors, dtype, source, vlm_kw, key, cross_attention
         entries += layouts.td_compat(cross_attention_prefix, ("td_compat",), compat.num_layers)
     if cfg.video_newline:
         entries.append(layouts.Entry(nl, ("image_newline",)))
-    return _build_vlm(cfg, entries, tensors, dtype, source, key, ignore)
+    return cfg, entries, ignore
 
 
 def detect_layout(d: dict) -> str:
@@ -328,33 +331,108 @@ def detect_layout(d: dict) -> str:
     raise ValueError(f"unsupported checkpoint: architectures={d.get('architectures')} model_type={mt!r}")
 
 
-def load_hf(path: str, dtype: str = "float32", *, cross_attention_prefix: str = "model.cross_attention.",
-            key: jax.Array | None = None, **vlm_overrides) -> tuple[nn.Module, dict]:
+# ----------------------------------------------------------------------------- public API
+def expand_path(path) -> str:
+    """``~`` and ``$VARS`` expanded (what a shell would have done)."""
+    return os.path.expandvars(os.path.expanduser(os.fspath(path)))
+
+
+def _read_config(path) -> tuple[str, dict]:
+    path = expand_path(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory (expected a Hugging Face model directory)")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory)")
+    return path, read_json(cfg_path)
+
+
+def _check_vlm_overrides(layout: str, path: str, vlm_overrides: dict, num_frames) -> dict:
+    """Validated overrides (compressor name and keys checked before any weight is read)."""
+    if layout in ("qwen2", "siglip_vision"):
+        given = sorted(vlm_overrides) + (["num_frames"] if num_frames is not None else [])
+        if given:
+            raise TypeError(f"{path} is a {layout} model: video-LLM options {given} do not apply")
+        return {}
+    kw = dict(vlm_overrides)
+    if isinstance(kw.get("compressor_cfg"), dict):
+        kw["compressor_cfg"] = tuple(sorted(kw["compressor_cfg"].items()))
+    if kw.get("compressor") is not None or kw.get("compressor_cfg"):
+        compressors.get(kw.get("compressor") or "pool", **dict(kw.get("compressor_cfg", ())))
+    if kw.get("budget") is not None and (isinstance(kw["budget"], bool) or not isinstance(kw["budget"], int)
+                                         or kw["budget"] < 1):
+        raise ValueError(f"budget must be a positive int, got {kw['budget']!r}")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _plan(path, dtype, cross_attention_prefix, num_frames, vlm_overrides):
+    path, d = _read_config(path)
+    dtype = C.dtype_name(dtype)
+    layout = detect_layout(d)
+    vlm_kw = _check_vlm_overrides(layout, path, vlm_overrides, num_frames)
+    budget_frames = DEFAULT_NUM_FRAMES if num_frames is None else num_frames
+    tensors = read_checkpoint(path)          # memory-mapped: nothing is read until used
+    if layout == "qwen2":
+        plan = _plan_qwen2(d, tensors, dtype)
+    elif layout == "siglip_vision":
+        plan = _plan_siglip(d, tensors, dtype)
+    elif layout == "llava_onevision":
+        plan = _plan_llava_hf(d, tensors, dtype, vlm_kw, budget_frames)
+    else:
+        plan = _plan_llava_original(d, tensors, dtype, vlm_kw, budget_frames, cross_attention_prefix)
+    return path, dtype, tensors, 1 if num_frames is None else num_frames, plan
+
+
+def hf_model_config(path: str, dtype="float32", *, cross_attention_prefix: str = "model.cross_attention.",
+                    num_frames: int | None = None, **vlm_overrides):
+    """The model config (``LLMConfig`` | ``VisionConfig`` | ``VLMConfig``) a Hugging Face
+    directory loads into, from ``config.json`` and the tensor names (no weights are read)."""
+    return _plan(path, dtype, cross_attention_prefix, num_frames, vlm_overrides)[4][0]
+
+
+def load_hf(path: str, dtype="float32", *, cross_attention_prefix: str = "model.cross_attention.",
+            key: jax.Array | None = None, num_frames: int | None = None, **vlm_overrides) -> tuple[nn.Module, dict]:
     """Load a Hugging Face model directory into ``(module, params)``.
 
-    dtype: compute and parameter dtype (``"float32"``, ``"bfloat16"``).
+    path: the directory (``~`` and ``$VARS`` are expanded).
+    dtype: compute and parameter dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or the
+      numpy / JAX dtype (``jnp.bfloat16``, ``np.float32``); checked before any weight is read.
     cross_attention_prefix: key prefix of the released Token Dynamics cross-attention in the
       original LLaVA layout.
-    vlm_overrides: VLMConfig fields for the video LLMs (``compressor``, ``compressor_cfg``,
-      ``budget``, ``td_compat_apply``, ...).  Defaults: LLaVA-OV's ``pool`` (2x2 bilinear)
-      at 32 frames' worth of slots.
-    key: PRNG key for parameters the checkpoint cannot hold (a learned compressor's).
+    num_frames: video LLMs: frames per video the model will see.  The default budget of
+      ``pool`` / ``none`` is that many frames' worth of slots (32 frames, LLaVA-OV's, when not
+      given); the model is traced on a video of that length (1 frame when not given), so a
+      budget too small for it fails here, and a compressor whose parameters depend on the
+      frame count (``base_map``) is initialised for it.
+    vlm_overrides: VLMConfig fields for the video LLMs (``compressor``, ``compressor_cfg`` (a
+      dict or (key, value) pairs), ``budget``, ``td_compat_apply``, ...).  Default: LLaVA-OV's
+      ``pool`` (2x2 bilinear).  Any registered compressor works; its own parameters are never
+      in a Hugging Face file and are freshly initialised from ``key``.
+    key: PRNG key for those parameters (default ``PRNGKey(0)``).
+
+    The model is traced abstractly (``jax.eval_shape``): only the checkpoint's arrays and a
+    learned compressor's small parameters are ever materialised.
     """
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
-        raise ValueError(f"{path}: no config.json")
-    with open(cfg_path) as f:
-        d = json.load(f)
-    layout = detect_layout(d)
-    if vlm_overrides and layout in ("qwen2", "siglip_vision"):
-        raise TypeError(f"{path} is a {layout} model: VLM overrides {sorted(vlm_overrides)} do not apply")
-    if "compressor_cfg" in vlm_overrides and isinstance(vlm_overrides["compressor_cfg"], dict):
-        vlm_overrides["compressor_cfg"] = tuple(sorted(vlm_overrides["compressor_cfg"].items()))
-    tensors = read_checkpoint(path)
-    if layout == "qwen2":
-        return _load_qwen2(d, tensors, dtype, path)
-    if layout == "siglip_vision":
-        return _load_siglip(d, tensors, dtype, path)
-    if layout == "llava_onevision":
-        return _load_llava_hf(d, tensors, dtype, path, vlm_overrides, key)
-    return _load_llava_original(d, tensors, dtype, path, vlm_overrides, key, cross_attention_prefix)
+    path, dtype, tensors, num_frames, (cfg, entries, ignore) = _plan(path, dtype, cross_attention_prefix,
+                                                                     num_frames, vlm_overrides)
+    jdtype = C.as_dtype(dtype)
+    if isinstance(cfg, C.LLMConfig):
+        module = Qwen2LM(cfg)
+        abstract = _abstract_params(module, jnp.zeros((1, 2), jnp.int32))
+        return module, assemble(entries, tensors, abstract, jdtype, source=path, ignore=ignore)
+    if isinstance(cfg, C.VisionConfig):
+        module = VisionTower(cfg)
+        abstract = _abstract_params(module, jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels)))
+        return module, assemble(entries, tensors, abstract, jdtype, source=path, ignore=ignore)
+    module = VideoLLM(cfg)
+    abstract, init_compressor = params_lib.abstract_video_llm(module, num_frames)
+    fresh = None
+    if init_compressor is not None:       # the compressor's own parameters are never in HF files
+        logging.warning("%s: compressor %r parameters are freshly initialised (not in the checkpoint)",
+                        path, cfg.compressor)
+        fresh = {"compressor": init_compressor(jax.random.PRNGKey(0) if key is None else key)}
+    params = assemble(entries, tensors, abstract, jdtype, source=path, ignore=ignore, fresh=fresh,
+                      fresh_prefixes=("compressor",))
+    return module, params

@@ -19,6 +19,15 @@ order       Which object appears first?                          temporal order
 position    Where is the {color} {shape} at the end of the video? position at a moment
 =========== ==================================================== ======================
 
+No question has a shortcut.  ``color``, ``shape``, ``direction``, ``motion`` and
+``position`` ask about one named object; their scenes hold exactly :data:`NUM_OPTIONS`
+objects whose values (colour, shape, direction, behaviour, end quadrant) are the four
+options, every track drawn by the same law whichever object is asked, so a rule that does
+not read the name is right 1 time in 4.  ``speed`` objects bounce off the borders (where an
+object is says nothing about its speed); ``order`` objects are seen for spans drawn
+independently of the order (the first is not the longest visible).
+:mod:`td_jax.data.qa_checker` audits this with name-blind rules (``blind_audit``).
+
 Every question has :data:`NUM_OPTIONS` options.  Example ``index`` fixes the family
 (``index % 8``), the answer letter and the answer value (cycled so both are balanced per
 family) and seeds a private ``numpy`` generator, so a split is a pure function of
@@ -60,15 +69,12 @@ class SceneConfig:
     num_frames: int = 16
     resolution: int = 64
     radius: int = 0
-    max_objects: int = 4
 
     def __post_init__(self):
         if self.num_frames < 8:
             raise ValueError(f"num_frames must be >= 8 (temporal families need room), got {self.num_frames}")
         if self.resolution < 24:
             raise ValueError(f"resolution must be >= 24 px, got {self.resolution}")
-        if not 4 <= self.max_objects <= len(COLORS):
-            raise ValueError(f"max_objects must be in [4, {len(COLORS)}], got {self.max_objects}")
 
     @property
     def r(self) -> int:
@@ -127,12 +133,32 @@ def _vec(rng, length: float) -> np.ndarray:
     return length * np.array([np.cos(a), np.sin(a)])
 
 
-def _random_track(rng, cfg: SceneConfig):
-    """A distractor's track: static, moving, or moving then stopping; visible throughout."""
+def _random_track(rng, cfg: SceneConfig, window: tuple[int, int] | None = None):
+    """A random track: static, moving, or moving then stopping; visible throughout.
+
+    ``window`` ``(t0, t1)``: the frames it may move in (default the whole video); an object
+    that is only visible in that window then shows its whole motion.
+    """
     R, T = cfg.resolution, cfg.num_frames
+    t0, t1 = window if window is not None else (0, T - 1)
     disp = _vec(rng, rng.uniform(0.0, 0.4) * R) if rng.random() < 0.75 else np.zeros(2)
-    t_stop = T - 1 if rng.random() < 0.6 else int(rng.integers(T // 3, T - 1))
-    return track(cfg, _place(rng, cfg, disp), disp, t_move=(0, t_stop))
+    t_stop = t1 if rng.random() < 0.6 else int(rng.integers(t0 + (t1 - t0) // 3, t1))
+    return track(cfg, _place(rng, cfg, disp), disp, t_move=(t0, t_stop))
+
+
+def bounce_track(cfg: SceneConfig, start, velocity) -> tuple[np.ndarray, np.ndarray]:
+    """Straight motion at ``velocity`` (px / frame) from ``start``, reflected off the borders.
+
+    Centres stay in ``[m, R - 1 - m]`` (``m = r + 1``).  A uniform start stays uniform at every
+    frame whatever the speed, so where an object is says nothing about how fast it goes.
+    Returns ``positions [T, 2]`` float32 and ``visible [T]`` (all True).
+    """
+    T, R, m = cfg.num_frames, cfg.resolution, cfg.r + 1
+    span = R - 1 - 2 * m
+    t = np.arange(T, dtype=np.float64)[:, None]
+    unfolded = np.asarray(start, np.float64)[None] - m + t * np.asarray(velocity, np.float64)[None]
+    folded = span - np.abs(np.mod(unfolded, 2 * span) - span)   # triangle wave in [0, span]
+    return (m + folded).astype(np.float32), np.ones(T, bool)
 
 
 def _objects(rng, cfg: SceneConfig, n: int, *, distinct: str = "pair") -> list[tuple[str, str]]:
@@ -174,29 +200,25 @@ def _options_with(rng, answer: str, pool, letter: int) -> list[str]:
 
 
 def _fam_color(rng, cfg, letter, value):
-    n = int(rng.integers(1, cfg.max_objects + 1))
-    pairs = _objects(rng, cfg, min(n, len(SHAPES)), distinct="shape")
-    target = int(rng.integers(len(pairs)))
+    # Four objects, one of each shape, four different colours: the options are exactly the
+    # colours in the video, so only the asked shape tells which one is meant.
     answer = COLOR_NAMES[value % len(COLOR_NAMES)]
-    pairs[target] = (answer, pairs[target][1])
-    objs = [Obj(c, s, *_random_track(rng, cfg)) for c, s in pairs]
-    # Prefer the other objects' colours as wrong options: they are the hard distractors.
-    others = list(dict.fromkeys(c for c, _ in pairs if c != answer))
-    rest = [c for c in rng.permutation(COLOR_NAMES) if c != answer and c not in others]
-    wrong = (others + [str(c) for c in rest])[: NUM_OPTIONS - 1]
-    wrong = [str(w) for w in rng.permutation(wrong)]
-    opts = wrong[:letter] + [answer] + wrong[letter:]
-    return objs, f"What color is the {pairs[target][1]}?", opts
+    others = [str(c) for c in rng.permutation([c for c in COLOR_NAMES if c != answer])[: NUM_OPTIONS - 1]]
+    colors = [str(c) for c in rng.permutation([answer, *others])]
+    shapes = [str(x) for x in rng.permutation(SHAPES)]
+    objs = [Obj(c, x, *_random_track(rng, cfg)) for c, x in zip(colors, shapes)]
+    target = objs[colors.index(answer)]
+    return objs, f"What color is the {target.shape}?", _options_with(rng, answer, colors, letter)
 
 
 def _fam_shape(rng, cfg, letter, value):
-    n = int(rng.integers(1, cfg.max_objects + 1))
-    pairs = _objects(rng, cfg, n, distinct="color")
-    target = int(rng.integers(n))
+    # Four objects of four colours, one of each shape: only the asked colour tells which is meant.
     answer = SHAPES[value % len(SHAPES)]
-    pairs[target] = (pairs[target][0], answer)
-    objs = [Obj(c, s, *_random_track(rng, cfg)) for c, s in pairs]
-    return objs, f"What shape is the {pairs[target][0]} object?", _options_with(rng, answer, SHAPES, letter)
+    colors = [str(c) for c in rng.choice(COLOR_NAMES, NUM_OPTIONS, replace=False)]
+    shapes = [str(x) for x in rng.permutation(SHAPES)]
+    objs = [Obj(c, x, *_random_track(rng, cfg)) for c, x in zip(colors, shapes)]
+    target = objs[shapes.index(answer)]
+    return objs, f"What shape is the {target.color} object?", _options_with(rng, answer, SHAPES, letter)
 
 
 def _fam_count(rng, cfg, letter, value):
@@ -214,44 +236,60 @@ def _fam_count(rng, cfg, letter, value):
 _DIR_VEC = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
-def _fam_direction(rng, cfg, letter, value):
+def _named_scene(rng, cfg, values, answer, make_track):
+    """One object per option value, all drawn by the same law: ``(objs, target)``.
+
+    Object ``k`` gets a random distinct (colour, shape) and ``make_track(rng, cfg, v)`` for
+    its own value ``v`` (a random permutation of ``values``); the target is the object whose
+    value is ``answer``.  Tracks do not depend on which object is asked about, and every
+    option value is some object's, so any rule that ignores the asked object's name is
+    right exactly 1 time in ``len(values)`` on average.
+    """
+    order = [values[i] for i in rng.permutation(len(values))]
+    objs = [Obj(c, s, *make_track(rng, cfg, v)) for (c, s), v in zip(_objects(rng, cfg, len(values)), order)]
+    return objs, objs[order.index(answer)]
+
+
+def _direction_track(rng, cfg, direction: str):
+    """Moves 0.35–0.55 R along ``direction`` (±0.1 R across it) over the whole video."""
     R = cfg.resolution
-    answer = DIRECTIONS[value % len(DIRECTIONS)]
-    major = np.array(_DIR_VEC[answer], np.float64) * rng.uniform(0.35, 0.55) * R
-    minor = np.array(_DIR_VEC[answer][::-1], np.float64) * rng.uniform(-0.1, 0.1) * R
+    major = np.array(_DIR_VEC[direction], np.float64) * rng.uniform(0.35, 0.55) * R
+    minor = np.array(_DIR_VEC[direction][::-1], np.float64) * rng.uniform(-0.1, 0.1) * R
     disp = major + minor
-    n = int(rng.integers(2, cfg.max_objects + 1))
-    pairs = _objects(rng, cfg, n)
-    objs = [Obj(*pairs[0], *track(cfg, _place(rng, cfg, disp), disp))]
-    objs += [Obj(c, s, *_random_track(rng, cfg)) for c, s in pairs[1:]]
-    return objs, f"In which direction does the {objs[0].name} move?", _options_with(rng, answer, DIRECTIONS, letter)
+    return track(cfg, _place(rng, cfg, disp), disp)
+
+
+def _fam_direction(rng, cfg, letter, value):
+    answer = DIRECTIONS[value % len(DIRECTIONS)]
+    objs, target = _named_scene(rng, cfg, DIRECTIONS, answer, _direction_track)
+    return objs, f"In which direction does the {target.name} move?", _options_with(rng, answer, DIRECTIONS, letter)
 
 
 def _fam_speed(rng, cfg, letter, value):
-    R = cfg.resolution
-    pairs = _objects(rng, cfg, NUM_OPTIONS)
-    fast = _vec(rng, rng.uniform(0.45, 0.6) * R)
-    objs = [Obj(*pairs[0], *track(cfg, _place(rng, cfg, fast), fast))]
-    for c, s in pairs[1:]:
-        d = _vec(rng, rng.uniform(0.0, 0.25) * R)
-        objs.append(Obj(c, s, *track(cfg, _place(rng, cfg, d), d)))
+    # Path lengths 0.45–0.6 R for the fastest, 0–0.25 R for the others, bouncing off the
+    # borders from uniform starts: positions are uniform in every frame for every speed, so no
+    # single frame tells the fastest apart (straight tracks put long paths near the borders).
+    R, T, m = cfg.resolution, cfg.num_frames, cfg.r + 1
+    lengths = [rng.uniform(0.45, 0.6) * R] + [rng.uniform(0.0, 0.25) * R for _ in range(NUM_OPTIONS - 1)]
+    objs = [Obj(c, s, *bounce_track(cfg, rng.uniform(m, R - 1 - m, 2), _vec(rng, n) / (T - 1)))
+            for (c, s), n in zip(_objects(rng, cfg, NUM_OPTIONS), lengths)]
     names = [o.name for o in objs]
     return objs, "Which object moves the fastest?", _options_with(rng, names[0], names, letter)
 
 
-def _fam_motion(rng, cfg, letter, value):
+def _motion_track(rng, cfg, behaviour: str):
+    """A track that ``behaviour`` (one of :data:`MOTIONS`) describes."""
     R, T = cfg.resolution, cfg.num_frames
-    answer = MOTIONS[value % len(MOTIONS)]
-    if answer == "keeps moving":
+    if behaviour == "keeps moving":
         d = _vec(rng, rng.uniform(0.3, 0.5) * R)
-        pos, vis = track(cfg, _place(rng, cfg, d), d)
-    elif answer == "stops":
+        return track(cfg, _place(rng, cfg, d), d)
+    if behaviour == "stops":
         d = _vec(rng, rng.uniform(0.25, 0.4) * R)
         t_stop = int(rng.integers(max(2, T // 4), T // 2 + 1))
-        pos, vis = track(cfg, _place(rng, cfg, d), d, t_move=(0, t_stop))
-    elif answer == "never moves":
-        pos, vis = track(cfg, _place(rng, cfg, np.zeros(2)), np.zeros(2))
-    else:  # leaves the view: head for a border, exit between T/2 and 3T/4
+        return track(cfg, _place(rng, cfg, d), d, t_move=(0, t_stop))
+    if behaviour == "never moves":
+        return track(cfg, _place(rng, cfg, np.zeros(2)), np.zeros(2))
+    if behaviour == "leaves the view":  # head for a border, exit between T/2 and 3T/4
         axis, sign = int(rng.integers(2)), int(rng.choice([-1, 1]))
         t_exit = int(rng.integers(T // 2, 3 * T // 4 + 1))
         start = _place(rng, cfg, np.zeros(2))
@@ -259,25 +297,31 @@ def _fam_motion(rng, cfg, letter, value):
         speed = (edge - start[axis]) / t_exit            # px / frame along the axis, signed
         disp = np.zeros(2)
         disp[axis] = speed * (T - 1)
-        pos, vis = track(cfg, start, disp)
-    n = int(rng.integers(2, cfg.max_objects + 1))
-    pairs = _objects(rng, cfg, n)
-    objs = [Obj(*pairs[0], pos, vis)] + [Obj(c, s, *_random_track(rng, cfg)) for c, s in pairs[1:]]
-    return objs, f"What does the {objs[0].name} do?", _options_with(rng, answer, MOTIONS, letter)
+        return track(cfg, start, disp)
+    raise ValueError(f"unknown behaviour {behaviour!r}; known: {MOTIONS}")
+
+
+def _fam_motion(rng, cfg, letter, value):
+    answer = MOTIONS[value % len(MOTIONS)]
+    objs, target = _named_scene(rng, cfg, MOTIONS, answer, _motion_track)
+    return objs, f"What does the {target.name} do?", _options_with(rng, answer, MOTIONS, letter)
 
 
 def _fam_order(rng, cfg, letter, value):
+    # Each object is visible for its own span of T/4 .. 7T/8 - gap frames, drawn independently
+    # of the order, then vanishes (unless the span reaches the last frame), and moves only
+    # while visible: how long and how far an object is seen says nothing about who came first.
     T = cfg.num_frames
     gap = max(1, T // 8)
-    first = int(rng.integers(0, T // 4 + 1))
-    enters = [first]
-    for _ in range(NUM_OPTIONS - 1):
-        enters.append(int(rng.integers(enters[0] + gap, T - T // 4 + 1)))
+    spans = rng.integers(T // 4, T - T // 8 - gap + 1, NUM_OPTIONS)
+    first = int(rng.integers(0, T // 8 + 1))
+    enters = [first] + [int(rng.integers(first + gap, T - spans[k] + 1)) for k in range(1, NUM_OPTIONS)]
     pairs = _objects(rng, cfg, NUM_OPTIONS)
     objs = []
-    for (c, s), te in zip(pairs, enters):
-        pos, vis = _random_track(rng, cfg)
-        objs.append(Obj(c, s, pos, vis & (np.arange(T) >= te)))
+    t = np.arange(T)
+    for (c, s), te, n in zip(pairs, enters, spans):
+        pos, vis = _random_track(rng, cfg, window=(te, te + n - 1))
+        objs.append(Obj(c, s, pos, vis & (t >= te) & (t < te + n)))
     names = [o.name for o in objs]
     return objs, "Which object appears first?", _options_with(rng, names[0], names, letter)
 
@@ -291,17 +335,19 @@ def _quadrant_point(rng, cfg: SceneConfig, q: int) -> np.ndarray:
     return np.array([x, y])
 
 
-def _fam_position(rng, cfg, letter, value):
+def _position_track(rng, cfg, q_end: int):
+    """From a point of another quadrant to a point of quadrant ``q_end`` (stops there half the time)."""
     T = cfg.num_frames
-    q_end = value % len(QUADRANTS)
-    q_start = int(rng.choice([q for q in range(4) if q != q_end]))
+    q_start = int(rng.choice([q for q in range(len(QUADRANTS)) if q != q_end]))
     a, b = _quadrant_point(rng, cfg, q_start), _quadrant_point(rng, cfg, q_end)
     t_stop = T - 1 if rng.random() < 0.5 else int(rng.integers(T // 2, T - 1))
-    n = int(rng.integers(2, cfg.max_objects + 1))
-    pairs = _objects(rng, cfg, n)
-    objs = [Obj(*pairs[0], *track(cfg, a, b - a, t_move=(0, t_stop)))]
-    objs += [Obj(c, s, *_random_track(rng, cfg)) for c, s in pairs[1:]]
-    return (objs, f"Where is the {objs[0].name} at the end of the video?",
+    return track(cfg, a, b - a, t_move=(0, t_stop))
+
+
+def _fam_position(rng, cfg, letter, value):
+    q_end = value % len(QUADRANTS)
+    objs, target = _named_scene(rng, cfg, tuple(range(len(QUADRANTS))), q_end, _position_track)
+    return (objs, f"Where is the {target.name} at the end of the video?",
             _options_with(rng, QUADRANTS[q_end], QUADRANTS, letter))
 
 
@@ -314,14 +360,21 @@ _FAMILY_FNS = {
 # ----------------------------------------------------------------------------- rendering
 
 
+def _box5(a: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over a 5-wide window along ``axis``, zero-padded, same size (``np.convolve`` "same")."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (2, 2)
+    p = np.pad(a, pad)
+    n = a.shape[axis]
+    return sum(np.take(p, np.arange(k, k + n), axis=axis) for k in range(5)) / 5
+
+
 def background(rng, cfg: SceneConfig) -> np.ndarray:
     """Static textured grey background ``[R, R, 3]`` float32: smooth blobs, stripes, grain."""
     R = cfg.resolution
     coarse = rng.normal(size=(R // 8 + 2, R // 8 + 2))
     up = np.kron(coarse, np.ones((8, 8)))[:R, :R]
-    k = np.ones(5) / 5
-    up = np.apply_along_axis(lambda v: np.convolve(v, k, "same"), 0, up)
-    up = np.apply_along_axis(lambda v: np.convolve(v, k, "same"), 1, up)
+    up = _box5(_box5(up, 0), 1)
     yy, xx = np.mgrid[0:R, 0:R]
     ang, freq = rng.uniform(0, np.pi), rng.uniform(0.3, 0.8)
     stripes = np.sin(freq * (np.cos(ang) * xx + np.sin(ang) * yy))
@@ -347,17 +400,18 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
 def render(objs: list[Obj], cfg: SceneConfig, bg: np.ndarray) -> np.ndarray:
     """Draw visible objects (in list order) over ``bg``: ``frames [T, R, R, 3]`` uint8."""
     T, R, r = cfg.num_frames, cfg.resolution, cfg.r
-    frames = np.repeat(bg[None], T, axis=0)
+    frames = np.repeat(np.clip(np.round(bg), 0, 255).astype(np.uint8)[None], T, axis=0)
+    off = np.arange(2 * r + 4)                  # a window that covers every pixel within r of a centre
     for o in objs:
-        col = np.array(COLORS[o.color], np.float32)
-        for t in np.flatnonzero(o.visible):
-            x, y = o.positions[t]
-            x0, x1 = max(0, int(np.floor(x - r - 1))), min(R, int(np.ceil(x + r + 2)))
-            y0, y1 = max(0, int(np.floor(y - r - 1))), min(R, int(np.ceil(y + r + 2)))
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            m = shape_mask(o.shape, xx - x, yy - y, r)
-            frames[t, y0:y1, x0:x1][m] = col
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+        ts = np.flatnonzero(o.visible)
+        x, y = o.positions[ts, 0], o.positions[ts, 1]                       # [n]
+        xs = np.floor(x - r - 1).astype(np.int64)[:, None] + off            # [n, w] pixel columns
+        ys = np.floor(y - r - 1).astype(np.int64)[:, None] + off            # [n, w] pixel rows
+        m = shape_mask(o.shape, xs[:, None, :] - x[:, None, None], ys[:, :, None] - y[:, None, None], r)
+        m &= ((xs >= 0) & (xs < R))[:, None, :] & ((ys >= 0) & (ys < R))[:, :, None]   # [n, w, w]
+        k, iy, ix = np.nonzero(m)
+        frames[ts[k], ys[k, iy], xs[k, ix]] = COLORS[o.color]
+    return frames
 
 
 # ----------------------------------------------------------------------------- examples
@@ -374,16 +428,10 @@ def family_of(index: int, families: tuple[str, ...] = FAMILIES) -> str:
     return families[index % len(families)]
 
 
-def make_example(cfg: SceneConfig, seed: int, split: str, index: int,
-                 families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
-    """One example as a dict of numpy arrays / strings (the TFDS feature layout).
-
-    Keys: ``id``, ``frames [T,R,R,3] uint8``, ``question``, ``options`` (list of str),
-    ``answer`` (int), ``family`` (str), ``family_id`` (int), and ``objects``: a dict of
-    ``color [N]``, ``shape [N]`` (str), ``positions [N,T,2]`` float32, ``visible [N,T]`` bool.
-    ``families``: the families to cycle through (example ``i`` asks ``families[i % len]``);
-    ``family_id`` stays the index in the full ``FAMILIES``.
-    """
+def _scene(cfg: SceneConfig, seed: int, split: str, index: int,
+           families: tuple[str, ...]) -> tuple[np.random.Generator, list[Obj], dict[str, Any]]:
+    """The example's generator (advanced past the scene), its objects in storage order and
+    its record without frames."""
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise ValueError(f"unknown question families {bad or families}; known: {FAMILIES}")
@@ -399,10 +447,8 @@ def make_example(cfg: SceneConfig, seed: int, split: str, index: int,
         raise RuntimeError(f"could not place separable objects for {split}/{index} ({fam}) at {cfg}")
     order = rng.permutation(len(objs))  # drawing (and storage) order carries no hint
     objs = [objs[i] for i in order]
-    frames = render(objs, cfg, background(rng, cfg))
-    return {
+    record = {
         "id": f"{split}/{index:07d}",
-        "frames": frames,
         "question": question,
         "options": list(options),
         "answer": int(letter),
@@ -415,6 +461,28 @@ def make_example(cfg: SceneConfig, seed: int, split: str, index: int,
             "visible": np.stack([o.visible for o in objs]).astype(bool),
         },
     }
+    return rng, objs, record
+
+
+def make_qa(cfg: SceneConfig, seed: int, split: str, index: int,
+            families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
+    """:func:`make_example` without ``frames`` (same question, options, answer and tracks;
+    no rendering: for audits over many examples)."""
+    return _scene(cfg, seed, split, index, families)[2]
+
+
+def make_example(cfg: SceneConfig, seed: int, split: str, index: int,
+                 families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
+    """One example as a dict of numpy arrays / strings (the TFDS feature layout).
+
+    Keys: ``id``, ``frames [T,R,R,3] uint8``, ``question``, ``options`` (list of str),
+    ``answer`` (int), ``family`` (str), ``family_id`` (int), and ``objects``: a dict of
+    ``color [N]``, ``shape [N]`` (str), ``positions [N,T,2]`` float32, ``visible [N,T]`` bool.
+    ``families``: the families to cycle through (example ``i`` asks ``families[i % len]``);
+    ``family_id`` stays the index in the full ``FAMILIES``.
+    """
+    rng, objs, record = _scene(cfg, seed, split, index, families)
+    return {"id": record["id"], "frames": render(objs, cfg, background(rng, cfg)), **record}
 
 
 def frames_digest(frames: np.ndarray) -> int:

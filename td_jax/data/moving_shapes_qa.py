@@ -2,7 +2,7 @@
 
 Written as ``array_record`` with TensorFlow-free features, so it is read back with
 ``tfds.data_source("moving_shapes_qa/tiny", split="train", data_dir=DIR)`` or
-``tfds.builder_from_directory(DIR/moving_shapes_qa/tiny/1.0.0).as_data_source("train")``.
+``tfds.builder_from_directory(DIR/moving_shapes_qa/tiny/2.0.0).as_data_source("train")``.
 
 Build it with ``python -m launch.build_data --dataset=moving_shapes_qa/default --data_dir=DIR``.
 See ``td_jax/data/DATASET_CARD.md`` for the families and sizes.
@@ -65,8 +65,15 @@ def _generate_one(args):
 class MovingShapesQa(tfds.core.GeneratorBasedBuilder):
     """Coloured shapes that enter, move, stop and leave; multiple-choice questions in 8 families."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: 8 question families, 4 options each."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release: 8 question families, 4 options each.",
+        "2.0.0": ("No shortcut without the asked object: color, shape, direction, motion and position scenes "
+                  "hold four objects whose values are exactly the four options, all drawn by the same law, so "
+                  "an answer needs the object's name; speed objects bounce off the borders (position says "
+                  "nothing about speed); order objects are visible for spans drawn independently of the "
+                  "order (the first is not the longest visible). Same configs, sizes and features."),
+    }
     BUILDER_CONFIGS = list(CONFIGS)
     DEFAULT_CONFIG_NAME = "default"
 

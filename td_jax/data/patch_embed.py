@@ -2,8 +2,14 @@
 
 Each ``p × p`` patch's pixels (``p·p·3`` values scaled to ``[-1, 1]``) go through a fixed
 random projection ``W [p·p·3, D]`` drawn from ``seed`` (Gaussian, variance ``1/(p·p·3)``),
-so colour and shape survive into the tokens:
-``frames [B, T, R, R, 3] uint8 → tokens [B, T, R/p, R/p, D] float32``.
+so colour and shape survive into the tokens; then, as a real tower's tokens carry where
+they are (SigLIP adds a learned position embedding before its blocks), a fixed 2-D
+sin-cos position embedding of the patch's row and column is added (``pos_embed``), with
+per-entry RMS ``pos_scale`` (default 0.1; the content's per-entry RMS is ~0.25 on the
+moving-shapes videos at 4-px patches, so position is readable but content dominates).
+``temporal=True`` also adds a 1-D sin-cos embedding of the frame index (off by default:
+LLaVA-OneVision's tower sees single frames, and the frame order survives as the order of
+the tokens).  ``frames [B, T, R, R, 3] uint8 → tokens [B, T, R/p, R/p, D] float32``.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from typing import Callable
 import einops
 import jax.numpy as jnp
 import numpy as np
+
+POS_EMBEDS = ("sincos2d", "none")
 
 
 @functools.lru_cache(maxsize=8)
@@ -25,18 +33,62 @@ def projection(patch_size: int, dim: int, seed: int) -> np.ndarray:
     return w
 
 
-def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0) -> jnp.ndarray:
+def sincos_1d(n: int, dim: int) -> np.ndarray:
+    """``[n, dim]`` sin-cos embedding of positions ``0..n-1`` (dim/2 frequencies, sin then cos);
+    every entry has RMS 1/√2 over a row."""
+    if dim < 2 or dim % 2:
+        raise ValueError(f"sin-cos position embedding needs an even width >= 2, got {dim}")
+    freqs = 1.0 / (10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2)))
+    ang = np.arange(n, dtype=np.float64)[:, None] * freqs[None]
+    return np.concatenate([np.sin(ang), np.cos(ang)], axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def position_embedding(t: int, h: int, w: int, dim: int, kind: str = "sincos2d", scale: float = 0.1,
+                       temporal: bool = False) -> np.ndarray:
+    """The fixed embedding added to the tokens: ``[t, h, w, dim]`` float32 (zeros for ``"none"``).
+
+    ``"sincos2d"``: half the channels encode the row, half the column (each a 1-D sin-cos
+    table), rescaled to per-entry RMS ``scale``; ``temporal`` adds a sin-cos table of the
+    frame index at the same RMS.
+    """
+    if kind not in POS_EMBEDS:
+        raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {kind!r}")
+    out = np.zeros((t, h, w, dim), np.float64)
+    if kind == "sincos2d":
+        if dim % 4:
+            raise ValueError(f"a 2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+        rows, cols = sincos_1d(h, dim // 2), sincos_1d(w, dim // 2)
+        out += np.concatenate([np.broadcast_to(rows[:, None], (h, w, dim // 2)),
+                               np.broadcast_to(cols[None, :], (h, w, dim // 2))], axis=-1)[None]
+    if temporal:
+        out += sincos_1d(t, dim)[:, None, None, :]
+    if kind == "sincos2d" or temporal:
+        out *= float(scale) * np.sqrt(2.0)        # sin-cos entries have RMS 1/√2
+    out = out.astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, pos_embed: str = "sincos2d",
+                pos_scale: float = 0.1, temporal: bool = False) -> jnp.ndarray:
     """``frames [B, T, R, R, 3]`` uint8 → ``tokens [B, T, R/p, R/p, D]`` float32 (jit-able)."""
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"patch_embed expects frames [B, T, R, R, 3], got shape {tuple(frames.shape)}")
-    H, W = frames.shape[2], frames.shape[3]
+    T, H, W = frames.shape[1], frames.shape[2], frames.shape[3]
     if H % patch_size or W % patch_size:
         raise ValueError(f"frame size {H}x{W} is not a multiple of patch_size={patch_size}")
     x = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
     x = einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=patch_size, q=patch_size)
-    return x @ jnp.asarray(projection(patch_size, dim, seed))
+    x = x @ jnp.asarray(projection(patch_size, dim, seed))
+    if pos_embed != "none" or temporal:
+        x = x + jnp.asarray(position_embedding(T, H // patch_size, W // patch_size, dim, pos_embed, pos_scale,
+                                               temporal))
+    return x
 
 
-def make_patch_embed(patch_size: int = 8, dim: int = 64, seed: int = 0) -> Callable:
+def make_patch_embed(patch_size: int = 8, dim: int = 64, seed: int = 0, pos_embed: str = "sincos2d",
+                     pos_scale: float = 0.1, temporal: bool = False) -> Callable:
     """An ``embed_fn(frames [B,T,R,R,3] uint8) -> tokens [B,T,R/p,R/p,D]`` with fixed settings."""
-    return functools.partial(patch_embed, patch_size=patch_size, dim=dim, seed=seed)
+    return functools.partial(patch_embed, patch_size=patch_size, dim=dim, seed=seed, pos_embed=pos_embed,
+                             pos_scale=pos_scale, temporal=temporal)

@@ -20,6 +20,23 @@ def as_dtype(name: str):
     return _DTYPES[name]
 
 
+def dtype_name(dtype) -> str:
+    """The config name (``"float32" | "bfloat16" | "float16"``) of any spelling of a float
+    dtype: the name itself, ``jnp.bfloat16``, ``np.float32``, ``np.dtype("float16")``, ...
+    (ValueError naming the value otherwise)."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = jnp.dtype(dtype).name
+        except TypeError:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} "
+                             "(a name, or a numpy / JAX dtype)") from None
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(_DTYPES)} (or the numpy / JAX dtype)")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
     """A Qwen2-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU)."""
@@ -86,6 +103,39 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PatchEmbedConfig:
+    """A frozen stand-in vision tower: the fixed patch embedding of ``td_jax.data.patch_embed``.
+
+    ``frames [B, T, R, R, 3] uint8 -> tokens [B, T, R/p, R/p, hidden_size]``: a seeded random
+    projection of each patch's pixels plus a fixed spatial position embedding
+    (``pos_embed``: "sincos2d" or "none", RMS ``pos_scale``; ``temporal`` adds a 1-D sin-cos
+    embedding of the frame index too).  No parameters: nothing here trains.
+    """
+
+    patch_size: int = 4
+    hidden_size: int = 64
+    seed: int = 0
+    pos_embed: str = "sincos2d"
+    pos_scale: float = 0.1
+    temporal: bool = False
+
+    def __post_init__(self):
+        if self.patch_size < 1 or self.hidden_size < 1:
+            raise ValueError(f"patch_size and hidden_size must be >= 1, got {self.patch_size}, {self.hidden_size}")
+        if self.pos_embed not in ("sincos2d", "none"):
+            raise ValueError(f"pos_embed must be 'sincos2d' or 'none', got {self.pos_embed!r}")
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of ``td_jax.data.patch_embed.patch_embed``."""
+        return dict(patch_size=self.patch_size, dim=self.hidden_size, seed=self.seed, pos_embed=self.pos_embed,
+                    pos_scale=self.pos_scale, temporal=self.temporal)
+
+
+PROJECTOR_POSITIONS = ("before", "after")
+VISUAL_ATTENTION = ("full", "kv_only")
+
+
+@dataclasses.dataclass(frozen=True)
 class VLMConfig:
     """LLaVA-OneVision-style video LLM: vision → projector → compressor → decoder.
 
@@ -93,11 +143,20 @@ class VLMConfig:
     embeddings, -1 = last block's output before the post-norm, -2 = second to last).
     ``compressor_cfg`` is a tuple of (key, value) pairs so the config stays hashable.
     ``video_newline`` appends one learned newline token after the video's tokens (what
-    LLaVA-OV and the official Token Dynamics code do).
+    LLaVA-OV and the official Token Dynamics code do).  ``vision`` is a SigLIP-style
+    :class:`VisionConfig`, a frozen :class:`PatchEmbedConfig`, or None (precomputed tokens only).
+
+    ``projector_position``: "before" the compressor (LLaVA: the compressor sees projected
+    tokens) or "after" it (the projector maps the compressed tokens; what a precomputed,
+    parameter-free compressor stage on frozen tower features needs).
+    ``visual_attention``: "full" — the visual slots are decoder positions like text (LLaVA);
+    "kv_only" — they are keys/values only (``td_jax.models.llm.Memory``): every layer
+    projects them, text attends to them, but no visual token attends to anything, so a
+    video of N tokens costs O(N·D) per layer instead of O(N²·D).
     """
 
     llm: LLMConfig
-    vision: VisionConfig | None
+    vision: VisionConfig | PatchEmbedConfig | None
     mm_hidden_size: int | None = None      # projector input width; None: vision.hidden_size
     projector: str = "mlp2x_gelu"          # "mlp2x_gelu" | "linear" | "identity"
     projector_bias: bool = True
@@ -114,6 +173,8 @@ class VLMConfig:
     pad_id: int = 151643
     td_compat: Any = None                 # TDCompatConfig: the released checkpoint's cross-attention
     td_compat_apply: bool = True           # apply it (the official inference path does not)
+    projector_position: str = "before"     # "before" | "after" the compressor
+    visual_attention: str = "full"         # "full" | "kv_only"
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -124,6 +185,10 @@ class VLMConfig:
             raise ValueError(f"visual_tokens_stage must be 'vision' or 'projected', got {self.visual_tokens_stage!r}")
         if self.vision is not None and self.mm_hidden_size is not None and self.mm_hidden_size != self.vision.hidden_size:
             raise ValueError(f"mm_hidden_size={self.mm_hidden_size} != vision.hidden_size={self.vision.hidden_size}")
+        if self.projector_position not in PROJECTOR_POSITIONS:
+            raise ValueError(f"projector_position must be one of {PROJECTOR_POSITIONS}, got {self.projector_position!r}")
+        if self.visual_attention not in VISUAL_ATTENTION:
+            raise ValueError(f"visual_attention must be one of {VISUAL_ATTENTION}, got {self.visual_attention!r}")
         if self.vision is None and self.mm_hidden_size is None:
             raise ValueError("VLMConfig needs vision or mm_hidden_size (the width of precomputed visual tokens)")
         as_dtype(self.dtype), as_dtype(self.param_dtype)
@@ -142,7 +207,8 @@ class VLMConfig:
     def with_dtype(self, dtype: str, param_dtype: str | None = None) -> "VLMConfig":
         """The same model with every part computing in ``dtype`` (params in ``param_dtype``)."""
         pdt = param_dtype or self.param_dtype
-        vision = None if self.vision is None else dataclasses.replace(self.vision, dtype=dtype, param_dtype=pdt)
+        vision = (dataclasses.replace(self.vision, dtype=dtype, param_dtype=pdt)
+                  if isinstance(self.vision, VisionConfig) else self.vision)
         return dataclasses.replace(self, dtype=dtype, param_dtype=pdt, vision=vision,
                                    llm=dataclasses.replace(self.llm, dtype=dtype, param_dtype=pdt))
 

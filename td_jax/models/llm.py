@@ -12,10 +12,15 @@ one code path:
   sequence without a cache, its write index in the cache with one);
 * ``kv_valid [B, S_kv]`` — which keys may be attended (text padding and masked visual
   slots are False).  A query at slot ``i`` sees key ``j`` iff ``kv_valid[j] and j <= i``.
+
+Optional **memory** (``Memory(x [B, M, D], positions [B, M], slots [B, M])``): tokens that are
+keys/values only.  Every layer projects them with its own input norm and ``k_proj``/``v_proj``
+(RoPE at their positions) and writes them at their slots, but no layer computes a hidden
+state for them, so they never attend to anything and cost ``O(M·D·kv)`` per layer instead of
+``O(M²·D)``.  The video LLM uses it for ``visual_attention="kv_only"``.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax
@@ -73,33 +78,63 @@ def attention_mask(slots: Array, kv_valid: Array) -> Array:
     return ((j[None, None, :] <= slots[:, :, None]) & kv_valid[:, None, :])[:, None]
 
 
+@flax.struct.dataclass
+class Memory:
+    """Key/value-only tokens for every layer (see the module docstring).
+
+    x: [B, M, D] embeddings (the same for every layer); positions: [B, M] RoPE positions;
+    slots: [B, M] their key/value slots (disjoint from the queries' slots).
+    """
+
+    x: Array
+    positions: Array
+    slots: Array
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE and an optional KV cache.
 
     x: [B, S, D] → [B, S, D]; ``cache`` is ``(k, v)`` each [B, S_max, KV, H] or None.
+    ``memory``: a :class:`Memory` whose ``x`` is already normalised by the layer; its keys and
+    values are written at ``memory.slots`` (into the cache, or into a buffer of
+    ``kv_valid.shape[1]`` slots without one).
     """
 
     cfg: LLMConfig
 
     @nn.compact
-    def __call__(self, x, positions, slots, kv_valid, cache=None):
+    def __call__(self, x, positions, slots, kv_valid, cache=None, memory: Memory | None = None):
         cfg = self.cfg
         dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
         B, S, _ = x.shape
         H, N, KV = cfg.dim_per_head, cfg.num_heads, cfg.num_kv_heads
-        q = _dense(N * H, ("embed", "heads"), use_bias=cfg.qkv_bias, cfg_dtype=dt, param_dtype=pdt, name="q_proj")(x)
-        k = _dense(KV * H, ("embed", "kv"), use_bias=cfg.qkv_bias, cfg_dtype=dt, param_dtype=pdt, name="k_proj")(x)
-        v = _dense(KV * H, ("embed", "kv"), use_bias=cfg.qkv_bias, cfg_dtype=dt, param_dtype=pdt, name="v_proj")(x)
+        q_proj = _dense(N * H, ("embed", "heads"), use_bias=cfg.qkv_bias, cfg_dtype=dt, param_dtype=pdt, name="q_proj")
+        k_proj = _dense(KV * H, ("embed", "kv"), use_bias=cfg.qkv_bias, cfg_dtype=dt, param_dtype=pdt, name="k_proj")
+        v_proj = _dense(KV * H, ("embed", "kv"), use_bias=cfg.qkv_bias, cfg_dtype=dt, param_dtype=pdt, name="v_proj")
+        q, k, v = q_proj(x), k_proj(x), v_proj(x)
         q, k, v = q.reshape(B, S, N, H), k.reshape(B, S, KV, H), v.reshape(B, S, KV, H)
         q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
         cos, sin = rope_cos_sin(positions, H, cfg.rope_theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        b_idx = jnp.arange(B)[:, None]
+        writes = [(slots, k, v)]
+        if memory is not None:
+            M = memory.x.shape[1]
+            km, vm = k_proj(memory.x).reshape(B, M, KV, H), v_proj(memory.x).reshape(B, M, KV, H)
+            cm, sm = rope_cos_sin(memory.positions, H, cfg.rope_theta)
+            writes.append((memory.slots, apply_rope(km, cm, sm), vm))
         if cache is not None:
             ck, cv = cache
-            b_idx = jnp.arange(B)[:, None]
-            ck = ck.at[b_idx, slots].set(k.astype(ck.dtype))
-            cv = cv.at[b_idx, slots].set(v.astype(cv.dtype))
+            for sl, kk, vv in writes:
+                ck = ck.at[b_idx, sl].set(kk.astype(ck.dtype))
+                cv = cv.at[b_idx, sl].set(vv.astype(cv.dtype))
             k, v, cache = ck.astype(dt), cv.astype(dt), (ck, cv)
+        elif memory is not None:       # queries and memory laid out in one buffer of slots
+            buf = jnp.zeros((B, kv_valid.shape[1], KV, H), dt)
+            kb, vb = buf, buf
+            for sl, kk, vv in writes:
+                kb, vb = kb.at[b_idx, sl].set(kk.astype(dt)), vb.at[b_idx, sl].set(vv.astype(dt))
+            k, v = kb, vb
         mask = attention_mask(slots, kv_valid)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
         out = out.reshape(B, S, N * H)
@@ -129,11 +164,13 @@ class DecoderLayer(nn.Module):
     cfg: LLMConfig
 
     @nn.compact
-    def __call__(self, x, positions, slots, kv_valid, cache=None):
+    def __call__(self, x, positions, slots, kv_valid, cache=None, memory: Memory | None = None):
         cfg = self.cfg
         dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
-        h, cache = Attention(cfg, name="self_attn")(
-            RMSNorm(cfg.rms_eps, dt, pdt, name="input_layernorm")(x), positions, slots, kv_valid, cache)
+        norm = RMSNorm(cfg.rms_eps, dt, pdt, name="input_layernorm")
+        if memory is not None:
+            memory = memory.replace(x=norm(memory.x))
+        h, cache = Attention(cfg, name="self_attn")(norm(x), positions, slots, kv_valid, cache, memory)
         x = x + h
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_eps, dt, pdt, name="post_attention_layernorm")(x))
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
@@ -184,12 +221,14 @@ class Qwen2LM(nn.Module):
         return self.embed_tokens(input_ids)
 
     def decode(self, x: Array, positions: Array, slots: Array, kv_valid: Array,
-               cache_layers: tuple | None = None) -> tuple[Array, tuple | None]:
-        """Run the blocks and the final norm.  x: [B, S, D] → hidden [B, S, D]."""
+               cache_layers: tuple | None = None, memory: Memory | None = None) -> tuple[Array, tuple | None]:
+        """Run the blocks and the final norm.  x: [B, S, D] → hidden [B, S, D].
+
+        ``memory``: key/value-only tokens (:class:`Memory`) every layer may attend to."""
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         new_layers = []
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, slots, kv_valid, None if cache_layers is None else cache_layers[i])
+            x, c = layer(x, positions, slots, kv_valid, None if cache_layers is None else cache_layers[i], memory)
             new_layers.append(c)
         return self.norm(x), (tuple(new_layers) if cache_layers is not None else None)
 
@@ -227,24 +266,32 @@ def _lm(module):
     return module if isinstance(module, Qwen2LM) else module.llm
 
 
-def prefill(module, embeds: Array, valid: Array, cache: KVCache) -> tuple[Array, KVCache]:
+def prefill(module, embeds: Array, valid: Array, cache: KVCache, layout: tuple | None = None,
+            memory: Memory | None = None) -> tuple[Array, KVCache]:
     """Feed a right-padded prompt of embeddings ``[B, S, D]`` (``valid [B, S]``) into ``cache``.
 
     Returns the logits ``[B, V]`` at each row's last valid token and the updated cache.
-    Call inside ``module.apply(..., method=...)``.
+    ``layout = (positions [B, S], slots [B, S], kv_valid [B, C])`` places the prompt in the
+    first C cache slots when it is not simply slots ``0..S-1`` (e.g. around key/value-only
+    ``memory``, whose slots are among the C).  Call inside ``module.apply(..., method=...)``.
     """
     lm = _lm(module)
     B, S, _ = embeds.shape
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-    slots = jnp.broadcast_to(jnp.arange(S), (B, S))
-    kv_valid = jax.lax.dynamic_update_slice(cache.kv_valid, valid, (0, 0))
-    h, layers = lm.decode(embeds, positions, slots, kv_valid, cache.layers)
-    n = jnp.sum(valid, axis=1).astype(jnp.int32)
-    # last valid slot per row: with right padding, the highest index whose valid is True
+    if layout is None:
+        positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+        slots = jnp.broadcast_to(jnp.arange(S), (B, S))
+        prompt_valid = valid
+    else:
+        positions, slots, prompt_valid = layout
+    kv_valid = jax.lax.dynamic_update_slice(cache.kv_valid, prompt_valid, (0, 0))
+    h, layers = lm.decode(embeds, positions, slots, kv_valid, cache.layers, memory)
+    # the last valid token per row: with right padding, the highest index whose valid is True
     last = jnp.max(jnp.where(valid, jnp.arange(S)[None], -1), axis=1)
-    logits = lm.logits(h[jnp.arange(B), last][:, None])[:, 0]
-    length = (last + 1).astype(jnp.int32)
-    return logits, KVCache(layers=layers, kv_valid=kv_valid, length=length, position=n)
+    b = jnp.arange(B)
+    logits = lm.logits(h[b, last][:, None])[:, 0]
+    length = (slots[b, last] + 1).astype(jnp.int32)
+    position = (positions[b, last] + 1).astype(jnp.int32)
+    return logits, KVCache(layers=layers, kv_valid=kv_valid, length=length, position=position)
 
 
 def decode_step(module, token_ids: Array, cache: KVCache) -> tuple[Array, KVCache]:
@@ -269,11 +316,13 @@ def sample(logits: Array, key: Array, temperature: float) -> Array:
 
 def generate_from_embeds(module, variables, embeds: Array, valid: Array, *, max_new_tokens: int,
                          key: Array | None = None, temperature: float = 0.0, eos_id: int | None = None,
-                         pad_id: int = 0) -> dict[str, Array]:
+                         pad_id: int = 0, layout: tuple | None = None,
+                         memory: Memory | None = None) -> dict[str, Array]:
     """Batched generation from right-padded prompt embeddings ``[B, S, D]``.
 
     Returns ``{"ids": [B, max_new_tokens] int32, "lengths": [B] int32}``; after a row
     emits ``eos_id`` the rest of its ids are ``pad_id`` (the eos itself is kept and counted).
+    ``layout`` / ``memory``: a prompt around key/value-only memory (see :func:`prefill`).
     Pure function of arrays: wrap in ``jax.jit`` with the static keyword args.
     """
     if max_new_tokens < 1:
@@ -285,8 +334,9 @@ def generate_from_embeds(module, variables, embeds: Array, valid: Array, *, max_
     lm_cfg = (module.cfg if isinstance(module, Qwen2LM) else module.cfg.llm)
     B, S, _ = embeds.shape
     key = jax.random.PRNGKey(0) if key is None else key      # unused by greedy decoding
-    cache = init_cache(lm_cfg, B, S + max_new_tokens)
-    logits, cache = module.apply(variables, embeds, valid, cache, method=prefill)
+    prompt_slots = S if layout is None else layout[2].shape[1]
+    cache = init_cache(lm_cfg, B, prompt_slots + max_new_tokens)
+    logits, cache = module.apply(variables, embeds, valid, cache, layout, memory, method=prefill)
 
     def step(carry, k):
         logits, cache, done = carry

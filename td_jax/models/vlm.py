@@ -19,6 +19,7 @@ after the last visual slot), or the expanded ``[B, E, V]`` with ``return_expande
 from __future__ import annotations
 
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ import numpy as np
 
 from td_jax import compressors
 from td_jax.models import llm as llm_lib
-from td_jax.models.configs import VLMConfig, as_dtype
+from td_jax.data.patch_embed import patch_embed
+from td_jax.models.configs import PatchEmbedConfig, VisionConfig, VLMConfig, as_dtype
 from td_jax.models.llm import Qwen2LM
 from td_jax.models.td_compat import TDCompatAttention, official_inputs
 from td_jax.models.vit import Projector, VisionTower
@@ -58,6 +60,38 @@ def check_placeholders(input_ids, video_token_id: int) -> None:
                              f"rows {bad.tolist()[:8]} have counts {counts[bad].tolist()[:8]}")
 
 
+def check_frames(frames, resolution: int | None, multiple_of: int = 1) -> None:
+    """ValueError naming the shape the caller passed unless ``frames`` is ``[B, T, R, R, 3]``
+    with ``R = resolution`` (None: any R that is a multiple of ``multiple_of``; images are
+    1-frame videos: ``[B, 1, R, R, 3]``)."""
+    shape = tuple(frames.shape)
+    r = "R" if resolution is None else resolution
+    want = f"[B, T, {r}, {r}, 3] (batch, frames, height, width, RGB)"
+    if len(shape) == 4 and shape[-1] == 3:
+        raise ValueError(f"frames must be {want}, got shape {shape}: an image batch? pass it as 1-frame videos, "
+                         f"frames[:, None]")
+    if len(shape) != 5:
+        raise ValueError(f"frames must be {want}, got shape {shape}")
+    if shape[2] == 3 and shape[-1] != 3:
+        raise ValueError(f"frames must be {want}, got shape {shape}: channels-first? move the channel axis last, "
+                         f"frames.transpose(0, 1, 3, 4, 2)")
+    if resolution is None:
+        if shape[2] != shape[3] or shape[2] % multiple_of:
+            raise ValueError(f"frames must be {want} with R a multiple of the patch size {multiple_of}, got shape "
+                             f"{shape}")
+    elif shape[2:] != (resolution, resolution, 3):
+        raise ValueError(f"frames must be {want}, got shape {shape}: resize the frames to {resolution}x{resolution} "
+                         f"(the vision tower's image_size)")
+
+
+def _check_frames_for(frames, vision) -> None:
+    """:func:`check_frames` for a tower: a ViT's image_size, a patch embedding's patch multiple."""
+    if isinstance(vision, PatchEmbedConfig):
+        check_frames(frames, None, vision.patch_size)
+    else:
+        check_frames(frames, vision.image_size)
+
+
 def splice(text: Array, text_valid: Array, placeholder: Array, vis: Array, vis_valid: Array) -> tuple[Array, Array]:
     """Replace each row's placeholder by its visual slots.
 
@@ -84,6 +118,48 @@ def text_positions(placeholder: Array, L: int, S: int) -> Array:
     return jnp.where(i < p, i, i + S - 1)
 
 
+@flax.struct.dataclass
+class DecoderInputs:
+    """What the decoder runs on for one batch (see :meth:`VideoLLM.decoder_inputs`).
+
+    embeds [B, S, D] / valid [B, S]: the sequence the layers compute hidden states for (text
+    with the visual slots spliced in, or — ``visual_attention="kv_only"`` — text only);
+    positions / slots [B, S]: RoPE positions and key/value slots; kv_valid [B, C]: which of
+    the C key/value slots may be attended; memory: the key/value-only visual tokens or None;
+    text_index [B, L]: index into S of each text position (for text-aligned logits).
+    """
+
+    embeds: Array
+    valid: Array
+    positions: Array
+    slots: Array
+    kv_valid: Array
+    memory: llm_lib.Memory | None
+    text_index: Array
+
+
+def memory_layout(text_valid: Array, placeholder: Array, mem_valid: Array) -> tuple[Array, ...]:
+    """Slots and positions of text around key/value-only memory at each row's placeholder.
+
+    text_valid [B, L], placeholder [B] int, mem_valid [B, M] → (text_slots [B, L],
+    text_positions [B, L], mem_slots [B, M], mem_positions [B, M], kv_valid [B, L + M]).
+    The M memory slots sit just before the placeholder's token (which stays a text token,
+    e.g. the video newline), so text before the placeholder cannot see the video and every
+    token from the placeholder on can; RoPE positions count valid slots in that order.
+    """
+    B, L = text_valid.shape
+    M = mem_valid.shape[1]
+    i = jnp.arange(L)[None]
+    p = placeholder[:, None]
+    text_slots = jnp.where(i < p, i, i + M)
+    mem_slots = p + jnp.arange(M)[None]
+    b = jnp.arange(B)[:, None]
+    kv_valid = jnp.zeros((B, L + M), bool).at[b, text_slots].set(text_valid).at[b, mem_slots].set(mem_valid)
+    order_pos = jnp.maximum(jnp.cumsum(kv_valid, axis=1) - 1, 0)
+    return (text_slots, jnp.take_along_axis(order_pos, text_slots, axis=1), mem_slots,
+            jnp.take_along_axis(order_pos, mem_slots, axis=1), kv_valid)
+
+
 class VideoLLM(nn.Module):
     """LLaVA-OneVision-style video LLM with a pluggable compressor (see module docstring)."""
 
@@ -91,7 +167,7 @@ class VideoLLM(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        if cfg.vision is not None:
+        if isinstance(cfg.vision, VisionConfig):
             self.vision = VisionTower(cfg.vision)
         self.projector = Projector(cfg.llm.hidden_size, kind=cfg.projector, use_bias=cfg.projector_bias,
                                    act=cfg.projector_act, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
@@ -106,24 +182,27 @@ class VideoLLM(nn.Module):
 
     # ------------------------------------------------------------------ vision side
     def encode_video(self, frames: Array | None = None, visual_tokens: Array | None = None) -> Array:
-        """Projected visual tokens ``[B, T, h, w, D]`` from frames or precomputed tokens."""
+        """Visual tokens ``[B, T, h, w, Dc]`` from frames or precomputed tokens, ready for the
+        compressor: projected (Dc = D) with ``projector_position="before"``, else tower features."""
         cfg = self.cfg
         if (frames is None) == (visual_tokens is None):
             raise ValueError("pass exactly one of frames [B,T,R,R,3] or visual_tokens [B,T,h,w,D]")
         if frames is not None:
             if cfg.vision is None:
                 raise ValueError("this VLMConfig has no vision tower: pass visual_tokens instead of frames")
-            if frames.ndim != 5:
-                raise ValueError(f"frames must be [B, T, R, R, 3], got shape {tuple(frames.shape)}")
+            _check_frames_for(frames, cfg.vision)
             B, T = frames.shape[:2]
-            x = frames.reshape((B * T,) + frames.shape[2:])
-            if x.dtype == jnp.uint8:
-                mean = jnp.asarray(cfg.pixel_mean, jnp.float32)
-                std = jnp.asarray(cfg.pixel_std, jnp.float32)
-                x = (x.astype(jnp.float32) / 255.0 - mean) / std
-            feats = self.vision(x, select_layer=cfg.select_layer)            # [B*T, N, Dv]
-            g = cfg.vision.grid
-            feats = feats.reshape(B, T, g, g, feats.shape[-1])
+            if isinstance(cfg.vision, PatchEmbedConfig):    # frozen: nothing to train or differentiate
+                feats = jax.lax.stop_gradient(patch_embed(frames, **cfg.vision.kwargs()))
+            else:
+                x = frames.reshape((B * T,) + frames.shape[2:])
+                if x.dtype == jnp.uint8:
+                    mean = jnp.asarray(cfg.pixel_mean, jnp.float32)
+                    std = jnp.asarray(cfg.pixel_std, jnp.float32)
+                    x = (x.astype(jnp.float32) / 255.0 - mean) / std
+                feats = self.vision(x, select_layer=cfg.select_layer)            # [B*T, N, Dv]
+                g = cfg.vision.grid
+                feats = feats.reshape(B, T, g, g, feats.shape[-1])
             stage = "vision"
         else:
             if visual_tokens.ndim != 5:
@@ -132,26 +211,45 @@ class VideoLLM(nn.Module):
         want = cfg.vision_width if stage == "vision" else cfg.llm.hidden_size
         if feats.shape[-1] != want:
             raise ValueError(f"visual tokens ({stage} stage) must have width {want}, got shape {tuple(feats.shape)}")
-        if stage == "vision":
+        if stage == "vision" and cfg.projector_position == "before":
             feats = self.projector(feats)
         return feats.astype(as_dtype(cfg.dtype))
 
-    def visual_slots(self, frames=None, visual_tokens=None, deterministic: bool = True) -> tuple[Array, Array, dict]:
-        """(slots [B, S, D], mask [B, S], compressor aux) ready to splice."""
-        tokens = self.encode_video(frames, visual_tokens)
-        out = self.compressor(tokens, deterministic=deterministic)
-        if out.tokens.ndim != 3 or out.tokens.shape[1] != self.cfg.budget:
-            raise ValueError(f"compressor {self.cfg.compressor!r} returned tokens {tuple(out.tokens.shape)}, "
-                             f"expected [B, {self.cfg.budget}, D]")
-        slots, mask = out.tokens.astype(as_dtype(self.cfg.dtype)), out.mask.astype(bool)
-        if self.cfg.td_compat is not None:
-            if self.cfg.td_compat_apply:
+    def _precomputed_ok(self) -> None:
+        if self.cfg.visual_tokens_stage == "vision" and self.cfg.projector_position != "after":
+            raise ValueError("a precomputed compressor stage on vision-stage tokens needs projector_position='after' "
+                             "(the projector then maps the compressed tokens)")
+
+    def visual_slots(self, frames=None, visual_tokens=None, deterministic: bool = True,
+                     precomputed: dict | None = None) -> tuple[Array, Array, dict]:
+        """(slots [B, S, D], mask [B, S], compressor aux) ready to splice.
+
+        ``precomputed``: the compressor's parameter-free stage already run per video
+        (``CompressorModule.precompute``, e.g. read from a token store); only its learned
+        stage runs here.
+        """
+        cfg = self.cfg
+        if precomputed is not None:
+            if frames is not None or visual_tokens is not None:
+                raise ValueError("pass precomputed compressor outputs or frames / visual_tokens, not both")
+            self._precomputed_ok()
+            out = self.compressor.apply_precomputed(precomputed, deterministic=deterministic)
+        else:
+            out = self.compressor(self.encode_video(frames, visual_tokens), deterministic=deterministic)
+        if out.tokens.ndim != 3 or out.tokens.shape[1] != cfg.budget:
+            raise ValueError(f"compressor {cfg.compressor!r} returned tokens {tuple(out.tokens.shape)}, "
+                             f"expected [B, {cfg.budget}, D]")
+        slots, mask = out.tokens.astype(as_dtype(cfg.dtype)), out.mask.astype(bool)
+        if cfg.projector_position == "after" and (precomputed is None or cfg.visual_tokens_stage == "vision"):
+            slots = jnp.where(mask[..., None], self.projector(slots), 0).astype(as_dtype(cfg.dtype))
+        if cfg.td_compat is not None:
+            if cfg.td_compat_apply:
                 slots = self.apply_td_compat(slots, out.aux, deterministic)
                 mask = jnp.ones(slots.shape[:2], bool)
             elif self.is_initializing():      # create its parameters; it is not applied
-                q = jnp.zeros((slots.shape[0], 1, self.cfg.td_compat.query_dim), jnp.float32)
+                q = jnp.zeros((slots.shape[0], 1, cfg.td_compat.query_dim), jnp.float32)
                 self.td_compat(q, slots[:, :1], deterministic)
-        if self.cfg.video_newline:
+        if cfg.video_newline:
             B, _, D = slots.shape
             nl = jnp.broadcast_to(self.image_newline.astype(slots.dtype), (B, 1, D))
             slots = jnp.concatenate([slots, nl], axis=1)
@@ -168,33 +266,103 @@ class VideoLLM(nn.Module):
         return self.td_compat(q, mem, deterministic).astype(base.dtype)
 
     # ------------------------------------------------------------------ text side
-    def prompt_embeds(self, input_ids, attention_mask=None, frames=None, visual_tokens=None,
-                      deterministic: bool = True) -> tuple[Array, Array, Array]:
-        """(embeds [B, E, D], valid [B, E], placeholder [B]) with the video spliced in."""
+    def _text(self, input_ids, attention_mask):
         check_placeholders(input_ids, self.cfg.video_token_id)
         B, L = input_ids.shape
         text_valid = jnp.ones((B, L), bool) if attention_mask is None else attention_mask.astype(bool)
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
-        slots, mask, _ = self.visual_slots(frames, visual_tokens, deterministic)
-        if slots.shape[0] != B:
-            raise ValueError(f"video batch {slots.shape[0]} != text batch {B}")
         placeholder = jnp.argmax(input_ids == self.cfg.video_token_id, axis=1)
         text = self.llm.embed(jnp.where(input_ids == self.cfg.video_token_id, 0, input_ids))
+        return text, text_valid, placeholder
+
+    def prompt_embeds(self, input_ids, attention_mask=None, frames=None, visual_tokens=None,
+                      deterministic: bool = True, precomputed: dict | None = None) -> tuple[Array, Array, Array]:
+        """(embeds [B, E, D], valid [B, E], placeholder [B]) with the video spliced in
+        (``visual_attention="full"``; see :meth:`decoder_inputs` for either mode)."""
+        if self.cfg.visual_attention != "full":
+            raise ValueError("prompt_embeds splices the video into the text; with visual_attention="
+                             f"{self.cfg.visual_attention!r} use decoder_inputs")
+        text, text_valid, placeholder = self._text(input_ids, attention_mask)
+        slots, mask, _ = self.visual_slots(frames, visual_tokens, deterministic, precomputed)
+        if slots.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"video batch {slots.shape[0]} != text batch {input_ids.shape[0]}")
         emb, valid = splice(text, text_valid, placeholder, slots, mask)
         return emb, valid, placeholder
 
+    def decoder_inputs(self, input_ids, attention_mask=None, frames=None, visual_tokens=None,
+                       deterministic: bool = True, precomputed: dict | None = None) -> DecoderInputs:
+        """The decoder's inputs for either ``visual_attention`` mode (:class:`DecoderInputs`)."""
+        if self.cfg.visual_attention == "full":
+            emb, valid, placeholder = self.prompt_embeds(input_ids, attention_mask, frames, visual_tokens,
+                                                         deterministic, precomputed)
+            B, E, _ = emb.shape
+            L = input_ids.shape[1]
+            return DecoderInputs(embeds=emb, valid=valid, positions=jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0),
+                                 slots=jnp.broadcast_to(jnp.arange(E), (B, E)), kv_valid=valid, memory=None,
+                                 text_index=text_positions(placeholder, L, E - L + 1))
+        text, text_valid, placeholder = self._text(input_ids, attention_mask)
+        slots, mask, _ = self.visual_slots(frames, visual_tokens, deterministic, precomputed)
+        B, L = input_ids.shape
+        if slots.shape[0] != B:
+            raise ValueError(f"video batch {slots.shape[0]} != text batch {B}")
+        if self.cfg.video_newline:   # the newline stays a decoder token, in the placeholder's place
+            at = (jnp.arange(L)[None] == placeholder[:, None])[..., None]
+            text = jnp.where(at, slots[:, -1:].astype(text.dtype), text)
+            slots, mask = slots[:, :-1], mask[:, :-1]
+        t_slots, t_pos, m_slots, m_pos, kv_valid = memory_layout(text_valid, placeholder, mask)
+        return DecoderInputs(embeds=text, valid=text_valid, positions=t_pos, slots=t_slots, kv_valid=kv_valid,
+                             memory=llm_lib.Memory(x=slots.astype(text.dtype), positions=m_pos, slots=m_slots),
+                             text_index=jnp.broadcast_to(jnp.arange(L), (B, L)))
+
     def __call__(self, input_ids, attention_mask=None, frames=None, visual_tokens=None,
-                 deterministic: bool = True, return_expanded: bool = False) -> Array:
-        emb, valid, placeholder = self.prompt_embeds(input_ids, attention_mask, frames, visual_tokens, deterministic)
-        B, E, _ = emb.shape
-        positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-        slots = jnp.broadcast_to(jnp.arange(E), (B, E))
-        h, _ = self.llm.decode(emb, positions, slots, valid)
+                 deterministic: bool = True, return_expanded: bool = False, precomputed: dict | None = None) -> Array:
+        """Text-aligned logits ``[B, L, V]`` (or, ``return_expanded`` in "full" mode, one per
+        decoder position ``[B, E, V]``)."""
+        d = self.decoder_inputs(input_ids, attention_mask, frames, visual_tokens, deterministic, precomputed)
+        h, _ = self.llm.decode(d.embeds, d.positions, d.slots, d.kv_valid, memory=d.memory)
         if not return_expanded:
-            idx = text_positions(placeholder, input_ids.shape[1], E - input_ids.shape[1] + 1)
-            h = jnp.take_along_axis(h, idx[..., None], axis=1)
+            h = jnp.take_along_axis(h, d.text_index[..., None], axis=1)
         return self.llm.logits(h)
+
+    def score_options(self, opt_input_ids, opt_attention_mask, opt_loss_mask, frames=None, visual_tokens=None,
+                      precomputed: dict | None = None, deterministic: bool = True) -> Array:
+        """Every option's answer log-likelihood ``[B, n]``, the video + prompt decoded once.
+
+        ``opt_input_ids / opt_attention_mask / opt_loss_mask [B, n, L]``: the same prompt
+        then option i's answer tokens (loss 1.0 on them), as ``td_jax.data.tokenizer.
+        encode_mc_options`` makes them.  The prompt (with the video) runs through the decoder
+        once into a KV cache; each option's answer tokens then attend to it, so the result
+        equals :func:`sequence_logprob` on the n full rows at 1/n of the prompt's cost.
+        """
+        ids = opt_input_ids
+        B, n, L = ids.shape
+        loss = opt_loss_mask > 0
+        prompt_valid = opt_attention_mask.astype(bool)[:, 0] & ~loss[:, 0]               # [B, L]
+        d = self.decoder_inputs(ids[:, 0], prompt_valid, frames, visual_tokens, deterministic, precomputed)
+        C = d.kv_valid.shape[1]
+        cache = llm_lib.init_cache(self.cfg.llm, B, C + L)
+        kv_valid = jnp.concatenate([d.kv_valid, jnp.zeros((B, L), bool)], axis=1)
+        h, layers = self.llm.decode(d.embeds, d.positions, d.slots, kv_valid, cache.layers, d.memory)
+        b = jnp.arange(B)
+        last = jnp.max(jnp.where(d.valid, jnp.arange(d.valid.shape[1])[None], -1), axis=1)
+        first_logits = self.llm.logits(h[b, last][:, None])                              # [B, 1, V]
+        next_pos = d.positions[b, last] + 1                                               # [B]
+        start = jnp.argmax(loss, axis=-1)                                                 # [B, n]
+        win = start[..., None] + jnp.arange(L)                                            # [B, n, L]
+        idx = jnp.clip(win, 0, L - 1)
+        ans = jnp.take_along_axis(ids, idx, axis=-1)
+        ans_ok = jnp.take_along_axis(loss, idx, axis=-1) & (win < L)
+        rep = lambda x: jnp.repeat(x, n, axis=0)  # noqa: E731  [B, ...] -> [B*n, ...]
+        layers = tuple((rep(k), rep(v)) for k, v in layers)
+        ans, ans_ok = ans.reshape(B * n, L), ans_ok.reshape(B * n, L)
+        kv_ans = jnp.concatenate([rep(d.kv_valid), ans_ok], axis=1)
+        h2, _ = self.llm.decode(self.llm.embed(ans), rep(next_pos)[:, None] + jnp.arange(L),
+                                jnp.broadcast_to(C + jnp.arange(L), (B * n, L)), kv_ans, layers)
+        logits = jnp.concatenate([rep(first_logits), self.llm.logits(h2[:, :-1])], axis=1)  # predicts ans[:, t]
+        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        tok = jnp.take_along_axis(lp, ans[..., None], axis=-1)[..., 0]
+        return jnp.sum(jnp.where(ans_ok, tok, 0.0), axis=1).reshape(B, n)
 
 
 # ---------------------------------------------------------------------- losses / scoring
@@ -241,17 +409,37 @@ def mc_accuracy(logits, loss_mask, option_ids, answer, valid=None) -> Array:
     return jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def _generate(module: VideoLLM, variables, input_ids, attention_mask, frames, visual_tokens, precomputed, key,
+              compress_key, *, max_new_tokens: int, temperature: float, eos_id: int | None, pad_id: int) -> dict:
+    rngs = {} if compress_key is None else {compressors.RNG_STREAM: compress_key}
+    d = module.apply(variables, input_ids, attention_mask, frames, visual_tokens, precomputed=precomputed,
+                     method=VideoLLM.decoder_inputs, rngs=rngs)
+    layout = None if d.memory is None else (d.positions, d.slots, d.kv_valid)
+    return llm_lib.generate_from_embeds(module, variables, d.embeds, d.valid, max_new_tokens=max_new_tokens, key=key,
+                                        temperature=temperature, eos_id=eos_id, pad_id=pad_id, layout=layout,
+                                        memory=d.memory)
+
+
+# One compiled program per (model, decoding settings, input shapes); reused across calls.
+_generate_jit = jax.jit(_generate, static_argnames=("module", "max_new_tokens", "temperature", "eos_id", "pad_id"))
+
+
 def generate(module: VideoLLM, variables, input_ids, attention_mask=None, *, frames=None, visual_tokens=None,
-             max_new_tokens: int, key=None, temperature: float = 0.0, eos_id: int | None = None,
+             precomputed: dict | None = None, max_new_tokens: int, key=None, temperature: float = 0.0,
+             eos_id: int | None = None,
              pad_id: int | None = None, compress_key=None) -> dict:
     """Batched greedy / temperature generation after a right-padded prompt with one video.
 
     Returns ``{"ids": [B, max_new_tokens], "lengths": [B]}`` (see
-    ``td_jax.models.llm.generate_from_embeds``).
+    ``td_jax.models.llm.generate_from_embeds``).  Compiled with ``jax.jit`` (cached per model,
+    decoding settings and input shapes); inside a caller's own ``jit`` it simply traces.
+    ``compress_key``: the PRNG key of the compressor's randomness (k-means seeding), required
+    by compressors that draw any.  ``precomputed``: a stored compressor stage instead of media.
     """
-    rngs = {} if compress_key is None else {compressors.RNG_STREAM: compress_key}
-    emb, valid, _ = module.apply(variables, input_ids, attention_mask, frames, visual_tokens,
-                                 method=VideoLLM.prompt_embeds, rngs=rngs)
+    check_placeholders(input_ids, module.cfg.video_token_id)
+    if frames is not None and _is_concrete(frames) and module.cfg.vision is not None:
+        _check_frames_for(frames, module.cfg.vision)
     pad = module.cfg.pad_id if pad_id is None else pad_id
-    return llm_lib.generate_from_embeds(module, variables, emb, valid, max_new_tokens=max_new_tokens, key=key,
-                                        temperature=temperature, eos_id=eos_id, pad_id=pad)
+    return _generate_jit(module, variables, input_ids, attention_mask, frames, visual_tokens, precomputed, key,
+                         compress_key, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                         eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad))

@@ -3,7 +3,7 @@
     config.py          schema + validation (unknown keys / wrong types named by dotted key)
     mesh.py            ("data", "fsdp", "tensor") mesh from config, logical-axis rules -> shardings
     optim.py           warm-up + cosine, weight decay, clipping, per-group LRs, frozen groups
-    checkpoint.py      Orbax CheckpointManager: state + Grain iterator + config, latest-N + best-N
+    checkpoint.py      Orbax CheckpointManager: state + Grain iterator + config, latest-N + best-N, SHA-256 verified
     metrics.py         metrics.jsonl, TensorBoard (tensorboardX), console progress (process 0)
     data.py            Grain train / eval iterators for in-memory sources, host -> global arrays
     task.py            the Task interface the trainer drives, and the task registry

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import ml_collections as mlc
 
+from td_jax.models.sharding import AXIS_RULES
+
 # Subtrees whose keys are user-chosen names; each value must match the entry schema.
 _NAMED_ENTRY_SCHEMAS: dict[str, dict[str, type]] = {
     "optim.groups": {"pattern": str, "lr": float},
@@ -34,6 +36,11 @@ def defaults() -> mlc.ConfigDict:
     c.checkpoint_every_steps = 50
     c.eval_every_steps = 0            # 0: evaluate only at the end
     c.eval_steps = 0                  # batches per evaluation; 0: the whole eval split once
+    c.eval_split = "validation"       # the split of the periodic (and best-checkpoint) evaluations
+    c.final_eval_splits = ()          # also evaluated once after the last step: WORKDIR/eval_<split>_<step>.json
+    c.steps_per_call = 1              # optimizer steps per jitted call (a lax.scan over that many batches)
+    c.warm_start = ""                 # a run directory whose checkpoint's params start this run (fresh optimizer)
+    c.warm_start_step = -1            # its step (-1: the newest complete one)
     c.batch_size = 8                  # global batch (all processes), per optimizer step
     c.eval_batch_size = 8
 
@@ -41,16 +48,9 @@ def defaults() -> mlc.ConfigDict:
     c.mesh.data = -1                  # -1: all devices not used by the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
-    # Logical axis name -> mesh axis (or None for replicated). Tuples keep order.
-    c.axis_rules = (
-        ("batch", ("data", "fsdp")),
-        ("vocab", "tensor"),
-        ("embed", "fsdp"),
-        ("mlp", "tensor"),
-        ("heads", "tensor"),
-        ("kv", None),
-        ("length", None),
-    )
+    # Logical axis name -> mesh axis (or None for replicated): the one table of the project
+    # (td_jax.models.sharding.AXIS_RULES, parameters and act_* activations).
+    c.axis_rules = AXIS_RULES
 
     c.compute_dtype = "bfloat16"      # activations / matmuls; params stay param_dtype
     c.param_dtype = "float32"
@@ -190,10 +190,10 @@ def check_values(cfg: mlc.ConfigDict) -> None:
         if v <= 0:
             raise ValueError(f"config key {key!r} must be > 0, got {v}")
 
-    for key in ("total_steps", "log_every_steps", "checkpoint_every_steps", "batch_size",
-                "eval_batch_size", "optim.grad_accum", "checkpoint.keep"):
+    for key in ("log_every_steps", "checkpoint_every_steps", "batch_size", "eval_batch_size", "optim.grad_accum",
+                "checkpoint.keep", "steps_per_call"):
         positive(key)
-    for key in ("eval_every_steps", "eval_steps", "checkpoint.keep_best"):
+    for key in ("total_steps", "eval_every_steps", "eval_steps", "checkpoint.keep_best"):
         if _get(cfg, key) < 0:
             raise ValueError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
     if not 0.0 <= cfg.optim.warmup_frac < 1.0:

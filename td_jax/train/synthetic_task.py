@@ -9,7 +9,7 @@ and served through Grain, so iterator state checkpoints and resumes like real da
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,7 +33,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True, dropout: float = 0.0):
-        x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", None))
+        x = nn.with_logical_constraint(x.astype(self.dtype), ("act_batch", None))
         for i in range(self.depth):
             # Later layers' input dim stays unsharded: sharding it over "fsdp" while the incoming
             # activation is split over "tensor" hits an XLA SPMD miscompile (wrong grads) in jax 0.10.2.
@@ -43,7 +43,7 @@ class MLP(nn.Module):
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
             x = nn.gelu(x)
             x = nn.Dropout(dropout)(x, deterministic=deterministic)
-            x = nn.with_logical_constraint(x, ("batch", "mlp"))
+            x = nn.with_logical_constraint(x, ("act_batch", "act_mlp"))
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm",
                          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("mlp",)),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
@@ -76,6 +76,7 @@ class _Source:
 
 @register_task("synthetic_mc")
 class SyntheticMC(Task):
+    activation_axes = ("act_batch", "act_mlp")
 
     @classmethod
     def default_config(cls) -> mlc.ConfigDict:

@@ -48,6 +48,9 @@ class Task(abc.ABC):
     """
 
     name: str = ""
+    # Logical names the task's model constrains activations with (``nn.with_logical_constraint``):
+    # the trainer refuses a config.axis_rules table that has no rule for one of them.
+    activation_axes: tuple[str, ...] = ()
 
     def __init__(self, config: mlc.ConfigDict):
         self.config = config
@@ -72,7 +75,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def eval_fn(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Sums over the batch's valid examples (the trainer adds them across batches)."""
+        """Sums over the batch's valid examples (the trainer adds them across batches).
+
+        Entries named ``per_example/<name>`` (``[B]`` arrays, with ``per_example/index`` = the
+        example's position in the split, -1 on padding) are kept per example instead
+        (``trainer.evaluate(..., predictions=[])``, the ``.predictions.jsonl`` of an eval)."""
 
     def load_pretrained(self) -> Any | None:
         """Host (numpy) params to start from when there is no checkpoint, or None (random init).
@@ -80,6 +87,11 @@ class Task(abc.ABC):
         Must have the structure of ``nn.unbox(init_params(...))``.
         """
         return None
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """JSON-serialisable facts saved with every checkpoint next to the config (e.g. the
+        model's architecture, which ``launch.eval`` reads back); default none."""
+        return {}
 
     def eval_report(self, metrics: Mapping[str, float]) -> str:
         """Markdown summary of :meth:`finalize_eval` metrics (default: a key/value table)."""
