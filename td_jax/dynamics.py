@@ -11,13 +11,12 @@ batches). All functions are pure in arrays and a PRNG key; batch them with ``jax
 from __future__ import annotations
 
 import functools
-import math
 
 import flax
 import jax
 import jax.numpy as jnp
 
-from td_jax.cluster import (Finiteness, assign, check_k, cluster_sums, fit_sample, normalize_rows, row_stats,
+from td_jax.cluster import (assign, check_k, cluster_sums, fit_sample, normalize_rows, row_stats,
                             sample_indices, greedy_trials, unit_rows, as_float_array, check_float_option,
                             check_kmeans_options, check_mask, check_rows, default_sample_size,
                             default_seed_sample_size, kmeans_core, raise_if_nonfinite)
@@ -163,7 +162,6 @@ def _finish(tokens, res, base_mode) -> TokenDynamics:
     t, h, w, d = tokens.shape
     x = tokens.reshape(-1, d)
     labels = res.assignments
-    k = res.counts.shape[0]
     means = res.raw_means if base_mode == "raw" else res.unit_means
     base = _cluster_means(x, labels, res.counts, means, base_mode == "normalized")
     valid = res.counts > 0
