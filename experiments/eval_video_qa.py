@@ -54,7 +54,6 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     import importlib.util
     import os
 
-    from td_jax.models.sharding import DEFAULT_RULES
     from td_jax.train.trainer import default_config
 
     spec = importlib.util.spec_from_file_location("_llava_ov_td", os.path.join(os.path.dirname(__file__),
@@ -70,7 +69,6 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.checkpoint_every_steps = 1
     c.compute_dtype = a.get("dtype", "bfloat16")
     c.param_dtype = "float32"
-    c.axis_rules = DEFAULT_RULES
     c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.batch_size = c.eval_batch_size = a.get("batch", 8)
     c.eval_steps = a.get("limit", 0)

@@ -73,7 +73,6 @@ def parse_arg(arg: str, keys: dict, flags: tuple = ()) -> dict:
 
 
 def get_config(arg: str = "") -> mlc.ConfigDict:
-    from td_jax.models.sharding import DEFAULT_RULES
     from td_jax.train.trainer import default_config
 
     a = parse_arg(arg, _KEYS, _FLAGS)
@@ -82,7 +81,6 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.seed = 0
     c.compute_dtype = "float32" if tiny else "bfloat16"
     c.param_dtype = "float32"
-    c.axis_rules = DEFAULT_RULES
     c.mesh = mlc.ConfigDict({"data": -1, "fsdp": a.get("fsdp", 1), "tensor": 1})
     c.total_steps = a.get("steps", 3 if tiny else 5000)
     c.batch_size = a.get("batch", 2 if tiny else 32)

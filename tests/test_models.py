@@ -243,7 +243,7 @@ def test_forward_on_8_device_mesh_matches_single_device(tiny):
 
 
 # ----------------------------------------------------------------------------- compressors inside the VLM
-TD_CFG = (("iters", 5), ("n_init", 1), ("refine_iters", 0))
+TD_CFG = (("iters", 5), ("n_init", 1), ("refine_iters", 1))
 
 
 def test_token_dynamics_compressor_in_vlm(tiny):

@@ -96,7 +96,7 @@ def test_eval_skips_a_damaged_newest_step_and_says_which(workdir, tmp_path):
 def test_eval_on_missing_or_empty_workdir_creates_nothing(tmp_path):
     r = run("-m", "launch.eval", f"--workdir={tmp_path}/missing")
     assert r.returncode == 2 and "Traceback (most" not in r.stderr and "cannot schedule new futures" not in r.stderr
-    assert last_line(r).startswith(f"error: no checkpoint directory {tmp_path}/missing/checkpoints")
+    assert last_line(r).startswith(f"error: --workdir={tmp_path}/missing: no such directory")
     assert not os.path.exists(tmp_path / "missing")
     os.makedirs(tmp_path / "empty" / "checkpoints" / "4.orbax-checkpoint-tmp")   # a save cut short
     r = run("-m", "launch.eval", f"--workdir={tmp_path}/empty")

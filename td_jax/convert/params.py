@@ -88,34 +88,38 @@ def init_args(cfg, num_frames: int) -> tuple:
                      "initialise it with the task's abstract batch instead")
 
 
-def abstract_video_llm(module, num_frames: int, *, args: tuple | None = None
+def abstract_video_llm(module, num_frames: int, *, args: tuple | None = None, kwargs: dict | None = None
                        ) -> tuple[dict, Callable[[jax.Array], dict] | None]:
     """(abstract params of ``module`` (ShapeDtypeStructs, unboxed), ``init_compressor(key)``
     returning the compressor's own freshly initialised params, or None when it has none).
 
     ``args``: ``VideoLLM.__call__`` positional arguments (arrays or ShapeDtypeStructs);
-    default :func:`init_args` with ``num_frames`` frames."""
+    default :func:`init_args` with ``num_frames`` frames; ``kwargs``: its keyword arguments
+    (e.g. ``precomputed=`` a stored compressor stage, arrays or ShapeDtypeStructs)."""
     args = init_args(module.cfg, num_frames) if args is None else args
     seen: dict[str, Any] = {}
 
     def capture(next_fun, a, kw, ctx):
-        if (ctx.method_name == "__call__" and COMPRESSOR not in seen and ctx.module.scope is not None
-                and tuple(ctx.module.path) == (COMPRESSOR,)):
+        # the compressor's call on media, or its learned stage on a stored one
+        if (ctx.method_name in ("__call__", "apply_precomputed") and COMPRESSOR not in seen
+                and ctx.module.scope is not None and tuple(ctx.module.path) == (COMPRESSOR,)):
             seen[COMPRESSOR] = (ctx.module.clone(parent=None, name=None), jax.tree.map(_abstract_leaf, a),
-                                jax.tree.map(_abstract_leaf, kw))
+                                jax.tree.map(_abstract_leaf, kw), ctx.method_name)
         return next_fun(*a, **kw)
 
     def init():
         rngs = {"params": jax.random.key(0), compressors.RNG_STREAM: jax.random.key(1),
                 "dropout": jax.random.key(2)}
-        concrete = [jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x for x in args]
+        zeros = lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x  # noqa: E731
+        concrete = [zeros(x) for x in args]
+        kw = jax.tree.map(zeros, dict(kwargs or {}), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
         with nn.intercept_methods(capture):
-            return module.init(rngs, *concrete)["params"]
+            return module.init(rngs, *concrete, **kw)["params"]
 
     abstract = nn.unbox(jax.eval_shape(init))
     if COMPRESSOR not in abstract:
         return abstract, None
-    comp, c_args, c_kw = seen[COMPRESSOR]
+    comp, c_args, c_kw, method = seen[COMPRESSOR]
     want = abstract[COMPRESSOR]
 
     leaves, treedef = jax.tree.flatten((c_args, c_kw), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
@@ -128,7 +132,7 @@ def abstract_video_llm(module, num_frames: int, *, args: tuple | None = None
         def run(*arrays):        # the recorded call, with these arrays where it had arrays
             it = iter(arrays)
             a, kw = jax.tree.unflatten(treedef, [next(it) if arr else x for x, arr in zip(leaves, is_array)])
-            return comp.init(rngs, *a, **kw)["params"]
+            return comp.init(rngs, *a, method=getattr(type(comp), method), **kw)["params"]
 
         keys = jax.random.split(k_data, max(len(leaves), 1))
         dummies = [_dummy(x, k) for x, k, arr in zip(leaves, keys, is_array) if arr]

@@ -471,7 +471,8 @@ class VideoQA(Task):
         ab = self.abstract_batch(1, train=True)
         media = self.model_inputs(ab)
         args = (ab["input_ids"], ab["attention_mask"], media.get("frames"), media.get("visual_tokens"))
-        abstract, init_compressor = params_lib.abstract_video_llm(self.model, 0, args=args)
+        kwargs = {"precomputed": media["precomputed"]} if "precomputed" in media else None
+        abstract, init_compressor = params_lib.abstract_video_llm(self.model, 0, args=args, kwargs=kwargs)
         pdt = jnp.dtype(self.config.param_dtype)
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, pdt if jnp.issubdtype(a.dtype, jnp.floating)
                                                                else a.dtype), abstract)
