@@ -149,3 +149,30 @@ def test_directory_without_checksums_restores_unverified(copy):
     with Checkpointer(str(copy)) as ck:
         step, state, _ = ck.restore_latest(_abstract())
     assert step == 3 and float(state["params"]["b"][0]) == 3.0
+
+
+def test_converted_params_are_verified_on_load(tmp_path):
+    """A launch.convert output carries a checksum manifest: a flipped byte is a CheckpointError
+    naming the file, never wrong weights; an output from before manifests loads with a warning."""
+    from td_jax.convert.checkpoint import load_converted, save_converted
+    from td_jax.models import configs as C
+    from td_jax.models.vlm import VideoLLM
+
+    params = {"a": np.arange(4096, dtype=np.float32).reshape(64, 64), "b": {"c": np.ones(7, np.float32)}}
+    out = tmp_path / "conv"
+    save_converted(str(out), VideoLLM(C.CONFIGS["tiny_vlm"]), params)
+    assert (out / "params" / "checksums.json").is_file()
+    _, back = load_converted(str(out))
+    np.testing.assert_array_equal(np.asarray(back["a"]), params["a"])
+    manifest = json.loads((out / "params" / "checksums.json").read_text())
+    big = max(manifest["files"], key=lambda f: manifest["files"][f][0])
+    data = bytearray((out / "params" / big).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / "params" / big).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"SHA-256 differs"):
+        load_converted(str(out))
+    os.remove(out / "params" / "checksums.json")          # converted before checksums existed
+    save_converted(str(out), VideoLLM(C.CONFIGS["tiny_vlm"]), params, overwrite=True)
+    os.remove(out / "params" / "checksums.json")
+    _, back = load_converted(str(out))
+    np.testing.assert_array_equal(np.asarray(back["b"]["c"]), params["b"]["c"])

@@ -3,10 +3,12 @@
 Layout of ``out``::
 
     out/model.json   {"kind": "Qwen2LM" | "VisionTower" | "VideoLLM", "config": {...}, "source": hf_dir}
-    out/params/      Orbax StandardCheckpointer tree of the params
+    out/params/      Orbax StandardCheckpointer tree of the params (+ checksums.json)
 
 ``load_converted(out)`` rebuilds the module from ``model.json`` and restores the params
-(optionally straight onto a sharding tree).  ``read_model(path)`` reads just the architecture
+(optionally straight onto a sharding tree) after checking them against ``params/checksums.json``
+(``td_jax.checksums``: a damaged or truncated file is a ``CheckpointError`` naming it; a
+directory converted before checksums existed loads unverified, with a warning).  ``read_model(path)`` reads just the architecture
 from ``model.json``, a directory holding one, or a training checkpoint's metadata (which
 stores ``{"model": {"kind", "config"}}`` next to the experiment config).
 """
@@ -18,6 +20,9 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+from td_jax import checksums
 
 from td_jax.models import configs as C
 from td_jax.models.llm import Qwen2LM
@@ -105,8 +110,11 @@ def save_converted(out: str, module, params, *, source: str = "", overwrite: boo
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(out, "params"), params, force=overwrite)
     ckptr.wait_until_finished()
-    with open(os.path.join(out, "model.json"), "w") as f:
+    checksums.write_manifest(os.path.join(out, "params"))
+    tmp = os.path.join(out, "model.json.tmp")          # written last: its presence means a complete save
+    with open(tmp, "w") as f:
         json.dump({**model_record(module), "source": source}, f, indent=1)
+    os.replace(tmp, os.path.join(out, "model.json"))
 
 
 def load_converted(out: str, shardings=None):
@@ -119,6 +127,7 @@ def load_converted(out: str, shardings=None):
     module = read_model(out)
     if not os.path.isdir(os.path.join(out, "params")):
         raise FileNotFoundError(f"{out}: no params/ directory (an incomplete launch.convert output?)")
+    verify_params(out)
     ckptr = ocp.StandardCheckpointer()
     meta_tree = ckptr.metadata(os.path.join(out, "params"))
     tree = getattr(meta_tree, "item_metadata", meta_tree)
@@ -129,6 +138,17 @@ def load_converted(out: str, shardings=None):
         target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree, shardings)
     params = ckptr.restore(os.path.join(out, "params"), target)
     return module, params
+
+
+def verify_params(out: str) -> None:
+    """Checks ``out/params`` against its checksum manifest (:class:`td_jax.checksums.CheckpointError`
+    naming the damaged file); a conversion written before manifests existed is only warned about."""
+    params = os.path.join(out, "params")
+    if not os.path.exists(os.path.join(params, checksums.MANIFEST)):
+        logging.warning("%s has no %s (converted before checksums existed): loading it unverified", params,
+                        checksums.MANIFEST)
+        return
+    checksums.verify_manifest(params)
 
 
 def _metadata_tree(path: str):
