@@ -93,6 +93,15 @@ def build_store(directory: str, data_cfg: Mapping[str, Any], splits: Sequence[st
                         dtype=dtype, log=log)[0]
 
 
+def _key(name: str, value: Any) -> Any:
+    """What must match for a store to be reused: the settings, and of a compressor only its
+    stored stage (arms whose stages are equal share one store, whichever arm built it)."""
+    value = json.loads(json.dumps(value))
+    if name == "compressor" and isinstance(value, dict):
+        return {"stage": value.get("stage"), "num_frames": value.get("num_frames")}
+    return value
+
+
 def build_stores(jobs: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[str]]], data_cfg: Mapping[str, Any],
                  *, embed: tuple[str, dict], batch_size: int = 16, dtype: str = "float16",
                  log: Callable[[str], None] = print) -> list[dict]:
@@ -123,7 +132,7 @@ def build_stores(jobs: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[st
             compress_fn = (lambda tok, index, fn=fn: _narrow(fn(tok, index)))
         meta_path = os.path.join(directory, "meta.json")
         meta: dict[str, Any] = tokens_store.read_meta(directory) if os.path.isfile(meta_path) else {}
-        stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and meta[k] != json.loads(json.dumps(v))}
+        stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and _key(k, meta[k]) != _key(k, v)}
         if stale:
             raise ValueError(f"the store at {directory} was built with other settings {stale} (stored, wanted): "
                              f"delete it or write elsewhere")
