@@ -316,6 +316,10 @@ def test_warm_start_and_evaluate_only(runs, tmp_path):
         trainer.train_and_evaluate(bad, str(tmp_path / "bad"))
     with pytest.raises(FileNotFoundError, match="no run directory"):
         trainer.train_and_evaluate(resolved(**{"warm_start": str(tmp_path / "nowhere")}), str(tmp_path / "x"))
+    # a relative warm_start names a sibling of the workdir (what a sweep's printed commands rely on)
+    rel = resolved(**{"total_steps": 0, "warm_start": "full", "final_eval_splits": ("validation",)})
+    res = trainer.train_and_evaluate(rel, str(runs["root"] / "eval_sibling"))
+    assert res.eval_metrics["eval/accuracy"] == pytest.approx(runs["full"].eval_metrics["eval/accuracy"], abs=0)
 
 
 # ---------------------------------------------------------------- multiple-choice scoring

@@ -451,9 +451,24 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
         stop.uninstall()
 
 
+def resolve_warm_start(config: mlc.ConfigDict, workdir: str) -> mlc.ConfigDict:
+    """``config`` with a relative ``warm_start`` made a path: as given when it exists from the
+    current directory, else a sibling of ``workdir`` (a sweep names its runs that way, so a
+    printed ``launch.train`` command works from anywhere)."""
+    ws = config.get("warm_start", "")
+    if not ws or os.path.isabs(ws) or "://" in ws or os.path.isdir(ws):
+        return config
+    sibling = os.path.join(os.path.dirname(os.path.abspath(workdir)), ws)
+    if not os.path.isdir(sibling):
+        return config          # warm_start_params names the missing directory
+    config = mlc.ConfigDict(config.to_dict())
+    config.warm_start = sibling
+    return config
+
+
 def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *, devices=None,
                         stop_at: int | None = None) -> RunResult:
-    s = build(config, devices=devices)
+    s = build(resolve_warm_start(config, workdir), devices=devices)
     cfg = s.config
     pid, nproc = jax.process_index(), jax.process_count()
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
