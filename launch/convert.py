@@ -12,7 +12,6 @@ a Hugging Face file) are freshly initialised from ``--seed``.  Paths may use ``~
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -49,13 +48,8 @@ def overrides_from_flags() -> dict:
     if FLAGS.budget is not None:
         out["budget"] = FLAGS.budget
     if FLAGS.compressor_cfg is not None:
-        try:
-            cfg = json.loads(FLAGS.compressor_cfg)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--compressor_cfg is not JSON: {e}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"--compressor_cfg must be a JSON object, got {FLAGS.compressor_cfg!r}")
-        out["compressor_cfg"] = cfg
+        from td_jax.compressors import cfg_from_json
+        out["compressor_cfg"] = cfg_from_json(FLAGS.compressor_cfg, "--compressor_cfg")
     if FLAGS.apply_td_compat is not None:
         out["td_compat_apply"] = FLAGS.apply_td_compat
     return out

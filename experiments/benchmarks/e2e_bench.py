@@ -842,12 +842,8 @@ def environment(command: str, load_start) -> dict:
 
 
 def settings_from_flags() -> Settings:
-    try:
-        td_cfg = json.loads(FLAGS.td_cfg)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--td_cfg is not valid JSON: {e}") from None
-    if not isinstance(td_cfg, dict):
-        raise ValueError(f"--td_cfg must be a JSON object, got {FLAGS.td_cfg!r}")
+    from td_jax.compressors import cfg_from_json
+    td_cfg = cfg_from_json(FLAGS.td_cfg, "--td_cfg")
     return Settings(frames=FLAGS.frames, budget=FLAGS.budget, text_tokens=FLAGS.text_tokens,
                     new_tokens=FLAGS.new_tokens, full_frames=tuple(int(f) for f in FLAGS.full_frames),
                     vision_frames=FLAGS.vision_frames, max_prefill_tokens=FLAGS.max_prefill_tokens,

@@ -102,12 +102,9 @@ def apply_overrides(cfg: mlc.ConfigDict, overrides: Mapping[str, Any]) -> mlc.Co
 
 def run_config(config_arg: str, run: Run, overrides: Mapping[str, Any] = ()) -> mlc.ConfigDict:
     """``get_config(arg)`` + the run's overrides + ``overrides`` (applied last); a relative
-    ``warm_start`` is resolved against the sweep's directory."""
+    ``warm_start`` names a sibling run (``trainer.resolve_warm_start`` finds it)."""
     mod, arg = load_module(config_arg)
-    cfg = apply_overrides(apply_overrides(mod.get_config(arg), run.overrides), dict(overrides))
-    if cfg.get("warm_start") and not os.path.isabs(cfg.warm_start):
-        cfg.warm_start = os.path.join(os.path.dirname(os.path.abspath(run.workdir)), cfg.warm_start)
-    return cfg
+    return apply_overrides(apply_overrides(mod.get_config(arg), run.overrides), dict(overrides))
 
 
 def _flag_value(v) -> str:
