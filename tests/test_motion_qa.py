@@ -69,10 +69,30 @@ def test_results_follow_the_contract(job):
     assert arms["adaptive_elbow"]["visual_tokens"] <= 4
     meta = json.load(open(os.path.join(job["results"], "motion_qa_meta.json")))
     assert {c["status"] for c in meta["checks"]} <= {"met", "missed", "not measured"}
+    from td_jax.eval import report as rep
+    for a in arms.values():       # the "learned" flag is the 2-SE test against chance (1 in 4)
+        want = rep.above_chance([p["accuracy"] for p in a["per_seed"]], a["eval_examples"], 0.25)["sign"] > 0
+        assert a["above_chance"] == want
+    if not td["above_chance"]:    # no accuracy loss can show against an arm at chance
+        adaptive = [c for c in meta["checks"] if c["target"].startswith("adaptive K")]
+        assert adaptive and all(c["status"] == "not measured" for c in adaptive)
+    if not none["above_chance"]:
+        assert not meta["reference_check"]["valid"] and "does not learn" in meta["reference_check"]["reason"]
     for name in ("motion_qa.md", "accuracy_vs_tokens.png", "accuracy_by_family.png", "example_dynamics.png",
                  "adaptive_k.png"):
         assert os.path.getsize(os.path.join(job["results"], name)) > 0
     assert "[sweep] run" in job["stdout"]
+
+
+def test_above_chance_counts_seed_spread_and_test_size():
+    from td_jax.eval import report as rep
+    # 3 seeds at 27% on 768 questions: SE ~ 1.6 points -> +2 points is within 2 SE
+    assert rep.above_chance([0.26, 0.27, 0.28], 768, 0.25)["sign"] == 0
+    # 40% on 768 questions: 15 points over chance is ~12 SE
+    assert rep.above_chance([0.40, 0.40, 0.40], 768, 0.25)["sign"] == 1
+    # the same mean with a wide seed spread is not
+    assert rep.above_chance([0.25, 0.25, 0.70], 768, 0.25)["sign"] == 0
+    assert rep.above_chance([0.10, 0.10], 768, 0.25)["sign"] == -1
 
 
 def test_eval_of_a_run_reproduces_its_reported_accuracy(job, tmp_path):

@@ -48,6 +48,15 @@ def margin(a: Sequence[float], b: Sequence[float], n_questions: int, offset: flo
     return {"diff": d, "se": se, "significant": sign != 0, "sign": sign}
 
 
+def above_chance(values: Sequence[float], n_questions: int, chance: float) -> dict:
+    """Is the mean accuracy of ``values`` (one per seed, on ``n_questions`` questions) above
+    ``chance`` beyond 2 SE?  ``{"diff", "se", "significant", "sign"}`` as :func:`margin`."""
+    se = standard_error(values, n_questions)
+    d = mean_std(values)[0] - chance
+    sign = 1 if d > 2 * se else (-1 if d < -2 * se else 0)
+    return {"diff": d, "se": se, "significant": sign != 0, "sign": sign}
+
+
 def pct(x: float | None, digits: int = 1) -> str:
     """0.634 -> '63.4' ('—' for None / NaN)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
