@@ -50,7 +50,8 @@ DEFAULT_ROOT = "/tmp/td_jax_motion_qa"
 # The arms.  name: run/row name; label: table label; compressor: registry name ("none" = all
 # tokens); budget: visual slots (0 = the experiment's budget); cfg: compressor options; kind:
 # "store" (the compressor's stage precomputed once per video) or "frames" (the model reads
-# frames: the all-token arm); eval_of: evaluate that arm's trained weights with this arm's
+# frames and compresses them itself: the all-token arm, and pool_256 — a rung of 256 tokens,
+# 6.25%, that shows which families the decoder can learn at all when tokens are plentiful); eval_of: evaluate that arm's trained weights with this arm's
 # compressor (adaptive K); seeds: "arms" (the compressed arms' seeds) or "reference";
 # grid: "default" or "full" (only with :full).
 TD = {"iters": 20, "n_init": 1, "sample_size": 1024, "refine_iters": 2}
@@ -77,6 +78,8 @@ ARMS = (
     dict(name="holitom", label="HoliTom", compressor="holitom", grid="full"),
     dict(name="token_dynamics_k16", label="token dynamics K=16", compressor="token_dynamics", budget=16, cfg=TD,
          grid="full"),
+    dict(name="pool_256", label="pooling, 256 tokens", compressor="pool", budget=256, kind="frames",
+         seeds="reference"),
     dict(name="none", label="all tokens", compressor="none", kind="frames", seeds="reference"),
 )
 ARM_NAMES = tuple(a["name"] for a in ARMS)
@@ -228,7 +231,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     if arm.get("kind") == "frames":
         d.source = "tfds"
         d.in_memory = False
-        t.budget = _tokens_per_video(s)
+        t.budget = _tokens_per_video(s) if arm["compressor"] == "none" else arm_budget(arm, s)
     else:
         d.source = "tokens"
         d.tokens_dir = store_dir(opts["root"], arm, s)
