@@ -109,6 +109,12 @@ class _TokenDynamicsBase(CompressorModule):
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
+    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
+        """The raw-mean base (and base_only's / random_base's output) scales with the tokens; the
+        normalized base does not."""
+        del inputs
+        return self.base == "raw"
+
     def _k(self, t: int) -> int:
         """Clusters: the budget, less base_map's T map tokens."""
         k = self.budget - t if self.variant == "base_map" else self.budget
