@@ -26,11 +26,21 @@ instead of k, and ``N·D·(G + 4k/G)`` per pass instead of ``N·D·k``.
 
 Distances are cosine distances ``1 - cos(x, c)``. Rows are never copied normalised: the
 assignment ``argmax_j x·c_j`` does not depend on ``|x|``, and the update weights each row by
-``1/|x|`` inside the GEMM. All-zero rows have cosine 0 to every centre (distance 1).
-The result is the same for any positive rescaling of the rows by a power of two (and, up
-to float rounding of the input itself, by any factor): norms are taken after scaling each
-row by a power of two, and the centres are scaled to the data's largest exponent, so no
-square over- or underflows anywhere in the float32 range.
+``1/|x|`` inside the GEMM.
+
+Scale: the result is the same for any positive rescaling of the tokens by a power of two
+(and, up to float rounding of the input itself, by any factor) across the whole float32
+range. Rows whose largest |element| lies in ``[2^-100, 2^112)`` are clustered as they are:
+norms are taken after scaling a row by a power of two and the centres are scaled to the
+data's largest exponent, so no square over- or underflows. Other rows — all-zero rows,
+subnormal rows (XLA on CPU flushes subnormals to zero, so float arithmetic sees them as 0)
+and rows near the float32 maximum — are *extreme*: the compiled core leaves them out like
+masked rows (assignment -1) and counts them. The public functions, on concrete arrays, then
+look at the input's bits (integer ops, immune to the flush), shift every token by one exact
+power of two that brings the largest to [0.5, 1), run again and shift the raw means back
+exactly (:func:`run_scale_free`); rows still extreme after that shift that are not zero
+(more than 2^100 below the largest row) raise a ValueError. All-zero rows have no direction
+and stay unassigned (-1). Inside a user's ``jit``/``vmap`` extreme rows stay unassigned.
 
 Empty clusters are re-seeded from the sample points farthest from their centres while
 iterating; a cluster still empty at the end is reported by ``counts == 0`` (its centroid is
@@ -55,6 +65,13 @@ import numpy as np
 # Rows whose largest |element| has a binary exponent in this range square and sum in
 # float32 without over- or underflow (896 * 2^(2*58) < 2^126, 2^(-2*60) > 2^-126).
 _SAFE_EXP = (-60, 58)
+# Rows whose largest |element| lies in [2^lo, 2^hi) are clustered in float32 as they are:
+# elements within 2^-26 of the row's largest are normal numbers (the flush to zero of
+# subnormals cannot change a direction), and 1/|x| >= 2^-112 / sqrt(D) stays normal for
+# D < 2^28. Other rows are extreme (see the module docstring).
+RANGE_EXP = (-100, 112)
+# What exact_rows reports as the exponent of an all-zero input.
+ZERO_EXP = -1000
 # Clamp for power-of-two scales so 2^-e stays a normal float32.
 _MAX_EXP = 126
 # Rows per tile in the grouped (two-level) passes.
@@ -89,10 +106,13 @@ class KMeansResult(NamedTuple):
 
 
 class Finiteness(NamedTuple):
-    """Unmasked non-finite rows found by the compiled check: count and first flat row (-1)."""
+    """What the compiled check found among unmasked rows: non-finite rows (count and first
+    flat row, -1 when none) and extreme finite rows (max |x| zero or outside
+    ``[2^-100, 2^112)``; left unassigned in this run)."""
 
     n_bad: jax.Array
     first_bad: jax.Array
+    n_extreme: jax.Array
 
 
 # ----------------------------------------------------------------------------- checks (eager, cheap)
@@ -167,14 +187,14 @@ def check_mask(mask, shape: tuple, name: str = "mask", of: str = "x rows"):
     return mask.astype(bool) if mask.dtype != jnp.bool_ else mask
 
 
-def _is_traced(*arrays) -> bool:
+def is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays))
 
 
 def raise_if_nonfinite(check: Finiteness, name: str, shape: tuple) -> None:
     """Turn the compiled non-finite count into a ValueError (no-op on tracers: inside a
     user's jit/vmap the rows were treated as masked instead). Reads two scalars only."""
-    if _is_traced(check):
+    if is_traced(check):
         return
     n_bad = int(check.n_bad)
     if n_bad:
@@ -185,7 +205,8 @@ def raise_if_nonfinite(check: Finiteness, name: str, shape: tuple) -> None:
 @jax.jit
 def _nonfinite(x: jax.Array) -> Finiteness:
     bad = ~jnp.isfinite(jnp.max(jnp.abs(x.reshape(-1, x.shape[-1] if x.ndim else 1)), axis=-1))
-    return Finiteness(jnp.sum(bad, dtype=jnp.int32), jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32))
+    return Finiteness(jnp.sum(bad, dtype=jnp.int32), jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32),
+                      jnp.asarray(0, jnp.int32))
 
 
 def assert_finite(x, name: str = "tokens") -> None:
@@ -194,7 +215,7 @@ def assert_finite(x, name: str = "tokens") -> None:
     The check is one compiled reduction on the array's device (no host copy). Inside
     ``jit`` it cannot raise; there :func:`kmeans` treats non-finite rows as masked.
     """
-    if _is_traced(x):
+    if is_traced(x):
         return
     x = as_float_array(x, name)
     raise_if_nonfinite(_nonfinite(x), name, x.shape)
@@ -206,11 +227,11 @@ def assert_finite(x, name: str = "tokens") -> None:
 class RowStats(NamedTuple):
     """What one read of all rows x [N, D] yields (all [N] except the scalars)."""
 
-    valid: jax.Array      # bool: finite and not masked
+    valid: jax.Array      # bool: finite, not masked, not extreme
     finite: jax.Array     # bool
     inv_norm: jax.Array   # f32 1/|x| (0 for zero or non-finite rows)
     scale: jax.Array      # [] f32 power of two: |scale * x| <= 1 elementwise over valid rows
-    check: Finiteness     # unmasked non-finite rows
+    check: Finiteness     # unmasked non-finite and extreme rows
 
 
 def _pow2(e: jax.Array) -> jax.Array:
@@ -219,20 +240,23 @@ def _pow2(e: jax.Array) -> jax.Array:
 
 
 def row_stats(x: jax.Array, mask: jax.Array | None) -> RowStats:
-    """Finite flags, safe inverse norms and a global scale from one read of x [N, D].
+    """Finite flags, extreme rows, safe inverse norms and a global scale from one read of x [N, D].
 
     The max-abs and the sum of squares are sibling reductions of one read. Rows whose
     max-abs exponent lies outside ``_SAFE_EXP`` (only when some exist) get their norm from
-    a second, scaled reduction: ``|x| = 2^e |x 2^-e|``.
+    a second, scaled reduction: ``|x| = 2^e |x 2^-e|``. Extreme rows (max-abs outside
+    ``[2^-100, 2^112)``, zero and flushed subnormal rows included) are not valid.
     """
     amax = jnp.max(jnp.abs(x), axis=-1).astype(jnp.float32)
     sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
     finite = jnp.isfinite(amax)
     m = jnp.ones_like(finite) if mask is None else mask
-    valid = finite & m
+    in_range = (amax >= 2.0 ** RANGE_EXP[0]) & (amax < 2.0 ** RANGE_EXP[1])
+    valid = finite & m & in_range
     bad = m & ~finite
     check = Finiteness(jnp.sum(bad, dtype=jnp.int32),
-                       jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32))
+                       jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32),
+                       jnp.sum(m & finite & ~in_range, dtype=jnp.int32))
     _, e = jnp.frexp(jnp.where(finite, amax, 0.0))               # amax = f * 2^e, f in [0.5, 1)
     unsafe = finite & (amax > 0) & ((e < _SAFE_EXP[0]) | (e > _SAFE_EXP[1]))
 
@@ -243,9 +267,87 @@ def row_stats(x: jax.Array, mask: jax.Array | None) -> RowStats:
 
     inv = jax.lax.cond(jnp.any(unsafe), rescued, lambda: jax.lax.rsqrt(jnp.maximum(sq, 1e-37)))
     inv = jnp.where(finite & (amax > 0), inv, 0.0)
-    top = jnp.max(jnp.where(valid & (amax > 0), e, -_MAX_EXP))
-    scale = _pow2(-jnp.where(jnp.any(valid & (amax > 0)), top, 0))
+    top = jnp.max(jnp.where(valid, e, -_MAX_EXP))
+    scale = _pow2(-jnp.where(jnp.any(valid), top, 0))
     return RowStats(valid, finite, inv, scale, check)
+
+
+# ----------------------------------------------------------------------------- exact power-of-two shifts
+# XLA on CPU flushes subnormal floats to zero (inputs and results), so these work on the bits.
+
+
+def _frexp_exponent_bits(mag: jax.Array) -> jax.Array:
+    """e with |v| = f * 2^e, f in [0.5, 1), from int32 magnitude bits of float32 values
+    (subnormals included; ZERO_EXP for zero)."""
+    big = mag >> 23
+    sub = (31 - jax.lax.clz(jnp.maximum(mag, 1))) - 148
+    return jnp.where(mag == 0, ZERO_EXP, jnp.where(big > 0, big - 126, sub)).astype(jnp.int32)
+
+
+def ldexp_exact(v: jax.Array, s) -> jax.Array:
+    """``v * 2^s`` for float32 v and integer s (broadcast), computed on the bits: exact when the
+    result is normal, rounded to nearest-even when it is subnormal, ±inf past the maximum;
+    subnormal inputs are shifted too (float multiplication would flush them to zero)."""
+    bits = jax.lax.bitcast_convert_type(v.astype(jnp.float32), jnp.int32)
+    sign = bits & jnp.int32(-2 ** 31)
+    mag = bits & 0x7FFFFFFF
+    big = mag >> 23
+    m = jnp.where(big > 0, (mag & 0x7FFFFF) | 0x800000, mag)                 # significand
+    lz = jnp.where(m > 0, jax.lax.clz(jnp.maximum(m, 1)) - 8, 0)              # normalise subnormals
+    m = m << lz
+    e2 = jnp.maximum(big, 1) - lz + jnp.asarray(s, jnp.int32)                 # biased exponent after the shift
+    normal = (e2 << 23) | (m & 0x7FFFFF)
+    r = jnp.clip(1 - e2, 1, 26)                                               # right shift into the subnormals
+    q = m >> r
+    rem = m & ((1 << r) - 1)
+    half = 1 << (r - 1)
+    q = q + ((rem > half) | ((rem == half) & ((q & 1) == 1))).astype(jnp.int32)
+    out = jnp.where(e2 >= 255, 0x7F800000, jnp.where(e2 >= 1, normal, q))
+    out = jnp.where((mag == 0) | (big == 255), mag, out)                       # zero, inf, nan unchanged
+    return jax.lax.bitcast_convert_type(out | sign, jnp.float32)
+
+
+@jax.jit
+def exact_rows(x: jax.Array, mask: jax.Array | None):
+    """From x's bits: unmasked all-zero rows (count) and the largest frexp exponent of |x|
+    over unmasked rows (ZERO_EXP when they are all zero). x [..., D], mask [...] or None."""
+    mag = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32) & 0x7FFFFFFF
+    row = jnp.max(mag.reshape(-1, x.shape[-1]), axis=-1)
+    m = jnp.ones_like(row, bool) if mask is None else mask.reshape(-1)
+    top = jnp.max(jnp.where(m, row, 0))
+    return jnp.sum(m & (row == 0), dtype=jnp.int32), _frexp_exponent_bits(top)
+
+
+@jax.jit
+def shift_exact(x: jax.Array, s: jax.Array) -> jax.Array:
+    """``x * 2^s`` exactly (compiled :func:`ldexp_exact`), as float32."""
+    return ldexp_exact(x, s)
+
+
+def run_scale_free(run, x: jax.Array, mask: jax.Array | None, name: str):
+    """Run ``run(x) -> (out, Finiteness)`` so the result does not depend on the tokens' scale.
+
+    Raises on non-finite unmasked rows. When the compiled run found extreme rows (and x is
+    concrete) and they are not all zero: x is shifted by the exact power of two ``2^s`` that
+    brings its largest |element| to [0.5, 1) and run again; returns ``(out, s)`` (0 when no
+    shift was needed; divide raw outputs by ``2^s`` with :func:`ldexp_exact`). Rows still
+    extreme after the shift that are not zero raise a ValueError.
+    """
+    out, check = run(x)
+    raise_if_nonfinite(check, name, x.shape)
+    if is_traced(check) or int(check.n_extreme) == 0:
+        return out, 0
+    n_zero, top = (int(v) for v in exact_rows(x, mask))
+    if int(check.n_extreme) == n_zero:
+        return out, 0                                      # only all-zero rows: nothing to rescue
+    s = -top
+    out, check = run(shift_exact(x, jnp.int32(s)))
+    if int(check.n_extreme) != n_zero:
+        lost = int(check.n_extreme) - n_zero
+        raise ValueError(f"{name} of shape {tuple(x.shape)}: {lost} unmasked rows are more than 2^100 times smaller "
+                         f"than the largest row (largest |element| 2^{top - 1}..2^{top}); float32 cannot hold both "
+                         "scales in one computation: rescale those rows or mask them")
+    return out, s
 
 
 def normalize_rows(v: jax.Array) -> jax.Array:
@@ -804,7 +906,7 @@ def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = Non
       k: number of clusters (static Python int, 1 <= k <= N).
       key: PRNG key; the same key gives the same result.
       mask: optional [N] bool, False for padded rows (they get assignment -1 and may hold
-        anything, NaN included).
+        anything, NaN included). All-zero rows have no direction and get -1 too.
       iters: maximum Lloyd steps on the sample (>= 0).
       tol: stop when the summed squared shift of the unit centres is <= tol (two-level path:
         also when a step lowers the sample inertia by a fraction <= tol).
@@ -826,8 +928,9 @@ def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = Non
 
     Raises:
       ValueError: wrong rank, D = 0, k out of range, a bad option (named), NaN/Inf in an
-        unmasked row of a concrete x. On tracers (inside ``jit``/``vmap``) non-finite rows
-        are masked out instead (assignment -1).
+        unmasked row of a concrete x, or rows of a concrete x more than 2^100 times smaller
+        than its largest row. On tracers (inside ``jit``/``vmap``) non-finite and extreme
+        rows (module docstring) are masked out instead (assignment -1).
       TypeError: k or an integer option that is not an int.
     """
     x = as_float_array(x, "x")
@@ -840,6 +943,5 @@ def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = Non
                                 seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows,
                                 n_local_trials=n_local_trials, coarse_groups=coarse_groups)
     tol = opts.pop("tol")
-    res, check = _kmeans_compiled(x, mask, key, tol, k=k, **opts)
-    raise_if_nonfinite(check, "x", x.shape)
-    return res
+    res, shift = run_scale_free(lambda v: _kmeans_compiled(v, mask, key, tol, k=k, **opts), x, mask, "x")
+    return res._replace(raw_means=ldexp_exact(res.raw_means, -shift)) if shift else res

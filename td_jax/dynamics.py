@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from td_jax.cluster import (assign, check_k, cluster_sums, fit_sample, normalize_rows, row_stats,
                             sample_indices, greedy_trials, unit_rows, as_float_array, check_float_option,
                             check_kmeans_options, check_mask, check_rows, default_sample_size,
-                            default_seed_sample_size, kmeans_core, raise_if_nonfinite)
+                            default_seed_sample_size, kmeans_core, ldexp_exact, run_scale_free, RANGE_EXP,
+                            ZERO_EXP, exact_rows, is_traced, shift_exact)
 
 BASE_MODES = ("raw", "normalized")
 ADAPTIVE_METHODS = ("elbow", "silhouette", "threshold")
@@ -129,7 +130,7 @@ def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array
       k: number of base tokens (static int, 1 <= k <= T*H*W).
       key: PRNG key (same key, same output).
       mask: optional [T, H, W] bool, False for padded cells (map value -1 there; they may
-        hold anything, NaN included).
+        hold anything, NaN included). All-zero tokens have no direction: map value -1 too.
       base: "raw" — the base is the mean of the raw tokens (keeps the LLM's input scale);
         "normalized" — the mean of the L2-normalised tokens (norm <= 1; what the released
         checkpoint was trained with).
@@ -140,8 +141,10 @@ def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array
       :class:`TokenDynamics` with base [k, D], dynamics_map [T, H, W].
 
     Raises:
-      ValueError: a wrong shape, k out of range, a bad option (named), or NaN/Inf in an
-        unmasked token of concrete input (on tracers such tokens are masked out instead).
+      ValueError: a wrong shape, k out of range, a bad option (named), NaN/Inf in an
+        unmasked token of concrete input, or tokens more than 2^100 times smaller than the
+        largest (on tracers such tokens are masked out instead). Any other scale works:
+        results are the same for any positive rescaling across the float32 range.
     """
     tokens, mask = _check_tokens(tokens, mask)
     t, h, w, _ = tokens.shape
@@ -152,9 +155,17 @@ def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array
                                 coarse_groups=coarse_groups)
     opts.pop("n_local_trials")
     tol = opts.pop("tol")
-    td, check = _token_dynamics_compiled(tokens, mask, key, tol, k=k, base=base, **opts)
-    raise_if_nonfinite(check, "tokens", tokens.shape)
-    return td
+    run = lambda v: _token_dynamics_compiled(v, mask, key, tol, k=k, base=base, **opts)
+    return _scale_back(*run_scale_free(run, tokens, mask, "tokens"), base, tokens.dtype)
+
+
+def _scale_back(td: TokenDynamics, shift: int, base: str, dtype) -> TokenDynamics:
+    """A result computed on tokens shifted by 2^shift (:func:`td_jax.cluster.run_scale_free`),
+    in the tokens' own scale and dtype: raw means shifted back exactly."""
+    if not shift:
+        return td
+    b = ldexp_exact(td.base, -shift) if base == "raw" else td.base
+    return td.replace(base=b.astype(dtype))
 
 
 def _finish(tokens, res, base_mode) -> TokenDynamics:
@@ -204,9 +215,12 @@ METRICS = ("cosine", "mse", "relative")
 
 @functools.partial(jax.jit, static_argnames="metric")
 def _reconstruction_error(tokens, base, dynamics_map, metric):
+    """The mean error and whether the kept tokens' largest |element| is outside [2^-100, 2^112)."""
     rec = _reconstruct(base, dynamics_map).astype(jnp.float32)
     x = tokens.astype(jnp.float32)
     keep = (dynamics_map >= 0).astype(jnp.float32)
+    amax = jnp.max(jnp.where(keep[..., None] > 0, jnp.abs(x), 0.0))
+    extreme = ~((amax >= 2.0 ** RANGE_EXP[0]) & (amax < 2.0 ** RANGE_EXP[1]))
     n = jnp.maximum(jnp.sum(keep), 1.0)
     if metric == "cosine":                    # on rows scaled by powers of two: no overflow at any scale
         err = 1.0 - jnp.sum(normalize_rows(x) * normalize_rows(rec), -1)
@@ -219,14 +233,15 @@ def _reconstruction_error(tokens, base, dynamics_map, metric):
         num = jnp.linalg.norm((x - rec) * s, axis=-1)
         den = jnp.linalg.norm(x * s, axis=-1)
         err = num / jnp.maximum(den, 1e-30)
-    return jnp.sum(jnp.where(keep > 0, err, 0.0)) / n
+    return jnp.sum(jnp.where(keep > 0, err, 0.0)) / n, extreme
 
 
 def reconstruction_error(tokens: jax.Array, td: TokenDynamics, metric: str = "cosine") -> jax.Array:
     """Mean error between tokens [..., T, H, W, D] and :func:`reconstruct` (td) (compiled).
 
     metric "cosine": mean 1 - cos; "mse": mean squared error per element; "relative":
-    ||x - x_hat|| / ||x|| averaged over tokens. Masked cells (map -1) are ignored.
+    ||x - x_hat|| / ||x|| averaged over tokens. Masked cells (map -1) are ignored. Tokens of
+    any scale (subnormal ones included) are measured exactly like the same tokens rescaled.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be 'cosine', 'mse' or 'relative', got {metric!r}")
@@ -235,7 +250,16 @@ def reconstruction_error(tokens: jax.Array, td: TokenDynamics, metric: str = "co
     if tokens.shape[:-1] != td.dynamics_map.shape or tokens.shape[-1] != td.base.shape[-1]:
         raise ValueError(f"tokens {tuple(tokens.shape)} do not match the map {tuple(td.dynamics_map.shape)} "
                          f"and base {tuple(td.base.shape)}")
-    return _reconstruction_error(tokens, td.base, td.dynamics_map, metric)
+    err, extreme = _reconstruction_error(tokens, td.base, td.dynamics_map, metric)
+    if is_traced(extreme) or not bool(extreme):
+        return err
+    # subnormal or near-maximal tokens: measure on tokens and base shifted by one exact power of two
+    _, top = exact_rows(tokens, td.dynamics_map >= 0)
+    if int(top) == ZERO_EXP:                                     # all kept tokens are zero
+        return err
+    shift = jnp.int32(-int(top))
+    err, _ = _reconstruction_error(shift_exact(tokens, shift), shift_exact(td.base, shift), td.dynamics_map, metric)
+    return ldexp_exact(err, -2 * shift) if metric == "mse" else err
 
 
 # ----------------------------------------------------------------------------- adaptive K
@@ -443,7 +467,6 @@ def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, me
                                 seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows)
     opts.pop("n_local_trials")
     tol = opts.pop("tol")
-    td, check = _adaptive_compiled(tokens, mask, key, tol, threshold, elbow_tol, k_max=k_max, k_min=k_min,
-                                   method=method, base=base, **opts)
-    raise_if_nonfinite(check, "tokens", tokens.shape)
-    return td
+    run = lambda v: _adaptive_compiled(v, mask, key, tol, threshold, elbow_tol, k_max=k_max, k_min=k_min,
+                                       method=method, base=base, **opts)
+    return _scale_back(*run_scale_free(run, tokens, mask, "tokens"), base, tokens.dtype)

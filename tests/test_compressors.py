@@ -376,3 +376,41 @@ def test_tome_bench_times_dense_and_blocked_search_side_by_side():
         tome_bench.measure(batch=1, tokens=8, dim=4, budget=8, blocks=[], repeats=1)
     with pytest.raises(ValueError, match="block size"):
         tome_bench.parse_block("0")
+
+
+# ------------------------------------------------------------------------------ extreme token scales
+
+
+def _video01():
+    from td_jax.synthetic import structured_tokens
+    x = structured_tokens(0, T, H, W, D)[0]
+    return (x / np.abs(x).max())[None]                                  # max |x| = 1
+
+
+@pytest.mark.parametrize("name,budget", [("prune", 13), ("tome", 13), ("base_only", 6)])
+def test_subnormal_and_near_max_tokens_give_the_scaled_output(name, budget):
+    """XLA on CPU flushes subnormals to zero and norms overflow near the float32 maximum: the
+    functional call runs a scale-equivariant method on tokens shifted by an exact power of
+    two and shifts its output back (issue 19)."""
+    x = _video01()
+    comp = compressors.get(name)
+    ref = comp(jnp.asarray(x), key=KEY, budget=budget)
+    for scale in (1e-38, 3e38):
+        xs = jnp.asarray((x.astype(np.float64) * scale).astype(np.float32))
+        out = comp(xs, key=KEY, budget=budget)
+        np.testing.assert_array_equal(np.asarray(out.mask), np.asarray(ref.mask))
+        np.testing.assert_allclose(np.asarray(out.tokens, np.float64) / scale, np.asarray(ref.tokens), rtol=1e-3,
+                                   atol=2e-3, err_msg=f"{name} x{scale:g}")
+    zero = comp(jnp.zeros_like(jnp.asarray(x)), key=KEY, budget=budget)    # all-zero tokens: no error, zero output
+    assert not np.asarray(zero.tokens).any()
+
+
+def test_methods_that_are_not_scale_equivariant_refuse_extreme_scales():
+    x = jnp.asarray(_video01() * np.float32(1e-39))
+    with pytest.raises(ValueError, match=r"compressor 'fastvid': the tokens' largest \|element\| is about 2\^-129, "
+                                         r"outside \[2\^-100, 2\^112\).*rescale the tokens first"):
+        compressors.get("fastvid")(x, key=KEY, budget=13)
+    with pytest.raises(ValueError, match="compressor 'prune'.*not scale-equivariant"):   # a query's softmax is not
+        compressors.get("prune")(x, key=KEY, budget=13, query=jnp.ones((1, D)))
+    out = jax.jit(lambda v: compressors.get("fastvid").module(13).apply({}, v, rngs={"compress": KEY}))(x)
+    assert out.tokens.shape == (1, 13, D)                                   # traced: no check, no error

@@ -120,3 +120,25 @@ def test_mask_errors():
     assert comp(x, key=KEY, budget=1).tokens.shape == (2, 1, D)
     with pytest.raises(ValueError, match="'no_mask' does not take masks"):
         comp(x, key=KEY, budget=1, mask=jnp.ones((2, T), bool))
+
+
+@pytest.mark.parametrize("name", ["base_map", "random_base"])
+def test_token_dynamics_ablations_ignore_padding(name):
+    """base_map's per-frame map tokens of padded frames are not real (a padding-only video had
+    T real slots); random_base's noise scale is the RMS norm of the real tokens only."""
+    x, fm = batch()
+    x[~fm] = 0.0
+    noisy = x.copy()
+    noisy[~fm] = 100.0 * np.random.default_rng(3).standard_normal(noisy[~fm].shape)
+    budget = T + 4 if name == "base_map" else 4
+    comp = compressors.get(name)
+    params = comp.init(jax.random.key(1), jnp.asarray(x), budget=budget, mask=jnp.asarray(fm))
+    run = lambda v, m: comp(jnp.asarray(v), key=KEY, budget=budget, params=params, mask=jnp.asarray(m))
+    a, b = run(x, fm), run(noisy, fm)
+    np.testing.assert_array_equal(np.asarray(a.mask), np.asarray(b.mask))
+    np.testing.assert_allclose(np.asarray(a.tokens)[np.asarray(a.mask)], np.asarray(b.tokens)[np.asarray(b.mask)],
+                               atol=1e-5)
+    if name == "base_map":                      # K base slots, then one map token per frame: real frames only
+        np.testing.assert_array_equal(np.asarray(a.mask)[:, 4:], fm)
+    empty = run(x, np.zeros_like(fm))
+    assert not np.asarray(empty.mask).any()

@@ -144,10 +144,12 @@ def test_nonfinite_rows_inside_jit_are_masked_not_propagated():
 
 
 def test_all_zero_tokens_give_finite_output():
+    """Zero tokens have no direction: unassigned (-1), never counted in a cluster."""
     td = td_jax.token_dynamics(jnp.zeros((2, 4, 4, 8)), 3, key=jax.random.key(0))
     for leaf in (td.base, td.inertia):
         assert np.isfinite(np.asarray(leaf)).all()
-    assert int(td.counts.sum()) == 32
+    assert int(td.counts.sum()) == 0 and not bool(td.valid.any())
+    assert (np.asarray(td.dynamics_map) == -1).all()
     out = jax.jit(lambda x: td_jax.adaptive_token_dynamics(x, 4, key=jax.random.key(0)))(jnp.zeros((2, 4, 4, 8)))
     assert np.isfinite(np.asarray(out.base)).all()
 
@@ -469,6 +471,77 @@ def test_clustering_is_scale_free(dtype, video):
     b = td_jax.kmeans(flat * 2.0 ** 100, 6, key=jax.random.key(0))      # exact rescaling: identical result
     np.testing.assert_array_equal(np.asarray(a.assignments), np.asarray(b.assignments))
     np.testing.assert_array_equal(np.asarray(a.centroids), np.asarray(b.centroids))
+
+
+def _unscaled(x, dtype, scale):
+    """x rounded to dtype at ``scale``, and the same values shifted exactly to max |x| ~ 1."""
+    xs = np.asarray(jnp.asarray(np.asarray(x, np.float64) * scale, jnp.float32).astype(dtype), np.float64)
+    e = int(np.frexp(np.abs(xs).max())[1])
+    return jnp.asarray(xs.astype(np.float32)).astype(dtype), jnp.asarray(np.ldexp(xs, -e).astype(np.float32)).astype(dtype), e
+
+
+@pytest.mark.parametrize("dtype,scales", [(jnp.float32, (1e-38, 1e-40, 1e-44, 3e38)), (jnp.bfloat16, (1e-38, 3e38))])
+def test_clustering_survives_subnormal_and_near_max_tokens(dtype, scales, video):
+    """XLA on CPU flushes subnormals to zero: tokens at 1e-38 once all fell into one cluster
+    (issue 19). Every scale now gives the clusters of the same values rescaled exactly, and
+    the unscaled clusters while the input still holds them (float32 to 1e-40)."""
+    x, _ = video
+    x = x / np.abs(x).max()                                         # max |x| = 1: x * 3e38 stays finite
+    ref = td_jax.token_dynamics(jnp.asarray(x, dtype), 6, key=jax.random.key(0))
+    for scale in scales:
+        xs, back, e = _unscaled(x, dtype, scale)
+        td = td_jax.token_dynamics(xs, 6, key=jax.random.key(0))
+        same = td_jax.token_dynamics(back, 6, key=jax.random.key(0))
+        np.testing.assert_array_equal(np.asarray(td.dynamics_map), np.asarray(same.dynamics_map), err_msg=str(scale))
+        np.testing.assert_array_equal(np.asarray(td.counts), np.asarray(same.counts))
+        if scale >= 1e-40 and (dtype == jnp.float32 or scale >= 1e-38):
+            np.testing.assert_array_equal(np.asarray(td.dynamics_map), np.asarray(ref.dynamics_map), err_msg=str(scale))
+        # the base is the mean of the tokens in their own scale, subnormal means included (to one
+        # step of the smallest subnormal, 2^-149, which is what float32 can hold there)
+        base = np.ldexp(np.asarray(td.base, np.float64), -e)
+        quantum = np.ldexp(1.0, -149 - e) if dtype == jnp.float32 else np.ldexp(1.0, -133 - e)
+        np.testing.assert_allclose(base, np.asarray(same.base, np.float64), rtol=0, atol=1e-2 + quantum)
+        assert td.base.dtype == dtype
+        flat = xs.reshape(-1, x.shape[-1])
+        km, km_back = (td_jax.kmeans(v, 6, key=jax.random.key(0)) for v in (flat, back.reshape(flat.shape)))
+        np.testing.assert_array_equal(np.asarray(km.assignments), np.asarray(km_back.assignments))
+        ad, ad_back = (td_jax.adaptive_token_dynamics(v, 8, key=jax.random.key(1)) for v in (xs, back))
+        assert int(ad.k) == int(ad_back.k)
+        np.testing.assert_array_equal(np.asarray(ad.dynamics_map), np.asarray(ad_back.dynamics_map))
+        # the error of this base on these tokens, measured exactly as at the unscaled exponent
+        up = td.replace(base=jnp.asarray(base.astype(np.float32)).astype(dtype))
+        for metric in ("cosine", "relative"):
+            np.testing.assert_allclose(float(td_jax.reconstruction_error(xs, td, metric)),
+                                       float(td_jax.reconstruction_error(back, up, metric)), rtol=1e-4, atol=1e-6)
+
+
+def test_rows_far_below_the_largest_raise_and_are_unassigned_under_jit():
+    x, _ = blobs(4, 50, 3, 16)
+    x = x / np.abs(x).max()
+    mixed = x.copy()
+    mixed[:5] *= np.float32(1e-39)                                  # subnormal rows next to rows near 1
+    with pytest.raises(ValueError, match=r"5 unmasked rows are more than 2\^100 times smaller than the largest row"):
+        td_jax.kmeans(jnp.asarray(mixed), 3, key=jax.random.key(0))
+    # masked, they are fine; all-zero rows are simply unassigned
+    res = td_jax.kmeans(jnp.asarray(mixed), 3, key=jax.random.key(0), mask=jnp.arange(len(x)) >= 5)
+    assert (np.asarray(res.assignments)[:5] == -1).all() and int(res.counts.sum()) == len(x) - 5
+    zero = x.copy()
+    zero[:5] = 0.0
+    res = td_jax.kmeans(jnp.asarray(zero), 3, key=jax.random.key(0))
+    assert (np.asarray(res.assignments)[:5] == -1).all() and int(res.counts.sum()) == len(x) - 5
+    # inside a user's jit the extreme rows cannot raise: they are left out, visibly (-1)
+    out = jax.jit(lambda v: td_jax.kmeans(v, 3, key=jax.random.key(0)))(jnp.asarray(mixed))
+    assert (np.asarray(out.assignments)[:5] == -1).all() and (np.asarray(out.assignments)[5:] >= 0).all()
+
+
+def test_ldexp_exact_matches_numpy_across_the_float32_range():
+    from td_jax.cluster import ldexp_exact
+    v = np.random.default_rng(0).integers(0, 2 ** 32, 20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    v = v[np.isfinite(v)]
+    for s in (-200, -149, -30, 0, 30, 149, 200):
+        with np.errstate(over="ignore"):
+            want = np.ldexp(v.astype(np.float64), s).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(ldexp_exact(jnp.asarray(v), s)).view(np.uint32), want.view(np.uint32))
 
 
 def test_integer_tokens_are_cast_to_float():

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from td_jax.cluster import RANGE_EXP, ZERO_EXP, exact_rows, is_traced, ldexp_exact, shift_exact
+
 RNG_STREAM = "compress"
 
 
@@ -72,6 +74,15 @@ class CompressorModule(nn.Module):
     def __call__(self, tokens: jax.Array, deterministic: bool = True,
                  mask: jax.Array | None = None) -> Compressed:  # pragma: no cover
         raise NotImplementedError
+
+    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
+        """True when tokens scaled by any ``c > 0`` give output tokens scaled by ``c`` and the
+        same mask and aux (selections and means chosen by scale-free criteria), given the
+        extra keyword ``inputs`` of the call (e.g. ``{"query"}``). The functional call uses
+        it to run such a method on tokens of extreme scale exactly (:meth:`Compressor.__call__`).
+        Default False: a method says so explicitly."""
+        del inputs
+        return False
 
     def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
         """The parameter-free stage: tokens [B,T,H,W,D] → ``{"tokens": [B, M, D], "mask": [B, M]}``."""
@@ -202,14 +213,34 @@ class Compressor:
         """
         kw = self._call_kwargs(tokens, mask, inputs)
         module = self.module(budget)
+        params = {} if params is None else params
         try:
-            return _jitted_apply(module, {} if params is None else params, tokens, key, deterministic, kw)
+            out, amax = _jitted_apply(module, params, tokens, key, deterministic, kw)
         except (flax.errors.ScopeCollectionNotFound, flax.errors.ScopeParamNotFoundError) as e:
             if params:
                 raise
             raise ValueError(f"compressor {self.name!r} has parameters: create them with "
                              f"params = compressor.init(key, tokens, budget={module.budget}) and pass params=params "
                              f"({type(e).__name__})") from None
+        if is_traced(amax) or 2.0 ** RANGE_EXP[0] <= float(amax) < 2.0 ** RANGE_EXP[1]:
+            return out
+        return self._extreme_scale(module, params, tokens, key, deterministic, kw, out)
+
+    def _extreme_scale(self, module, params, tokens, key, deterministic, kw, out) -> Compressed:
+        """Tokens whose largest |element| is 0 or outside [2^-100, 2^112): subnormals (flushed to
+        zero by XLA on CPU) or near the float32 maximum. All-zero tokens keep ``out``; a
+        scale-equivariant parameter-free method runs on the tokens shifted by one exact power
+        of two and its output tokens are shifted back; any other method raises."""
+        _, top = (int(v) for v in exact_rows(tokens, kw.get("mask")))
+        if top == ZERO_EXP:
+            return out                                               # every real token is zero
+        if params or not module.scale_equivariant(frozenset(kw) - {"mask"}):
+            raise ValueError(f"compressor {self.name!r}: the tokens' largest |element| is about 2^{top}, outside "
+                             f"[2^{RANGE_EXP[0]}, 2^{RANGE_EXP[1]}) where its float32 arithmetic holds (subnormals "
+                             "flush to zero) and the method is not scale-equivariant: rescale the tokens first")
+        shift = jnp.int32(-top)
+        out, _ = _jitted_apply(module, params, shift_exact(tokens, shift).astype(tokens.dtype), key, deterministic, kw)
+        return out.replace(tokens=ldexp_exact(out.tokens, -shift).astype(out.tokens.dtype))
 
     def precompute(self, tokens: jax.Array, *, keys: jax.Array, budget: int) -> dict[str, jax.Array]:
         """The parameter-free stage of every video with its own key (so a video's result does not
@@ -228,8 +259,13 @@ def _jitted_init(module: CompressorModule, key: jax.Array, tokens: jax.Array, kw
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _jitted_apply(module: CompressorModule, params, tokens, key, deterministic: bool, kw: dict) -> Compressed:
-    return module.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key}, **kw)
+def _jitted_apply(module: CompressorModule, params, tokens, key, deterministic: bool, kw: dict):
+    """The module's output and the largest |element| of the real tokens (float32; subnormals read as 0)."""
+    out = module.apply({"params": params}, tokens, deterministic=deterministic, rngs={RNG_STREAM: key}, **kw)
+    a = jnp.abs(tokens).astype(jnp.float32)
+    if "mask" in kw:
+        a = jnp.where(kw["mask"][..., None], a, 0.0)
+    return out, jnp.max(a)
 
 
 @functools.partial(jax.jit, static_argnums=0)

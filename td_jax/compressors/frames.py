@@ -48,6 +48,11 @@ class UniformFrames(CompressorModule):
 
     num_frames: int | None = None
 
+    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
+        """Whole frames, chosen by position."""
+        del inputs
+        return True
+
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)
         b, t, h, w, d = tokens.shape

@@ -62,6 +62,10 @@ class Prune(CompressorModule):
 
     mode: str = "video"
 
+    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
+        """Kept tokens ranked by norm; a query's softmax attention depends on the scale."""
+        return "query" not in inputs
+
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  query: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)

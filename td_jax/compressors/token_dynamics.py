@@ -25,9 +25,14 @@ from td_jax.dynamics import ADAPTIVE_METHODS, BASE_MODES, adaptive_token_dynamic
 VARIANTS = ("full", "base_only", "random_map", "random_base", "base_map")
 
 
-def token_scale(tokens: jax.Array) -> jax.Array:
-    """RMS token norm of each video: tokens [B, T, H, W, D] -> [B]."""
-    return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(tokens.astype(jnp.float32)), -1), axis=(1, 2, 3)))
+def token_scale(tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """RMS token norm of each video over its real tokens: tokens [B, T, H, W, D], mask
+    [B, T, H, W] bool or None -> [B] (0 for a video with no real token)."""
+    sq = jnp.sum(jnp.square(tokens.astype(jnp.float32)), -1)
+    if mask is None:
+        return jnp.sqrt(jnp.mean(sq, axis=(1, 2, 3)))
+    n = jnp.sum(mask, axis=(1, 2, 3))
+    return jnp.sqrt(jnp.sum(jnp.where(mask, sq, 0.0), axis=(1, 2, 3)) / jnp.maximum(n, 1))
 
 
 def random_map(key: jax.Array, dynamics_map: jax.Array, valid: jax.Array) -> jax.Array:
@@ -109,6 +114,12 @@ class _TokenDynamicsBase(CompressorModule):
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
+    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
+        """The raw-mean base (and base_only's / random_base's output) scales with the tokens; the
+        normalized base does not."""
+        del inputs
+        return self.base == "raw"
+
     def _k(self, t: int) -> int:
         """Clusters: the budget, less base_map's T map tokens."""
         k = self.budget - t if self.variant == "base_map" else self.budget
@@ -150,7 +161,7 @@ class _TokenDynamicsBase(CompressorModule):
         if self.variant == "random_map":
             dmap = random_map(k_ablate, dmap, valid)
         elif self.variant == "random_base":
-            base = random_base(k_ablate, valid, base.shape[-1], token_scale(tokens)).astype(base.dtype)
+            base = random_base(k_ablate, valid, base.shape[-1], token_scale(tokens, mask)).astype(base.dtype)
         return {"base": base, "dynamics_map": dmap.astype(jnp.int32), "valid": valid, "counts": td.counts,
                 "inertia": td.inertia}
 
@@ -187,7 +198,8 @@ class _TokenDynamicsBase(CompressorModule):
         if self.variant == "base_map":
             maps = MapTokens(base.shape[-1], name="map_tokens")(dmap, base.shape[1]).astype(base.dtype)
             out = jnp.concatenate([base, maps], axis=1)
-            out_mask = jnp.concatenate([valid, jnp.ones(maps.shape[:2], bool)], axis=1)
+            # a frame's map token is real when the frame has a clustered (real) cell
+            out_mask = jnp.concatenate([valid, jnp.any(dmap >= 0, axis=(2, 3))], axis=1)
         elif self.variant != "base_only":
             if self.attention == "paper":
                 out = MapValueAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
