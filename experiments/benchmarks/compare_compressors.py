@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 
 from absl import app, flags
@@ -249,14 +250,16 @@ def main(argv):
     note = (f"Batch {tuple(tokens.shape)} ({n} tokens per video), {jax.device_count()} {jax.default_backend()} "
             f"device(s), {cpus} CPU cores, run {time.perf_counter() - t0:.0f} s; "
             + load_sentence(load_start, load_end, cpus))
-    print(table + "\n\n" + note)
+    command = ("python -m experiments.benchmarks.compare_compressors " + " ".join(sys.argv[1:])).strip()
+    header = f"# compare_compressors\n\n`{command}`\n\n{note}\n"
+    print(header + "\n" + table)
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:
-            f.write(table + "\n\n" + note + "\n")
+            f.write(header + "\n" + table + "\n")
         with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
-            json.dump({"shape": list(tokens.shape), "rows": rows, "load_average": [load_start, load_end],
-                       "cpus": cpus}, f, indent=1, default=str)
+            json.dump({"command": command, "shape": list(tokens.shape), "rows": rows,
+                       "load_average": [load_start, load_end], "cpus": cpus}, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
