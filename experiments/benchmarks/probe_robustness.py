@@ -584,7 +584,7 @@ def command(only: set[int]) -> str:
 def write(records: list[dict], out: str, cmd: str) -> None:
     import platform
 
-    lines = [f"# Issue 19 probes, re-measured\n", f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+    lines = ["# Issue 19 probes, re-measured\n", f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs; {sum(r['ok'] for r in records)}/{len(records)} ok.\n",
              "\"before\" is the issue's report; \"after\" is what the script measured in this run "
              "(`$TMP` is its temporary directory).\n",
