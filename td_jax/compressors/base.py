@@ -25,7 +25,7 @@ import functools
 import inspect
 import json
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax
 import flax.linen as nn
@@ -75,14 +75,16 @@ class CompressorModule(nn.Module):
                  mask: jax.Array | None = None) -> Compressed:  # pragma: no cover
         raise NotImplementedError
 
+    # Tokens scaled by any c > 0 give output tokens scaled by c and the same mask and aux
+    # (selections and means chosen by scale-free criteria), unless the call passes one of
+    # SCALE_DEPENDENT_INPUTS (e.g. a query).  A method says so explicitly; the functional call
+    # uses it to run such a method on tokens of extreme scale exactly (Compressor.__call__).
+    SCALE_EQUIVARIANT: ClassVar[bool] = False
+    SCALE_DEPENDENT_INPUTS: ClassVar[frozenset] = frozenset()
+
     def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """True when tokens scaled by any ``c > 0`` give output tokens scaled by ``c`` and the
-        same mask and aux (selections and means chosen by scale-free criteria), given the
-        extra keyword ``inputs`` of the call (e.g. ``{"query"}``). The functional call uses
-        it to run such a method on tokens of extreme scale exactly (:meth:`Compressor.__call__`).
-        Default False: a method says so explicitly."""
-        del inputs
-        return False
+        """Whether this method is scale-equivariant given the extra keyword ``inputs`` of the call."""
+        return self.SCALE_EQUIVARIANT and not (inputs & self.SCALE_DEPENDENT_INPUTS)
 
     def precompute(self, tokens: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
         """The parameter-free stage: tokens [B,T,H,W,D] → ``{"tokens": [B, M, D], "mask": [B, M]}``."""

@@ -90,9 +90,9 @@ class DyCoke(CompressorModule):
 
     prune_rate: float = 0.7
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Tokens kept by cosine similarity and norm rank; a query's softmax attention depends on the scale."""
-        return "query" not in inputs
+    # Tokens kept by cosine similarity and norm rank; a query's softmax attention depends on the scale.
+    SCALE_EQUIVARIANT = True
+    SCALE_DEPENDENT_INPUTS = frozenset({"query"})
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  query: jax.Array | None = None) -> Compressed:

@@ -48,10 +48,7 @@ class UniformFrames(CompressorModule):
 
     num_frames: int | None = None
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Whole frames, chosen by position."""
-        del inputs
-        return True
+    SCALE_EQUIVARIANT = True      # Whole frames, chosen by position.
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)

@@ -20,10 +20,7 @@ from td_jax.compressors.common import check_budget_fits, flatten_video, pad_to_b
 class NoCompression(CompressorModule):
     """All T*H*W tokens: ``[B, T, H, W, D] -> [B, M, D]`` with M >= T*H*W."""
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """The tokens themselves."""
-        del inputs
-        return True
+    SCALE_EQUIVARIANT = True      # The tokens themselves.
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)

@@ -177,10 +177,7 @@ class Pool(CompressorModule):
             raise ValueError(f"pool(kind='area'): grid {oh}x{ow} is larger than the input {h}x{w}")
         return ot, oh, ow
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Weighted means of the tokens."""
-        del inputs
-        return True
+    SCALE_EQUIVARIANT = True      # Weighted means of the tokens.
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)

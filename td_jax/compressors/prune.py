@@ -62,9 +62,9 @@ class Prune(CompressorModule):
 
     mode: str = "video"
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Kept tokens ranked by norm; a query's softmax attention depends on the scale."""
-        return "query" not in inputs
+    # Kept tokens ranked by norm; a query's softmax attention depends on the scale.
+    SCALE_EQUIVARIANT = True
+    SCALE_DEPENDENT_INPUTS = frozenset({"query"})
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  query: jax.Array | None = None) -> Compressed:

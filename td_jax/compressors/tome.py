@@ -273,10 +273,7 @@ class ToMe(CompressorModule):
     r: int | None = None
     max_rounds: int = DEFAULT_MAX_ROUNDS
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Size-weighted means, matched by cosine similarity."""
-        del inputs
-        return True
+    SCALE_EQUIVARIANT = True      # Size-weighted means, matched by cosine similarity.
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         check_tokens(tokens)

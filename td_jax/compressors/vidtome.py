@@ -221,10 +221,7 @@ class VidToMe(CompressorModule):
         pos = jnp.take_along_axis(pos_perm, inv[:, :, None], axis=1).reshape(g, f * p)
         return out, osize, pos, target
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Size-weighted means, matched by cosine similarity."""
-        del inputs
-        return True
+    SCALE_EQUIVARIANT = True      # Size-weighted means, matched by cosine similarity.
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> Compressed:
         """tokens [B, T, H, W, D], mask [B, T, H, W] / [B, T] (optional)."""

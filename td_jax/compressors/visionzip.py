@@ -125,10 +125,7 @@ class VisionZip(CompressorModule):
     dominant_ratio: float = DEFAULT_DOMINANT_RATIO
     contextual_merge: str = "mean"
 
-    def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
-        """Tokens kept by saliency (or norm rank) and means merged by cosine similarity."""
-        del inputs
-        return True
+    SCALE_EQUIVARIANT = True      # Tokens kept by saliency (or norm rank) and means merged by cosine similarity.
 
     def __call__(self, tokens: jax.Array, deterministic: bool = True, mask: jax.Array | None = None,
                  saliency: jax.Array | None = None) -> Compressed:
