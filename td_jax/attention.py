@@ -12,7 +12,10 @@ Design (why it differs from the official code, see docs/ARCHITECTURE.md):
   keys/values are the K·T trajectory tokens (masked where the cluster is absent or
   invalid). The output is exactly K tokens, residual on the base, with zero-initialised
   output projections so an untrained layer returns the base unchanged.
-* Everything is computed from the map through per-cluster one-hot sums, so permuting the
+* At large K a query reads only its partners' trajectories: its own cluster's and those of
+  its ``neighbours`` nearest clusters (``nearest_clusters``), so cost and memory grow as
+  K·(neighbours+1)·T rather than K²·T; at K <= neighbours + 1 that is the dense attention.
+* Everything is computed from the map through per-cluster sums, so permuting the
   base rows and the map ids together permutes the output rows the same way
   (equivariance to relabelling; tested).
 """
@@ -37,13 +40,20 @@ def trajectory_features(dynamics_map: jax.Array, k: int) -> tuple[jax.Array, jax
     b, t, h, w = dynamics_map.shape
     ys = jnp.linspace(-1.0, 1.0, h) if h > 1 else jnp.zeros((1,))
     xs = jnp.linspace(-1.0, 1.0, w) if w > 1 else jnp.zeros((1,))
-    onehot = (dynamics_map[..., None] == jnp.arange(k)).astype(jnp.float32)      # [B,T,H,W,K]
-    cnt = jnp.einsum("bthwk->bkt", onehot)
+    # Per-(video, cluster, frame) sums over cells as segment sums: O(T·H·W), not O(T·H·W·K).
+    ids = dynamics_map.astype(jnp.int32)
+    seg = ((jnp.arange(b)[:, None, None, None] * k + ids) * t + jnp.arange(t)[None, :, None, None])
+    seg = jnp.where((ids >= 0) & (ids < k), seg, b * k * t).reshape(-1)     # masked cells: dropped
+    cy = jnp.broadcast_to(ys[:, None], (h, w))
+    cx = jnp.broadcast_to(xs[None, :], (h, w))
+    cell = jnp.stack([jnp.ones((h, w)), cy, cx, cy * cy, cx * cx], -1)       # [H, W, 5]
+    cell = jnp.broadcast_to(cell, (b, t, h, w, 5)).reshape(-1, 5)
+    sums = jax.ops.segment_sum(cell, seg, num_segments=b * k * t).reshape(b, k, t, 5)
+    cnt = sums[..., 0]
     safe = jnp.maximum(cnt, 1.0)
-    my = jnp.einsum("bthwk,h->bkt", onehot, ys) / safe
-    mx = jnp.einsum("bthwk,w->bkt", onehot, xs) / safe
-    vy = jnp.einsum("bthwk,h->bkt", onehot, ys * ys) / safe - my ** 2
-    vx = jnp.einsum("bthwk,w->bkt", onehot, xs * xs) / safe - mx ** 2
+    my, mx = sums[..., 1] / safe, sums[..., 2] / safe
+    vy = sums[..., 3] / safe - my ** 2
+    vx = sums[..., 4] / safe - mx ** 2
     present = cnt > 0
     # Velocity: centre shift from the previous frame where the cluster is in both.
     # (The first frame, and a single-frame video's only frame, has zero velocity.)
@@ -74,23 +84,58 @@ def _dense(features, axes, name, zero=False, dtype=jnp.float32, param_dtype=jnp.
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
 
 
-def _attend_residual_ffn(base, logits, kv_mask, val, valid, dropout, mlp_ratio, deterministic, dtype, kw):
-    """The block both attentions end with (call inside a compact method): masked softmax of
-    ``logits [B, heads, K, Nk]`` over ``val [B, Nk, heads, hd]``, a zero-initialised output
-    projection added to ``base [B, K, D]``, then a pre-norm FFN whose last layer is
-    zero-initialised too (an untrained block returns the base); rows where ``valid [B, K]``
-    is False come out as zeros."""
-    b, k, d = base.shape
-    logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    attn = nn.Dropout(dropout)(attn, deterministic=deterministic)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
-    x = base.astype(dtype) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
+def _masked_softmax(logits, kv_mask, axes):
+    """Softmax of ``logits`` over ``axes`` where ``kv_mask`` (broadcast to logits) is True."""
+    logits = jnp.where(kv_mask, logits, jnp.finfo(logits.dtype).min)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=axes)
+
+
+def _residual_ffn(base, ctx, valid, dropout, mlp_ratio, deterministic, kw):
+    """The block both attentions end with (call inside a compact method): the attention
+    context ``ctx [B, K, D]`` through a zero-initialised output projection added to
+    ``base [B, K, D]``, then a pre-norm FFN whose last layer is zero-initialised too (an
+    untrained block returns the base); rows where ``valid [B, K]`` is False come out as zeros."""
+    d = base.shape[-1]
+    x = base.astype(kw["dtype"]) + _dense(d, ("heads", "embed"), "out", zero=True, **kw)(ctx)
     y = nn.LayerNorm(name="mlp_norm", **kw)(x)
     y = _dense(int(d * mlp_ratio), ("embed", "mlp"), "mlp_in", **kw)(y)
     y = nn.Dropout(dropout)(nn.gelu(y), deterministic=deterministic)
     x = x + _dense(d, ("mlp", "embed"), "mlp_out", zero=True, **kw)(y)
     return jnp.where(valid[..., None], x, 0.0).astype(base.dtype)
+
+
+def _attend_residual_ffn(base, logits, kv_mask, val, valid, dropout, mlp_ratio, deterministic, dtype, kw):
+    """Dense attention then :func:`_residual_ffn`: masked softmax of ``logits [B, heads, K,
+    Nk]`` (``kv_mask [B, Nk]``) over ``val [B, Nk, heads, hd]``."""
+    b, k, d = base.shape
+    attn = _masked_softmax(logits, kv_mask[:, None, None, :], -1).astype(dtype)
+    attn = nn.Dropout(dropout)(attn, deterministic=deterministic)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", attn, val).reshape(b, k, d)
+    return _residual_ffn(base, ctx, valid, dropout, mlp_ratio, deterministic, kw)
+
+
+def nearest_clusters(feats: jax.Array, present: jax.Array, valid: jax.Array, m: int) -> jax.Array:
+    """Each cluster's ``m`` attention partners: itself first, then the clusters whose
+    trajectory centre (mean centre y, x and frame position over the frames where the cluster
+    is present, in [-1, 1]) is nearest.
+
+    feats [B, K, T, F] and present [B, K, T] from :func:`trajectory_features`, valid [B, K]
+    -> idx [B, K, m] int32.  Absent or invalid clusters come last (their keys are masked).
+    Ties are broken by index, so relabelling the clusters permutes the partners the same way
+    unless two centres are exactly as far from a query at the m-th place.
+    """
+    t = present.shape[-1]
+    pf = present.astype(jnp.float32)
+    n = jnp.maximum(pf.sum(-1), 1.0)
+    tpos = jnp.linspace(-1.0, 1.0, t) if t > 1 else jnp.zeros((1,))
+    centre = jnp.stack([(feats[..., 2] * pf).sum(-1) / n, (feats[..., 3] * pf).sum(-1) / n,
+                        (tpos * pf).sum(-1) / n], -1)                                  # [B, K, 3]
+    d2 = jnp.sum((centre[:, :, None] - centre[:, None, :]) ** 2, -1)                   # [B, K, K]
+    usable = valid & jnp.any(present, -1)
+    d2 = jnp.where(usable[:, None, :], d2, jnp.inf)
+    k = d2.shape[-1]
+    d2 = jnp.where(jnp.eye(k, dtype=bool)[None], -1.0, d2)
+    return jax.lax.top_k(-d2, m)[1].astype(jnp.int32)
 
 
 class CrossDynamicsAttention(nn.Module):
@@ -105,12 +150,22 @@ class CrossDynamicsAttention(nn.Module):
     own_bias: float = 0.0      # initial per-head logit bonus for a query's own trajectory (learned)
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    # Each base token reads the trajectories of its own cluster and of its ``neighbours``
+    # nearest clusters (``nearest_clusters``): with K <= neighbours + 1 that is every cluster
+    # (dense attention over all K·T trajectory tokens, as before); above, cost and memory grow
+    # as K·(neighbours + 1)·T instead of K²·T (at 25% of a 32-frame LLaVA-OV video, K = 5,832,
+    # dense logits alone would take 35 GB). -1 = always every cluster.
+    neighbours: int = 15
+    query_block: int = 128     # queries per step of the neighbour path (memory ~ block·(neighbours+1)·T·D)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, base: jax.Array, dynamics_map: jax.Array, valid: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
+        if self.neighbours < -1 or self.query_block < 1:
+            raise ValueError(f"CrossDynamicsAttention: neighbours must be >= 0 (or -1 = all) and query_block >= 1, "
+                             f"got neighbours={self.neighbours}, query_block={self.query_block}")
         unbatched = base.ndim == 2
         if unbatched:
             base, dynamics_map = base[None], dynamics_map[None]
@@ -140,16 +195,55 @@ class CrossDynamicsAttention(nn.Module):
         q = _dense(d, ("embed", "heads"), "query", **kw)(q_in).reshape(b, k, self.num_heads, hd)
         key_ = _dense(d, ("embed", "heads"), "key", **kw)(motion).reshape(b, k * t, self.num_heads, hd)
         val = _dense(d, ("embed", "heads"), "value", **kw)(motion).reshape(b, k * t, self.num_heads, hd)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, key_) / math.sqrt(hd)
+        bias = None
         if self.own_bias:
-            # Bonus for the query's own cluster's trajectory tokens (key index k'·T + t, own iff k' = q).
-            own = (jnp.arange(k)[:, None] == jnp.repeat(jnp.arange(k), t)[None, :])      # [K, K*T]
             bias = self.param("own_bias", nn.with_logical_partitioning(
                 nn.initializers.constant(self.own_bias), ("heads",)), (self.num_heads,), self.param_dtype)
+        if self.neighbours >= 0 and k > self.neighbours + 1:
+            idx = nearest_clusters(feats, present, valid, self.neighbours + 1)           # [B, K, m]
+            rng = None if deterministic or not self.dropout else self.make_rng("dropout")
+            ctx = self._neighbour_context(q, key_.reshape(b, k, t, self.num_heads, hd),
+                                          val.reshape(b, k, t, self.num_heads, hd), kv_mask.reshape(b, k, t),
+                                          idx, bias, rng)
+            x = _residual_ffn(base, ctx.reshape(b, k, d).astype(self.dtype), valid, self.dropout, self.mlp_ratio,
+                              deterministic, kw)
+            return x[0] if unbatched else x
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, key_) / math.sqrt(hd)
+        if bias is not None:
+            # Bonus for the query's own cluster's trajectory tokens (key index k'·T + t, own iff k' = q).
+            own = (jnp.arange(k)[:, None] == jnp.repeat(jnp.arange(k), t)[None, :])      # [K, K*T]
             logits = logits + bias[None, :, None, None] * own[None, None].astype(logits.dtype)
         x = _attend_residual_ffn(base, logits, kv_mask, val, valid, self.dropout, self.mlp_ratio, deterministic,
                                  self.dtype, kw)
         return x[0] if unbatched else x
+
+    def _neighbour_context(self, q, key_, val, kv_mask, idx, bias, rng):
+        """Attention of each query over its partners' trajectory tokens only.
+
+        q [B, K, heads, hd]; key_, val [B, K, T, heads, hd]; kv_mask [B, K, T]; idx [B, K, m]
+        -> context [B, K, heads, hd].  Per video, the queries run ``query_block`` at a time
+        (``lax.map``), so the gathered keys/values take block·m·T·D, never K·m·T·D.
+        """
+        b, k, t, heads, hd = key_.shape
+        scale = 1.0 / math.sqrt(hd)
+        keep = 1.0 - self.dropout
+
+        def one_video(qv, kv, vv, mv, iv, vkey):
+            def one_query(args):
+                qi, qq, nb = args                                      # scalar, [heads, hd], [m]
+                lg = jnp.einsum("hd,jthd->hjt", qq, kv[nb]) * scale   # [heads, m, T]
+                if bias is not None:
+                    lg = lg + bias[:, None, None].astype(lg.dtype) * (nb == qi)[None, :, None].astype(lg.dtype)
+                attn = _masked_softmax(lg.reshape(heads, -1), mv[nb].reshape(1, -1), -1).reshape(lg.shape)
+                if vkey is not None:
+                    drop = jax.random.bernoulli(jax.random.fold_in(vkey, qi), keep, attn.shape)
+                    attn = jnp.where(drop, attn / keep, 0.0)
+                return jnp.einsum("hjt,jthd->hd", attn.astype(vv.dtype), vv[nb])
+            return jax.lax.map(one_query, (jnp.arange(k), qv, iv), batch_size=min(self.query_block, k))
+
+        if rng is None:
+            return jax.vmap(lambda *a: one_video(*a, None))(q, key_, val, kv_mask, idx)
+        return jax.vmap(one_video)(q, key_, val, kv_mask, idx, jax.random.split(rng, b))
 
 
 class MapValueAttention(nn.Module):

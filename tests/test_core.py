@@ -317,6 +317,61 @@ def test_trajectory_features_track_a_moving_square():
     assert f[1, 1, 7] > 0 and f[1, 0, 7] == 0                # velocity x positive after frame 0
 
 
+def test_trajectory_features_match_per_cell_sums():
+    """The segment-sum features equal the definition written out cell by cell (masked cells
+    and ids >= K ignored)."""
+    rng = np.random.default_rng(3)
+    dmap = rng.integers(-1, 6, size=(2, 3, 5, 4)).astype(np.int32)     # id 5 >= K = 5: ignored
+    feats, present = (np.asarray(a) for a in td_jax.trajectory_features(jnp.asarray(dmap), 5))
+    ys, xs = np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)
+    for b in range(2):
+        for k in range(5):
+            for t in range(3):
+                hh, ww = np.nonzero(dmap[b, t] == k)
+                assert present[b, k, t] == (hh.size > 0)
+                if hh.size:
+                    np.testing.assert_allclose(feats[b, k, t, 1:6], [
+                        np.sqrt(hh.size / 20), ys[hh].mean(), xs[ww].mean(), ys[hh].std(), xs[ww].std()], atol=1e-5)
+                else:
+                    np.testing.assert_array_equal(feats[b, k, t, :6], 0.0)
+
+
+def test_attention_neighbour_path_is_dense_attention_over_the_partners():
+    """Above ``neighbours + 1`` clusters a query reads only its partners' trajectories: each
+    output row equals dense attention with every other cluster marked invalid (a key depends
+    only on its own cluster), and the path stays equivariant to relabelling."""
+    base, dmap, valid = _attn_inputs(seed=1, k=7, t=5, h=8, w=8)
+    sparse = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=2.0, neighbours=3, query_block=3)
+    dense = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=2.0, neighbours=-1)
+    params = _perturbed_params(dense, base, dmap, valid)
+    out = np.asarray(sparse.apply(params, base, dmap, valid))
+    feats, present = td_jax.trajectory_features(jnp.asarray(dmap), 7)
+    idx = np.asarray(td_jax.attention.nearest_clusters(feats, present, jnp.asarray(valid), 4))
+    assert (idx[..., 0] == np.arange(7)).all()                      # a query's own cluster comes first
+    for b in range(2):
+        for q in range(7):
+            if not valid[b, q]:
+                assert np.all(out[b, q] == 0)
+                continue
+            only = np.zeros_like(valid)
+            only[b, idx[b, q]] = valid[b, idx[b, q]]
+            ref = np.asarray(dense.apply(params, base, dmap, only))[b, q]
+            np.testing.assert_allclose(out[b, q], ref, rtol=1e-4, atol=1e-4)
+    assert np.abs(out - np.asarray(dense.apply(params, base, dmap, valid))).max() > 1e-3   # partners matter
+    perm = np.array([3, 0, 6, 4, 1, 5, 2])
+    inv = np.argsort(perm)
+    out_p = np.asarray(sparse.apply(params, base[:, perm], inv[dmap], valid[:, perm]))
+    np.testing.assert_allclose(out_p, out[:, perm], rtol=1e-4, atol=1e-4)
+    # Dropout in the neighbour path: one key, one draw; training differs from evaluation.
+    rngs = {"dropout": jax.random.key(5)}
+    drop = td_jax.CrossDynamicsAttention(num_heads=4, neighbours=3, dropout=0.5)
+    a = np.asarray(drop.apply(params, base, dmap, valid, False, rngs=rngs))
+    np.testing.assert_array_equal(a, np.asarray(drop.apply(params, base, dmap, valid, False, rngs=rngs)))
+    assert np.abs(a - np.asarray(drop.apply(params, base, dmap, valid))).max() > 1e-3
+    with pytest.raises(ValueError, match="neighbours"):
+        td_jax.CrossDynamicsAttention(neighbours=-2).init(jax.random.key(0), base, dmap, valid)
+
+
 # ----------------------------------------------------------------------------- compressor module
 
 

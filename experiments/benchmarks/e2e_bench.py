@@ -464,7 +464,7 @@ def stage_compress_td(s: Settings, tokens, key) -> dict:
     n_real = int(out.mask.sum())
     # Cross-dynamics attention alone (no loops inside): XLA's exact count.
     cda = CrossDynamicsAttention(num_heads=module.num_heads, mlp_ratio=module.mlp_ratio,
-                                 dropout=module.dropout, dtype=tokens.dtype)
+                                 dropout=module.dropout, neighbours=module.neighbours, dtype=tokens.dtype)
     base = out.tokens
     cda_fn = lambda p, b, mp, v: cda.apply({"params": p}, b, mp, v)
     cda_m = compile_only(cda_fn, (params["cross_dynamics"], base, out.aux["dynamics_map"], out.mask))

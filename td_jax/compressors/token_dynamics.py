@@ -79,7 +79,9 @@ class _TokenDynamicsBase(CompressorModule):
     base: "raw" | "normalized" base means. iters, tol, refine_iters, sample_size, n_init:
     k-means options. attention: "trajectory" (``CrossDynamicsAttention``: per-cluster
     trajectory tokens read off the map) or "paper" (``MapValueAttention``: values from a
-    learned MLP of the map). num_heads, mlp_ratio, dropout, own_bias: attention options.
+    learned MLP of the map). num_heads, mlp_ratio, dropout, own_bias, neighbours: attention
+    options (``neighbours``: a base token reads its own and its nearest clusters' trajectories,
+    see ``CrossDynamicsAttention``).
 
     Stages: :meth:`precompute` = k-means (+ the ablations' random map / random base, drawn
     there, so a stored stage holds one fixed draw per video) →
@@ -103,6 +105,7 @@ class _TokenDynamicsBase(CompressorModule):
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     own_bias: float = 0.0
+    neighbours: int = 15
 
     def _validate(self):
         if self.variant not in VARIANTS:
@@ -206,7 +209,8 @@ class _TokenDynamicsBase(CompressorModule):
                                         dtype=base.dtype, name="map_value_attention")(base, dmap, valid, deterministic)
             else:
                 out = CrossDynamicsAttention(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-                                             dropout=self.dropout, own_bias=self.own_bias, dtype=base.dtype,
+                                             dropout=self.dropout, own_bias=self.own_bias, neighbours=self.neighbours,
+                                             dtype=base.dtype,
                                              name="cross_dynamics")(base, dmap, valid, deterministic)
         return Compressed(tokens=out, mask=out_mask, aux=aux)
 

@@ -118,6 +118,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         b_idx = jnp.arange(B)[:, None]
         writes = [(slots, k, v)]
+        mask = None
         if memory is not None:
             M = memory.x.shape[1]
             km, vm = k_proj(memory.x).reshape(B, M, KV, H), v_proj(memory.x).reshape(B, M, KV, H)
@@ -129,13 +130,23 @@ class Attention(nn.Module):
                 ck = ck.at[b_idx, sl].set(kk.astype(ck.dtype))
                 cv = cv.at[b_idx, sl].set(vv.astype(cv.dtype))
             k, v, cache = ck.astype(dt), cv.astype(dt), (ck, cv)
+        elif memory is not None and kv_valid.shape[1] == S + writes[1][0].shape[1]:
+            # Memory and queries fill the slots: keys in [memory; queries] order, the mask read
+            # at each key's slot — the same attention as the buffer below (softmax does not
+            # care about key order) without scattering M rows into it in every layer.
+            mem_slots, mem_k, mem_v = writes[1]
+            k, v = jnp.concatenate([mem_k.astype(dt), k], 1), jnp.concatenate([mem_v.astype(dt), v], 1)
+            key_slots = jnp.concatenate([mem_slots, slots], 1)                              # [B, M + S]
+            key_valid = jnp.take_along_axis(kv_valid, key_slots, axis=1)
+            mask = ((key_slots[:, None, :] <= slots[:, :, None]) & key_valid[:, None, :])[:, None]
         elif memory is not None:       # queries and memory laid out in one buffer of slots
             buf = jnp.zeros((B, kv_valid.shape[1], KV, H), dt)
             kb, vb = buf, buf
             for sl, kk, vv in writes:
                 kb, vb = kb.at[b_idx, sl].set(kk.astype(dt)), vb.at[b_idx, sl].set(vv.astype(dt))
             k, v = kb, vb
-        mask = attention_mask(slots, kv_valid)
+        if mask is None:
+            mask = attention_mask(slots, kv_valid)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
         out = out.reshape(B, S, N * H)
         out = _dense(cfg.hidden_size, ("heads", "embed"), use_bias=False, cfg_dtype=dt, param_dtype=pdt,
