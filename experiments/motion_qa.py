@@ -9,6 +9,8 @@ r"""The paper's claims in miniature: every compressor at one visual-token budget
     python -m launch.sweep --config=experiments/motion_qa.py --workdir=results/runs --report --results_dir=results
     # re-render the report (and README block) from finished runs
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results --report_only --readme=README.md
+    # ... or, the runs gone, from the stored results/motion_qa{,_meta}.json (every rule re-applied)
+    python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results --report_only --from_stored --readme=README.md
     # restore one arm's newest checkpoint and re-score it (same accuracy as motion_qa.json)
     python -m launch.eval --workdir=results/runs/token_dynamics_s0 --split=test --output_dir=/tmp/re_eval
     # the complete grid: + FastVID, VisionZip, HoliTom, K=16, TokenLearner; 3 seeds of the all-token arm
@@ -334,9 +336,9 @@ def plan(arg: str = "") -> dict:
             "data_dir": os.path.join(opts["root"], "tfds"), "arms": arms}
 
 
-def report(arg: str, workdir: str, results_dir: str, readme: str = "") -> dict:
+def report(arg: str, workdir: str, results_dir: str, readme: str = "", stored: bool = False) -> dict:
     """Reads the runs' workdirs and writes results_dir/motion_qa.{json,md}, the plots and the
-    README block; returns {what: path}."""
+    README block; returns {what: path}.  ``stored``: from the stored results, not the runs."""
     from experiments import motion_qa_report
 
-    return motion_qa_report.write(plan(arg), workdir, results_dir, readme)
+    return motion_qa_report.write(plan(arg), workdir, results_dir, readme, stored=stored)

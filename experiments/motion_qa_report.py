@@ -138,16 +138,23 @@ def summarize_arm(arm: dict, runs: list[dict], n_full: int, results_dir: str) ->
         "tokdense": 100.0 * acc / visual if visual else float("nan"),
         "train_time_s": float(sum(r["train_time_s"] for r in runs)),
     }
-    out["above_chance"] = rep.above_chance([t["accuracy"] for t in test], n_test, CHANCE)["sign"] > 0
-    out["above_chance_by_family"] = {
-        f: rep.above_chance([_family_accs(t)[f] for t in test], out["accuracy_by_family_n"][f], CHANCE)["sign"] > 0
-        for f in fams}
+    out.update(chance_flags(out))
     if arm["cfg"].get("adaptive"):
         k_max = out["budget"]
         counts = np.bincount(np.asarray(vt, int), minlength=k_max + 1).tolist()
         out["k_hist"] = counts
         out["share_below_kmax"] = float(np.mean(np.asarray(vt) < k_max)) if vt else float("nan")
     return out
+
+
+def chance_flags(arm: Mapping) -> dict:
+    """``above_chance`` (all questions) and ``above_chance_by_family`` of an arm record: its
+    per-seed test accuracies against chance beyond 2 SE (seed spread and binomial error)."""
+    per = arm["per_seed"]
+    return {"above_chance": rep.above_chance([p["accuracy"] for p in per], arm["eval_examples"], CHANCE)["sign"] > 0,
+            "above_chance_by_family": {
+                f: rep.above_chance([p["accuracy_by_family"][f] for p in per], arm["accuracy_by_family_n"][f],
+                                    CHANCE)["sign"] > 0 for f in arm["accuracy_by_family"]}}
 
 
 def collect(plan: Mapping, workdir: str, results_dir: str) -> tuple[list[dict], dict]:
@@ -482,9 +489,29 @@ def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, plan: Mappin
     rep.plot_example(frames, dmap, k, text, path, title=f"test video {meta_ex['id']} ({meta_ex['family']})")
 
 
-def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "") -> dict:
-    """Collects the runs and writes every result file (and the README block); returns the paths."""
-    arms, meta = collect(plan, workdir, results_dir)
+def from_json(results_dir: str, workdir: str) -> tuple[list[dict], dict]:
+    """(arm records, meta) as a previous report stored them in ``results_dir`` (the runs may
+    be gone), with every rule re-applied: chance flags, the reference check (loss histories
+    are read from ``workdir`` where the runs still exist) and the targets."""
+    paths = rep.result_paths(results_dir, FILES)
+    missing = [p for p in (paths["json"], paths["meta"]) if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"no stored motion-QA report to re-render: {missing} missing")
+    with open(paths["json"]) as f:
+        arms = json.load(f)
+    with open(paths["meta"]) as f:
+        meta = json.load(f)
+    for a in arms:
+        a.update(chance_flags(a))
+    meta["reference_check"] = reference_check(arms, meta, workdir)
+    return arms, meta
+
+
+def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "", stored: bool = False) -> dict:
+    """Collects the runs and writes every result file (and the README block); returns the paths.
+    ``stored``: re-render from the stored motion_qa.json / _meta.json instead of the runs (the
+    plots are left as they are: the example plot needs the runs)."""
+    arms, meta = from_json(results_dir, workdir) if stored else collect(plan, workdir, results_dir)
     meta["checks"] = target_checks(arms, meta)
     os.makedirs(results_dir, exist_ok=True)
     paths = rep.result_paths(results_dir, FILES)
@@ -494,7 +521,8 @@ def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "") -> di
         json.dump(rep.jsonable(meta), f, indent=1)
     with open(paths["md"], "w") as f:
         f.write("# Motion QA: token reduction in miniature\n\n" + body(arms, meta, "", "##"))
-    write_plots(arms, meta, paths, plan, workdir)
+    if not stored:
+        write_plots(arms, meta, paths, plan, workdir)
     if readme:
         img = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(readme)) or ".").rstrip("/") + "/"
         rep.replace_block(readme, README_BEGIN, README_END, body(arms, meta, img, "####"))

@@ -3,6 +3,7 @@ r"""The main job: the motion-QA grid of experiments/motion_qa.py, from an empty 
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
     python -m launch.motion_qa --config=experiments/motion_qa.py:tiny --results_dir=/tmp/mqa_tiny
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results --report_only --readme=README.md
+    python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results --report_only --from_stored --readme=README.md
 
 One command: ``prepare`` (build the dataset and the compressor stores if absent) → every run
 of ``get_sweep`` in ``--workdir`` (default ``RESULTS_DIR/runs``; finished runs are skipped,
@@ -28,6 +29,8 @@ flags.DEFINE_string("results_dir", "results", "Where motion_qa.json / .md and th
 flags.DEFINE_string("workdir", "", "The runs' directory ('' = RESULTS_DIR/runs).")
 flags.DEFINE_string("readme", "", "Also write the results block into this README (between its motion_qa markers).")
 flags.DEFINE_bool("report_only", False, "Run nothing: rewrite the report from the finished runs.")
+flags.DEFINE_bool("from_stored", False, "With --report_only: re-render from the stored motion_qa.json / "
+                  "motion_qa_meta.json (the runs may be gone), every rule re-applied; plots left as they are.")
 flags.DEFINE_bool("in_process", True, "Run every run in this process (else one launch.train subprocess each).")
 flags.DEFINE_string("compilation_cache", "", "JAX compilation cache directory ('' = WORKDIR/.jax_cache).")
 
@@ -41,6 +44,8 @@ def main(argv):
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = os.path.abspath(FLAGS.workdir or os.path.join(FLAGS.results_dir, "runs"))
     mod, arg = sweep.load_module(config_arg)
+    if FLAGS.from_stored and not FLAGS.report_only:
+        raise app.UsageError("--from_stored re-renders a stored report: use it with --report_only")
     if not FLAGS.report_only:
         t0 = time.time()
         runs = sweep.expand(config_arg, workdir)
@@ -54,7 +59,7 @@ def main(argv):
         if not all(sweep.is_done(r) for r in runs):
             print("[motion_qa] stopped before the grid finished; run the same command again to resume", flush=True)
             return 0
-    paths = mod.report(arg, workdir, FLAGS.results_dir, FLAGS.readme)
+    paths = mod.report(arg, workdir, FLAGS.results_dir, FLAGS.readme, **({"stored": True} if FLAGS.from_stored else {}))
     print(json.dumps({"results": paths}), flush=True)
     return 0
 

@@ -41,12 +41,12 @@ CASES = [
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'default'}" for n, c, _ in CASES]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # cheap: rebuilt per xdist worker, so its tests spread
 def tokens():
     return jnp.asarray(np.random.default_rng(0).standard_normal((B, T, H, W, D)), jnp.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # cheap: rebuilt per xdist worker, so its tests spread
 def tokens8():
     return jnp.asarray(np.random.default_rng(1).standard_normal((8, T, H, W, D)), jnp.float32)
 

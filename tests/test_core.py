@@ -157,7 +157,7 @@ def test_all_zero_tokens_give_finite_output():
 # ----------------------------------------------------------------------------- token dynamics
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # cheap: rebuilt per xdist worker, so its tests spread
 def video():
     x, labels = structured_tokens(3, 8, 12, 12, 64, n_objects=3, n_background=3, noise=0.5)
     return x, labels

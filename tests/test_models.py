@@ -61,7 +61,7 @@ def test_real_sizes_match_transformers_meta_models():
 
 
 # ----------------------------------------------------------------------------- tiny VLM fixtures
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # cheap: rebuilt per xdist worker, so its tests spread
 def tiny():
     cfg = C.TINY_VLM.replace(budget=2 * 16)                         # 2 frames of a 4x4 grid, compressor none
     module = VideoLLM(cfg)

@@ -160,3 +160,32 @@ def test_report_only_rewrites_results_and_readme(job, tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| token dynamics |" in text
     assert "accuracy_vs_tokens.png" in text
+
+
+def test_report_from_stored_results_reapplies_the_rules(job, tmp_path):
+    """--from_stored: the runs' records kept in motion_qa.json are enough to re-render the
+    report under the current rules (here: an older report without the chance flags)."""
+    import shutil
+
+    from experiments import motion_qa, motion_qa_report as mr
+
+    res = tmp_path / "res"
+    shutil.copytree(job["results"], res, ignore=shutil.ignore_patterns("runs"))
+    stored = json.load(open(res / "motion_qa.json"))
+    for a in stored:
+        del a["above_chance"], a["above_chance_by_family"]
+    json.dump(stored, open(res / "motion_qa.json", "w"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{mr.README_BEGIN}\nold\n{mr.README_END}\n")
+    mr.write(motion_qa.plan(f"tiny,root={job['root']},arms={ARMS}"), str(job["results"] / "runs"), str(res),
+             str(readme), stored=True)
+    again, orig = _arms(res), _arms(job["results"])
+    for name, a in orig.items():
+        assert again[name]["above_chance"] == a["above_chance"], name
+        assert again[name]["above_chance_by_family"] == a["above_chance_by_family"], name
+    meta, orig_meta = (json.load(open(d / "motion_qa_meta.json")) for d in (res, job["results"]))
+    assert [(c["target"], c["status"]) for c in meta["checks"]] == \
+        [(c["target"], c["status"]) for c in orig_meta["checks"]]
+    assert "old" not in readme.read_text() and "| token dynamics |" in readme.read_text()
+    with pytest.raises(FileNotFoundError, match="no stored motion-QA report"):
+        mr.from_json(str(tmp_path / "empty"), str(tmp_path))
