@@ -344,7 +344,9 @@ def test_attention_neighbour_path_is_dense_attention_over_the_partners():
     sparse = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=2.0, neighbours=3, query_block=3)
     dense = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=2.0, neighbours=-1)
     params = _perturbed_params(dense, base, dmap, valid)
-    out = np.asarray(sparse.apply(params, base, dmap, valid))
+    sparse_fn = jax.jit(lambda b_, m_, v_: sparse.apply(params, b_, m_, v_))
+    out = np.asarray(sparse_fn(base, dmap, valid))
+    dense_fn = jax.jit(lambda v: dense.apply(params, base, dmap, v))     # one compile for every reference row
     feats, present = td_jax.trajectory_features(jnp.asarray(dmap), 7)
     idx = np.asarray(td_jax.attention.nearest_clusters(feats, present, jnp.asarray(valid), 4))
     assert (idx[..., 0] == np.arange(7)).all()                      # a query's own cluster comes first
@@ -355,19 +357,19 @@ def test_attention_neighbour_path_is_dense_attention_over_the_partners():
                 continue
             only = np.zeros_like(valid)
             only[b, idx[b, q]] = valid[b, idx[b, q]]
-            ref = np.asarray(dense.apply(params, base, dmap, only))[b, q]
+            ref = np.asarray(dense_fn(only))[b, q]
             np.testing.assert_allclose(out[b, q], ref, rtol=1e-4, atol=1e-4)
-    assert np.abs(out - np.asarray(dense.apply(params, base, dmap, valid))).max() > 1e-3   # partners matter
+    assert np.abs(out - np.asarray(dense_fn(valid))).max() > 1e-3   # partners matter
     perm = np.array([3, 0, 6, 4, 1, 5, 2])
     inv = np.argsort(perm)
-    out_p = np.asarray(sparse.apply(params, base[:, perm], inv[dmap], valid[:, perm]))
+    out_p = np.asarray(sparse_fn(base[:, perm], inv[dmap], valid[:, perm]))
     np.testing.assert_allclose(out_p, out[:, perm], rtol=1e-4, atol=1e-4)
     # Dropout in the neighbour path: one key, one draw; training differs from evaluation.
-    rngs = {"dropout": jax.random.key(5)}
     drop = td_jax.CrossDynamicsAttention(num_heads=4, neighbours=3, dropout=0.5)
-    a = np.asarray(drop.apply(params, base, dmap, valid, False, rngs=rngs))
-    np.testing.assert_array_equal(a, np.asarray(drop.apply(params, base, dmap, valid, False, rngs=rngs)))
-    assert np.abs(a - np.asarray(drop.apply(params, base, dmap, valid))).max() > 1e-3
+    train = jax.jit(lambda r: drop.apply(params, base, dmap, valid, False, rngs={"dropout": r}))
+    a = np.asarray(train(jax.random.key(5)))
+    np.testing.assert_array_equal(a, np.asarray(train(jax.random.key(5))))
+    assert np.abs(a - np.asarray(jax.jit(lambda: drop.apply(params, base, dmap, valid))())).max() > 1e-3
     with pytest.raises(ValueError, match="neighbours"):
         td_jax.CrossDynamicsAttention(neighbours=-2).init(jax.random.key(0), base, dmap, valid)
 
