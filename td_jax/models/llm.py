@@ -72,10 +72,14 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return x * c + rot * s
 
 
-def attention_mask(slots: Array, kv_valid: Array) -> Array:
-    """[B, 1, S, S_kv] bool: query at slot i sees valid key j iff j <= i."""
-    j = jnp.arange(kv_valid.shape[1])
-    return ((j[None, None, :] <= slots[:, :, None]) & kv_valid[:, None, :])[:, None]
+def attention_mask(slots: Array, kv_valid: Array, key_slots: Array | None = None) -> Array:
+    """[B, 1, S, N] bool: query at slot i sees the valid key at slot j iff j <= i.  Keys sit at
+    slots 0..S_kv-1 in order (N = S_kv), or at ``key_slots [B, N]`` (``kv_valid`` read there)."""
+    if key_slots is None:
+        key_slots = jnp.broadcast_to(jnp.arange(kv_valid.shape[1]), kv_valid.shape)
+    else:
+        kv_valid = jnp.take_along_axis(kv_valid, key_slots, axis=1)
+    return ((key_slots[:, None, :] <= slots[:, :, None]) & kv_valid[:, None, :])[:, None]
 
 
 @flax.struct.dataclass
@@ -136,9 +140,7 @@ class Attention(nn.Module):
             # care about key order) without scattering M rows into it in every layer.
             mem_slots, mem_k, mem_v = writes[1]
             k, v = jnp.concatenate([mem_k.astype(dt), k], 1), jnp.concatenate([mem_v.astype(dt), v], 1)
-            key_slots = jnp.concatenate([mem_slots, slots], 1)                              # [B, M + S]
-            key_valid = jnp.take_along_axis(kv_valid, key_slots, axis=1)
-            mask = ((key_slots[:, None, :] <= slots[:, :, None]) & key_valid[:, None, :])[:, None]
+            mask = attention_mask(slots, kv_valid, jnp.concatenate([mem_slots, slots], 1))   # keys [B, M + S]
         elif memory is not None:       # queries and memory laid out in one buffer of slots
             buf = jnp.zeros((B, kv_valid.shape[1], KV, H), dt)
             kb, vb = buf, buf
