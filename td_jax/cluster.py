@@ -17,11 +17,14 @@ in experiments/benchmarks/compress_bench.py):
 Large k (200 clusters or more by default) seeds and iterates in two levels, so no step
 runs k times in sequence and no pass compares every row with every centre: ``G ≈ √k``
 coarse centres (steps 2–4 with G clusters) split the rows into groups; greedy k-means++
-seeds up to ``2k/G`` fine centres in every group at once (on the group's own rows), and the
-k seeds with the largest potential gains over all groups are kept — the allocation a
-global greedy seeding would make. Lloyd then runs on all rows (or a row sample) where a row
-sees only the fine centres of its two nearest groups (row tiles of one group each, a small
-GEMM per tile; cluster sums by scatter-add). Costs: about ``3√k`` sequential seeding steps
+seeds up to ``2k/G`` fine centres in every group at once (on the group's own rows, laid out
+in tiles of one group each, so a step is one pass over the seeding rows with no padding to
+the largest group; candidates drawn per group by inverse CDF), and the k seeds with the
+largest potential gains over all groups are kept — the allocation a global greedy seeding
+would make. Lloyd then runs on all rows (or a row sample) where a row sees only the fine
+centres of its two nearest groups (row tiles of one group each, a small GEMM per tile;
+cluster sums by scatter-add; a slot left empty moves to the farthest of about ``4k/G``
+random rows of its group). Costs: about ``3√k`` sequential seeding steps
 instead of k, and ``N·D·(G + 4k/G)`` per pass instead of ``N·D·k``.
 
 Distances are cosine distances ``1 - cos(x, c)``. Rows are never copied normalised: the
@@ -76,8 +79,8 @@ ZERO_EXP = -1000
 _MAX_EXP = 126
 # Rows per tile in the grouped (two-level) passes.
 _TILE_ROWS = 256
-# Groups seeded together (vmapped) in the two-level path; the rest run one batch after another.
-_SEED_GROUPS_AT_ONCE = 4
+# Rows per tile of the two-level greedy seeding (a group's last tile is padded).
+_SEED_TILE_ROWS = 128
 # k from which seeding and passes run in two levels when ``coarse_groups`` is None (on 23k LLaVA-OV-sized
 # tokens: at k = 128 two levels are 2.4x faster but 2% looser, at k = 233 7x faster at equal inertia).
 TWO_LEVEL_MIN_K = 200
@@ -636,18 +639,83 @@ def _group_rows(grp: _Groups, m: int) -> tuple[jax.Array, jax.Array]:
     return grp.perm[pos], ok
 
 
-def _tile_table(grp: _Groups, tile: int):
-    """Static-length list of entry tiles, each inside one group: group [T], first sorted
-    position [T], entries used [T] (0 for padding tiles). T = ceil(E / tile) + G."""
+def _tile_table(grp: _Groups, tile: int, limit: int | None = None):
+    """Static-length list of entry tiles, each inside one group (the first ``min(size,
+    limit)`` entries of each group; all with limit None): group [T], first sorted position
+    [T], entries used [T] (0 for padding tiles at the end), and the first tile of every
+    group [G]. T = ceil(min(E, G * limit) / tile) + G."""
     g = grp.size.shape[0]
-    n_tiles = -(-grp.perm.shape[0] // tile) + g
-    per = (grp.size + tile - 1) // tile
+    size = grp.size if limit is None else jnp.minimum(grp.size, limit)
+    n_tiles = -(-min(grp.perm.shape[0], g * (limit or grp.perm.shape[0])) // tile) + g
+    per = (size + tile - 1) // tile
     end = jnp.cumsum(per)
     t = jnp.arange(n_tiles)
     gi = jnp.clip(jnp.searchsorted(end, t, side="right"), 0, g - 1)
     j = t - (end[gi] - per[gi])
-    used = jnp.where(t < end[-1], jnp.clip(grp.size[gi] - j * tile, 0, tile), 0)
-    return gi.astype(jnp.int32), (grp.start[gi] + j * tile).astype(jnp.int32), used.astype(jnp.int32)
+    used = jnp.where(t < end[-1], jnp.clip(size[gi] - j * tile, 0, tile), 0)
+    return (gi.astype(jnp.int32), (grp.start[gi] + j * tile).astype(jnp.int32), used.astype(jnp.int32),
+            (end - per).astype(jnp.int32))
+
+
+def _greedy_grouped(key: jax.Array, xt: jax.Array, t_group: jax.Array, t_used: jax.Array, g_first: jax.Array,
+                    g_rows: jax.Array, k: int, n_trials: int, max_tiles: int) -> tuple[jax.Array, jax.Array]:
+    """Greedy k-means++ (as :func:`_greedy_kmeanspp`) in G groups at once, on rows laid out
+    in tiles of one group each, with no padding to the largest group.
+
+    xt [T, R, D] unit rows (zero where unused), t_group [T] and t_used [T] from
+    :func:`_tile_table`, g_first [G] the first tile and g_rows [G] the rows of each group
+    (row i of a group is row i % R of tile g_first + i // R; at most ``max_tiles`` tiles). Returns centres [G, k, D] and
+    the group's potential after each centre [G, k]. Each step is one pass over the tiles
+    (a GEMM of each tile with its group's ``n_trials`` candidates); candidates are drawn
+    per group by inverse CDF (tile totals, then the rows of the tile).
+    """
+    nt, r, d = xt.shape
+    g = g_first.shape[0]
+    flat = xt.reshape(nt * r, d)
+    ar = jnp.arange(r)
+    wt = (ar[None, :] < t_used[:, None]).astype(jnp.float32)                      # [T, R]
+    n_tiles = -(-g_rows // r)
+    jt = jnp.arange(max_tiles)
+    grid = jnp.where(jt[None, :] < n_tiles[:, None], g_first[:, None] + jt[None, :], nt)   # [G, J]; nt = none
+    gsum = lambda v: jax.ops.segment_sum(v, t_group, g)
+
+    def draw(u, closest):
+        """u [G, L] uniforms -> flat row indices [G, L], drawn with probability ~ closest."""
+        tcum = jnp.cumsum(closest * wt, axis=1)                                    # [T, R]
+        gt = jnp.concatenate([tcum[:, -1], jnp.zeros((1,), jnp.float32)])[grid]    # [G, J] tile totals
+        gcum = jnp.cumsum(gt, axis=1)
+        target = u * gcum[:, -1:]
+        j = jnp.clip(jnp.sum(gcum[:, None, :] <= target[..., None], axis=-1), 0, jnp.maximum(n_tiles - 1, 0)[:, None])
+        tile = jnp.clip(jnp.take_along_axis(grid, j, axis=1), 0, nt - 1)         # [G, L]
+        rem = target - (jnp.take_along_axis(gcum, j, axis=1) - jnp.take_along_axis(gt, j, axis=1))
+        pos = jnp.sum(tcum[tile] <= rem[..., None], axis=-1)
+        pos = jnp.clip(pos, 0, jnp.maximum(t_used[tile] - 1, 0))
+        at = jnp.where(gcum[:, -1:] > 0, j * r + pos,                              # nothing left: uniform
+                       jnp.minimum(jnp.floor(u * g_rows[:, None]).astype(jnp.int32), jnp.maximum(g_rows - 1, 0)[:, None]))
+        tile = jnp.clip(jnp.take_along_axis(grid, at // r, axis=1), 0, nt - 1)
+        return tile * r + at % r
+
+    def dist(c):                                                                   # c [G, L, D] -> [T, R, L]
+        return jnp.maximum(1.0 - jnp.einsum("trd,tld->trl", xt, c[t_group]), 0.0)
+
+    key0, key_loop = jax.random.split(key)
+    c0 = flat[draw(jax.random.uniform(key0, (g, 1)), jnp.ones((nt, r), jnp.float32))]          # [G, 1, D]
+    closest = dist(c0)[..., 0]
+    centres = jnp.zeros((g, k, d), xt.dtype).at[:, 0].set(c0[:, 0])
+    pots = jnp.zeros((g, k), jnp.float32).at[:, 0].set(gsum(jnp.sum(closest * wt, axis=1)))
+    rows_g = jnp.arange(g)
+
+    def body(i, carry):
+        centres, closest, pots = carry
+        cand = flat[draw(jax.random.uniform(jax.random.fold_in(key_loop, i), (g, n_trials)), closest)]
+        new = jnp.minimum(closest[..., None], dist(cand))                          # [T, R, L]
+        pot = gsum(jnp.sum(new * wt[..., None], axis=1))                           # [G, L]
+        best = jnp.argmin(pot, axis=1)
+        closest = jnp.take_along_axis(new, best[t_group][:, None, None], axis=2)[..., 0]
+        return centres.at[:, i].set(cand[rows_g, best]), closest, pots.at[:, i].set(pot[rows_g, best])
+
+    centres, _, pots = jax.lax.fori_loop(1, k, body, (centres, closest, pots))
+    return centres, pots
 
 
 class _Probe(NamedTuple):
@@ -680,7 +748,7 @@ def _probe_pass(x: jax.Array, stats: RowStats, probe: _Probe, f: jax.Array, fmas
     m = probe.first.shape[0]
     ent = probe.entries
     row_of = (lambda e: e) if probe.rows is None else (lambda e: probe.rows[e])
-    t_group, t_start, t_used = _tile_table(ent, _TILE_ROWS)
+    t_group, t_start, t_used, _ = _tile_table(ent, _TILE_ROWS)
     fs = f * stats.scale
     ar = jnp.arange(_TILE_ROWS)
 
@@ -744,12 +812,15 @@ def _two_level(x: jax.Array, stats: RowStats, k: int, n_groups: int, *, key: jax
     own = _sort_groups(k_sort, first, g)
     cap = min(k, 2 * -(-k // g) + 1)
     m_seed = max(2 * cap, -(-seed_sample_size // g))
-    idx, ok = _group_rows(own, m_seed)                                         # [G, m]
+    t_group, t_start, t_used, g_first = _tile_table(own, _SEED_TILE_ROWS, m_seed)
+    rows_t = own.perm[jnp.clip(t_start[:, None] + jnp.arange(_SEED_TILE_ROWS)[None, :], 0, n - 1)]
+    ok_t = jnp.arange(_SEED_TILE_ROWS)[None, :] < t_used[:, None]
+    xt = jnp.where(ok_t[..., None], x[rows_t].astype(jnp.float32) * stats.inv_norm[rows_t][..., None], 0.0)
+    seeds, pots = _greedy_grouped(k_fine, xt, t_group, t_used, g_first, jnp.minimum(own.size, m_seed), cap,
+                                  greedy_trials(cap, n_trials), -(-min(n, m_seed) // _SEED_TILE_ROWS))
+    # rows an empty slot can move to: the first 2C rows of its group (a random sample of it)
+    idx, ok = _group_rows(own, min(n, 2 * cap))                                  # [G, m]
     xg = jnp.where(ok[..., None], x[idx].astype(jnp.float32) * stats.inv_norm[idx][..., None], 0.0)
-    # a few groups at a time, so a group's rows stay in cache through its sequential steps
-    seeds, pots = jax.lax.map(
-        lambda a: _greedy_kmeanspp(a[0], a[1], a[2], cap, greedy_trials(cap, n_trials), trace=True),
-        (jax.random.split(k_fine, g), xg, ok.astype(jnp.float32)), batch_size=_SEED_GROUPS_AT_ONCE)
     per_row = own.size / jnp.maximum(jnp.minimum(own.size, m_seed), 1)        # sample -> group scale
     gains = jnp.concatenate([jnp.full((g, 1), jnp.inf), (pots[:, :-1] - pots[:, 1:]) * per_row[:, None]], axis=1)
     gains = jax.lax.cummin(gains, axis=1)
@@ -763,10 +834,13 @@ def _two_level(x: jax.Array, stats: RowStats, k: int, n_groups: int, *, key: jax
         us, cnt = sums
         us, cnt = us.reshape(g, cap, d), cnt.reshape(g, cap)
         new = jnp.where((cnt > 0)[..., None], normalize_rows(us), f)
-        # an empty slot moves to the seeding row of its group farthest from its centre
-        _, best = jax.vmap(assign)(xg, new, fmask)
-        dist = jnp.where(ok, 1.0 - best, -jnp.inf)
-        new = jax.vmap(_reseed_empty)(new, cnt, fmask, xg, dist)
+
+        def reseed(new):              # an empty slot moves to the row of its group farthest from its centre
+            _, best = jax.vmap(assign)(xg, new, fmask)
+            dist = jnp.where(ok, 1.0 - best, -jnp.inf)
+            return jax.vmap(_reseed_empty)(new, cnt, fmask, xg, dist)
+
+        new = jax.lax.cond(jnp.any((cnt == 0) & fmask), reseed, lambda v: v, new)
         return jnp.where(fmask[..., None], new, 0.0)
 
     # Lloyd on a row sample (all rows when N <= sample_size), then passes over all rows.

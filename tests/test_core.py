@@ -695,6 +695,39 @@ def test_two_level_kmeans_recovers_planted_clusters_and_masks():
     assert float(res.inertia) <= 1.1 * float(flat.inertia)
 
 
+def test_grouped_seeding_draws_each_groups_seeds_from_its_own_rows():
+    """Greedy k-means++ in all groups at once (tiles of one group each, no padding to the
+    largest group): seeds come from the group's first ``limit`` rows, are distinct while the
+    group has rows left, and the reported potentials are the group's true potentials."""
+    from td_jax.cluster import _SEED_TILE_ROWS as R, _greedy_grouped, _sort_groups, _tile_table
+    rng = np.random.default_rng(0)
+    sizes, limit, k = [5, 2 * R + 44, 0, R + 2], R + 22, 8                    # an empty group; tile boundaries
+    groups = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)] + [np.full(7, len(sizes))])  # + invalid
+    rng.shuffle(groups)
+    x = rng.standard_normal((len(groups), 6)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    own = _sort_groups(jax.random.key(1), jnp.asarray(groups), len(sizes))
+    t_group, t_start, t_used, g_first = _tile_table(own, R, limit)
+    rows = np.asarray(own.perm)[np.clip(np.asarray(t_start)[:, None] + np.arange(R), 0, len(x) - 1)]
+    xt = np.where((np.arange(R) < np.asarray(t_used)[:, None])[..., None], x[rows], 0.0)
+    g_rows = jnp.minimum(own.size, limit)
+    seeds, pots = jax.jit(lambda key: _greedy_grouped(key, jnp.asarray(xt), t_group, t_used, g_first, g_rows, k, 3,
+                                                      -(-limit // R)))(jax.random.key(2))
+    seeds, pots = np.asarray(seeds), np.asarray(pots)
+    perm, start = np.asarray(own.perm), np.asarray(own.start)
+    for gi, size in enumerate(sizes):
+        if size == 0:
+            continue
+        mine = x[perm[start[gi]:start[gi] + min(size, limit)]]
+        n_distinct = min(k, len(mine))
+        hit = np.abs(seeds[gi][:, None, :] - mine[None]).max(-1) < 1e-6        # [k, rows]
+        assert hit.any(1).all(), gi                                            # every seed is one of its rows
+        assert len({int(np.argmax(h)) for h in hit[:n_distinct]}) == n_distinct
+        dist = np.maximum(1 - mine @ seeds[gi].T, 0)                           # [rows, k]
+        np.testing.assert_allclose(pots[gi], np.minimum.accumulate(dist, axis=1).sum(0), rtol=1e-4, atol=1e-4)
+        assert np.all(np.diff(pots[gi]) <= 1e-5)
+
+
 def test_two_level_vmap_equals_loop():
     xs = np.stack([blobs(s, 30, 20, 8, spread=0.1)[0] for s in range(2)])
     keys = jax.random.split(jax.random.key(0), 2)
