@@ -601,14 +601,15 @@ def _coarse_pass(x: jax.Array, rows: RowStats, c: jax.Array, block_rows: int | N
     g = c.shape[0]
     cs = c * rows.scale
 
-    def block(carry, fresh, xb, vb, fb):
+    def block(carry, fresh, xb, vb):
         del fresh                                          # no carry
-        xb = jnp.where(fb[:, None], xb.astype(jnp.float32), 0.0)
-        scores = jnp.einsum("nd,kd->nk", xb, cs, preferred_element_type=jnp.float32)
-        _, top = jax.lax.top_k(scores, 2)
-        return carry, (jnp.where(vb, top[:, 0], g), jnp.where(vb, top[:, 1], g))
+        # a non-finite row spoils only its own scores, and invalid rows get group G: no cleaned copy of x
+        scores = jnp.einsum("nd,kd->nk", xb.astype(jnp.float32), cs, preferred_element_type=jnp.float32)
+        top1 = jnp.argmax(scores, axis=-1).astype(jnp.int32)   # two argmaxes (top_k lowers to a full sort on CPU)
+        top2 = jnp.argmax(jnp.where(jnp.arange(g)[None, :] == top1[:, None], -jnp.inf, scores), axis=-1)
+        return carry, (jnp.where(vb, top1, g), jnp.where(vb, top2.astype(jnp.int32), g))
 
-    _, out = _scan_blocks(block, x.shape[0], block_rows, (x, rows.valid, rows.finite), 0)
+    _, out = _scan_blocks(block, x.shape[0], block_rows, (x, rows.valid), 0)
     return out
 
 
