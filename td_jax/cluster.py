@@ -19,7 +19,8 @@ runs k times in sequence and no pass compares every row with every centre: ``G �
 coarse centres (steps 2–4 with G clusters) split the rows into groups; greedy k-means++
 seeds up to ``2k/G`` fine centres in every group at once (on the group's own rows, laid out
 in tiles of one group each, so a step is one pass over the seeding rows with no padding to
-the largest group; candidates drawn per group by inverse CDF), and the k seeds with the
+the largest group; candidates drawn per group by inverse CDF; distances from bfloat16 rows
+summed in float32, the seeds themselves taken in float32), and the k seeds with the
 largest potential gains over all groups are kept — the allocation a global greedy seeding
 would make. Lloyd then runs on all rows (or a row sample) where a row sees only the fine
 centres of its two nearest groups (row tiles of one group each, a small GEMM per tile;
@@ -663,10 +664,11 @@ def _greedy_grouped(key: jax.Array, xt: jax.Array, t_group: jax.Array, t_used: j
     """Greedy k-means++ (as :func:`_greedy_kmeanspp`) in G groups at once, on rows laid out
     in tiles of one group each, with no padding to the largest group.
 
-    xt [T, R, D] unit rows (zero where unused), t_group [T] and t_used [T] from
-    :func:`_tile_table`, g_first [G] the first tile and g_rows [G] the rows of each group
-    (row i of a group is row i % R of tile g_first + i // R; at most ``max_tiles`` tiles). Returns centres [G, k, D] and
-    the group's potential after each centre [G, k]. Each step is one pass over the tiles
+    xt [T, R, D] unit rows (zero where unused; any float dtype: distances are summed in
+    float32), t_group [T] and t_used [T] from :func:`_tile_table`, g_first [G] the first tile
+    and g_rows [G] the rows of each group (row i of a group is row i % R of tile
+    g_first + i // R; at most ``max_tiles`` tiles). Returns the centres as rows of
+    ``xt.reshape(-1, D)`` [G, k] and the group's potential after each centre [G, k]. Each step is one pass over the tiles
     (a GEMM of each tile with its group's ``n_trials`` candidates); candidates are drawn
     per group by inverse CDF (tile totals, then the rows of the tile).
     """
@@ -697,19 +699,19 @@ def _greedy_grouped(key: jax.Array, xt: jax.Array, t_group: jax.Array, t_used: j
         return tile * r + at % r
 
     def dist(c):                                                                   # c [G, L, D] -> [T, R, L]
-        return jnp.maximum(1.0 - jnp.einsum("trd,tld->trl", xt, c[t_group]), 0.0)
+        return jnp.maximum(1.0 - jnp.einsum("trd,tld->trl", xt, c[t_group], preferred_element_type=jnp.float32), 0.0)
 
     key0, key_loop = jax.random.split(key)
-    c0 = flat[draw(jax.random.uniform(key0, (g, 1)), jnp.ones((nt, r), jnp.float32))]          # [G, 1, D]
-    closest = dist(c0)[..., 0]
-    centres = jnp.zeros((g, k, d), xt.dtype).at[:, 0].set(c0[:, 0])
+    i0 = draw(jax.random.uniform(key0, (g, 1)), jnp.ones((nt, r), jnp.float32))               # [G, 1]
+    closest = dist(flat[i0])[..., 0]
+    centres = jnp.zeros((g, k), jnp.int32).at[:, 0].set(i0[:, 0])
     pots = jnp.zeros((g, k), jnp.float32).at[:, 0].set(gsum(jnp.sum(closest * wt, axis=1)))
     rows_g = jnp.arange(g)
 
     def body(i, carry):
         centres, closest, pots = carry
-        cand = flat[draw(jax.random.uniform(jax.random.fold_in(key_loop, i), (g, n_trials)), closest)]
-        new = jnp.minimum(closest[..., None], dist(cand))                          # [T, R, L]
+        cand = draw(jax.random.uniform(jax.random.fold_in(key_loop, i), (g, n_trials)), closest)
+        new = jnp.minimum(closest[..., None], dist(flat[cand]))                    # [T, R, L]
         pot = gsum(jnp.sum(new * wt[..., None], axis=1))                           # [G, L]
         best = jnp.argmin(pot, axis=1)
         closest = jnp.take_along_axis(new, best[t_group][:, None, None], axis=2)[..., 0]
@@ -816,9 +818,14 @@ def _two_level(x: jax.Array, stats: RowStats, k: int, n_groups: int, *, key: jax
     t_group, t_start, t_used, g_first = _tile_table(own, _SEED_TILE_ROWS, m_seed)
     rows_t = own.perm[jnp.clip(t_start[:, None] + jnp.arange(_SEED_TILE_ROWS)[None, :], 0, n - 1)]
     ok_t = jnp.arange(_SEED_TILE_ROWS)[None, :] < t_used[:, None]
+    # seeding distances in bfloat16 (float32 sums): a step reads half the bytes, and a seed
+    # is only a starting row for Lloyd (taken in float32 below)
     xt = jnp.where(ok_t[..., None], x[rows_t].astype(jnp.float32) * stats.inv_norm[rows_t][..., None], 0.0)
-    seeds, pots = _greedy_grouped(k_fine, xt, t_group, t_used, g_first, jnp.minimum(own.size, m_seed), cap,
-                                  greedy_trials(cap, n_trials), -(-min(n, m_seed) // _SEED_TILE_ROWS))
+    seed_at, pots = _greedy_grouped(k_fine, xt.astype(jnp.bfloat16), t_group, t_used, g_first,
+                                    jnp.minimum(own.size, m_seed), cap, greedy_trials(cap, n_trials),
+                                    -(-min(n, m_seed) // _SEED_TILE_ROWS))
+    at = rows_t.reshape(-1)[seed_at]                                              # [G, C] rows of x
+    seeds = x[at].astype(jnp.float32) * stats.inv_norm[at][..., None]
     # rows an empty slot can move to: the first 2C rows of its group (a random sample of it)
     idx, ok = _group_rows(own, min(n, 2 * cap))                                  # [G, m]
     xg = jnp.where(ok[..., None], x[idx].astype(jnp.float32) * stats.inv_norm[idx][..., None], 0.0)

@@ -713,7 +713,7 @@ def test_grouped_seeding_draws_each_groups_seeds_from_its_own_rows():
     g_rows = jnp.minimum(own.size, limit)
     seeds, pots = jax.jit(lambda key: _greedy_grouped(key, jnp.asarray(xt), t_group, t_used, g_first, g_rows, k, 3,
                                                       -(-limit // R)))(jax.random.key(2))
-    seeds, pots = np.asarray(seeds), np.asarray(pots)
+    seeds, pots = xt.reshape(-1, xt.shape[-1])[np.asarray(seeds)], np.asarray(pots)
     perm, start = np.asarray(own.perm), np.asarray(own.start)
     for gi, size in enumerate(sizes):
         if size == 0:
