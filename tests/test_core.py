@@ -82,12 +82,13 @@ def test_kmeans_vmap_equals_loop():
         np.testing.assert_allclose(np.asarray(batched.centroids[i]), np.asarray(one.centroids), atol=1e-5)
 
 
-def test_kmeans_sharded_rows_match_single_device():
+@pytest.mark.parametrize("k,groups", [(6, None), (24, 5)])          # flat; two levels
+def test_kmeans_sharded_rows_match_single_device(k, groups):
     assert len(jax.devices()) == 8
     x, _ = blobs(6, 128, 6, 16, spread=0.2)                 # 768 rows, divisible by 8
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     sharded = jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    f = jax.jit(lambda x, k: td_jax.kmeans(x, 6, key=k, block_rows=None))
+    f = jax.jit(lambda x, key: td_jax.kmeans(x, k, key=key, block_rows=None, coarse_groups=groups))
     one = f(jax.device_put(jnp.asarray(x), jax.devices()[0]), jax.random.key(0))
     eight = f(sharded, jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(one.assignments), np.asarray(eight.assignments))
