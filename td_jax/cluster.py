@@ -668,9 +668,10 @@ def _greedy_grouped(key: jax.Array, xt: jax.Array, t_group: jax.Array, t_used: j
     float32), t_group [T] and t_used [T] from :func:`_tile_table`, g_first [G] the first tile
     and g_rows [G] the rows of each group (row i of a group is row i % R of tile
     g_first + i // R; at most ``max_tiles`` tiles). Returns the centres as rows of
-    ``xt.reshape(-1, D)`` [G, k] and the group's potential after each centre [G, k]. Each step is one pass over the tiles
-    (a GEMM of each tile with its group's ``n_trials`` candidates); candidates are drawn
-    per group by inverse CDF (tile totals, then the rows of the tile).
+    ``xt.reshape(-1, D)`` [G, k] and the group's potential after each centre [G, k]. Each
+    step is one pass over the tiles (a GEMM of each tile with its group's ``n_trials``
+    candidates); candidates are drawn per group by inverse CDF (tile totals, then the rows
+    of the tile).
     """
     nt, r, d = xt.shape
     g = g_first.shape[0]
@@ -693,8 +694,8 @@ def _greedy_grouped(key: jax.Array, xt: jax.Array, t_group: jax.Array, t_used: j
         rem = target - (jnp.take_along_axis(gcum, j, axis=1) - jnp.take_along_axis(gt, j, axis=1))
         pos = jnp.sum(tcum[tile] <= rem[..., None], axis=-1)
         pos = jnp.clip(pos, 0, jnp.maximum(t_used[tile] - 1, 0))
-        at = jnp.where(gcum[:, -1:] > 0, j * r + pos,                              # nothing left: uniform
-                       jnp.minimum(jnp.floor(u * g_rows[:, None]).astype(jnp.int32), jnp.maximum(g_rows - 1, 0)[:, None]))
+        uniform = jnp.minimum(jnp.floor(u * g_rows[:, None]).astype(jnp.int32), jnp.maximum(g_rows - 1, 0)[:, None])
+        at = jnp.where(gcum[:, -1:] > 0, j * r + pos, uniform)                     # nothing left: uniform
         tile = jnp.clip(jnp.take_along_axis(grid, at // r, axis=1), 0, nt - 1)
         return tile * r + at % r
 
