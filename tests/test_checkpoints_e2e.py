@@ -5,7 +5,7 @@
     launch.train experiments/llava_ov_td.py (token dynamics, LLaVA-Video-178K-style rows)
                            ->  launch.eval --workdir (architecture and weights from the run)
 
-and the one-line errors of those commands. Subprocesses share one compilation cache.
+and the one-line errors of those commands. Subprocesses share the run's compilation cache (tests/conftest.py).
 """
 import json
 import os
@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import procs
 import pytest
 
 import tiny_llava
@@ -29,14 +30,11 @@ def world(tmp_path_factory):
     hf.mkdir()
     model = tiny_llava.save_model(str(hf))
     data = tiny_llava.make_folder(str(root / "data"))
-    return {"root": root, "hf": str(hf), "model": model, "data": data, "cache": str(root / "jax_cache")}
+    return {"root": root, "hf": str(hf), "model": model, "data": data}
 
 
 def run(world, module, *args, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_COMPILATION_CACHE_DIR=world["cache"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env = procs.env(2)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import procs
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = procs.env(8)
     return subprocess.run([sys.executable, "-m", "launch.compress", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 

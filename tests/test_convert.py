@@ -9,6 +9,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import procs
 import pytest
 import safetensors.numpy
 import torch
@@ -365,7 +366,7 @@ def test_convert_cli_writes_orbax_checkpoint_that_reloads(llava, tmp_path):
     from td_jax.convert.checkpoint import load_converted
     _, path = llava
     out = tmp_path / "ckpt"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = procs.env(None)
     res = subprocess.run([sys.executable, "-m", "launch.convert", f"--hf_dir={path}", f"--out={out}", "--budget=8"],
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
                          capture_output=True, text=True, timeout=300)

@@ -14,33 +14,13 @@ import sys
 import textwrap
 import time
 
-import pytest
+import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/smoke.py:synthetic"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """One persistent compilation cache for every launcher subprocess of this module (and the
-    in-process resume), so identical programs (eval steps, inits) compile once."""
-    global _CACHE
-    _CACHE = str(tmp_path_factory.mktemp("jax_cache"))
-    yield _CACHE
-
-
-_CACHE = None
-
-
-def _env(devices: int = 8) -> dict:
-    env = dict(os.environ)
-    if _CACHE:
-        env.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+_env = procs.env
 
 
 def run(module: str, *args: str, timeout: float = 180, devices: int = 8) -> subprocess.CompletedProcess:
@@ -112,17 +92,7 @@ def test_sigterm_saves_and_resumes(tmp_path):
     spec.loader.exec_module(mod)
     c = mod.get_config("synthetic")
     c.total_steps, c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 100000, 1, 100000, 0
-    import jax
-    keys = {"jax_compilation_cache_dir": _CACHE, "jax_persistent_cache_min_compile_time_secs": 0.0,
-            "jax_persistent_cache_min_entry_size_bytes": 0}
-    old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in keys.items():
-        jax.config.update(k, v)
-    try:
-        res = trainer.train_and_evaluate(trainer.resolve_config(c), workdir, stop_at=stopped + 2)
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
+    res = trainer.train_and_evaluate(trainer.resolve_config(c), workdir, stop_at=stopped + 2)
     assert [r["step"] for r in res.history if "loss" in r] == [stopped + 1, stopped + 2]
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import procs
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,9 +20,10 @@ ARMS = "token_dynamics+adaptive_elbow+tome+none"
 
 
 def _env(cache):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)     # launch.eval's compiled programs too
-    return env
+    return procs.env(8, JAX_COMPILATION_CACHE_DIR=str(cache))     # launch.eval's compiled programs too
+
+
+CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]      # the run's (tests/conftest.py), via --compilation_cache
 
 
 def _job(root, results, cache, extra=()):
@@ -34,7 +36,7 @@ def _job(root, results, cache, extra=()):
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     base = tmp_path_factory.mktemp("mqa")
-    root, cache, results = base / "root", base / "cache", base / "results"
+    root, cache, results = base / "root", CACHE, base / "results"
     r = subprocess.run(_job(root, results, cache), cwd=REPO, env=_env(cache), capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

@@ -1,8 +1,8 @@
 """Never silently wrong, as a user meets it: launch.eval on damaged / missing checkpoints, SIGTERM at
 the worst moments of launch.train, metrics.jsonl after a resume, one-line CLI errors.
 
-Subprocesses share one persistent compilation cache; the training run the eval tests read is
-made in-process.
+Subprocesses share the run's persistent compilation cache (tests/conftest.py); the training run
+the eval tests read is made in-process.
 """
 import glob
 import json
@@ -14,27 +14,14 @@ import sys
 import textwrap
 
 import ml_collections as mlc
+import procs
 import pytest
 
 from td_jax.train import trainer
 from td_jax.train.metrics import MetricWriter, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CACHE = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    _CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
-    yield
-
-
-def _env() -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_COMPILATION_CACHE_DIR=_CACHE["dir"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+_env = procs.env
 
 
 def run(*args, timeout=300) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+import procs
 import pytest
 
 from td_jax.train import checkpoint as ckpt_lib
@@ -47,21 +48,8 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache: the resumed run reuses the uninterrupted run's programs."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-
-
-@pytest.fixture(scope="module")
-def runs(data_dir, compile_cache, tmp_path_factory):
+def runs(data_dir, tmp_path_factory):
+    """(The resumed runs read the uninterrupted run's programs from the run's compilation cache.)"""
     root = tmp_path_factory.mktemp("video_runs")
     common = {"total_steps": 6, "log_every_steps": 1, "checkpoint_every_steps": 3, "eval_every_steps": 6,
               "task.data.data_dir": data_dir, "task.compressor_cfg": '{"iters": 8, "n_init": 1}'}
@@ -121,9 +109,7 @@ def test_smoke_mesh_2x2x2_matches_one_device(runs):
 
 
 def test_launch_eval_writes_family_table(runs, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = procs.env(8)
     r = subprocess.run([sys.executable, "-m", "launch.eval", f"--workdir={runs['root'] / 'full'}",
                         f"--output_dir={tmp_path}", "--split=test"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=240)
