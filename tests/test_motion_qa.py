@@ -16,7 +16,7 @@ import procs
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARMS = "token_dynamics+adaptive_elbow+tome+none"
+ARMS = "token_dynamics+adaptive_elbow+none"   # a stored stage, an eval-only arm on its weights, all tokens
 
 
 def _env(cache):
@@ -50,7 +50,7 @@ def _arms(results):
 
 def test_results_follow_the_contract(job):
     arms = _arms(job["results"])
-    assert set(arms) == {"token_dynamics", "adaptive_elbow", "tome", "none"}
+    assert set(arms) == {"token_dynamics", "adaptive_elbow", "none"}
     need = {"name", "method", "cfg", "visual_tokens", "percent_tokens", "accuracy", "accuracy_std",
             "accuracy_by_family", "accuracy_by_family_std", "seeds", "per_seed", "steps", "batch_size",
             "train_examples", "eval_examples", "init_from", "eval_only_of", "tokdense"}
@@ -120,10 +120,10 @@ def test_killed_job_resumes_to_the_same_results(job):
     runs = results / "runs"
     proc = subprocess.Popen(_job(job["root"], results, job["cache"]), cwd=REPO, env=_env(job["cache"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:   # kill when the grid is half way: tome_s0 has a checkpoint but is not finished
+    try:   # kill mid-grid: none_s0 (after token_dynamics_s0, _s1) has a checkpoint but is not finished
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
-            ck = runs / "tome_s0" / "checkpoints"
+            ck = runs / "none_s0" / "checkpoints"
             if ck.is_dir() and any(d.name.isdigit() for d in ck.iterdir()):
                 break
             time.sleep(0.1)
