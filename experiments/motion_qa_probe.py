@@ -23,6 +23,7 @@ plenty of supervision — not an upper bound on every reader, and not a model th
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -129,24 +130,32 @@ def fit(train: dict, test: dict, *, use_name: bool = True, use_map: bool = True,
     kq, kk, kv, ko, kb = jax.random.split(key, 5)
     params = {"q": _init(kq, [n, width, width // 2]), "k": _init(kk, [d, width, width // 2]),
               "v": _init(kv, [d + f, 2 * width, width]), "o": _init(ko, [width, width, len(DIRECTIONS)])}
+    params = _train(params, tr, kb, steps=steps, batch=batch, lr=lr)
+    return float(_accuracy(params, tr)), float(_accuracy(params, te))
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "batch", "lr"))
+def _train(params, data, key, *, steps: int, batch: int, lr: float):
+    """``steps`` AdamW steps on batches drawn from ``data`` = (base, traj, name, valid, label).
+    The data are arguments, not constants: one program per shape serves every setting and seed."""
     opt = optax.adamw(lr, weight_decay=1e-4)
 
     def loss(p, *b):
         return optax.softmax_cross_entropy_with_integer_labels(_logits(p, *b[:4]), b[4]).mean()
 
-    @jax.jit
-    def train_steps(params, state):
-        def one(carry, i):
-            p, s = carry
-            idx = jax.random.randint(jax.random.fold_in(kb, i), (batch,), 0, tr[0].shape[0])
-            g = jax.grad(loss)(p, *(a[idx] for a in tr))
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-        return jax.lax.scan(one, (params, state), jnp.arange(steps))[0]
+    def one(carry, i):
+        p, s = carry
+        idx = jax.random.randint(jax.random.fold_in(key, i), (batch,), 0, data[0].shape[0])
+        g = jax.grad(loss)(p, *(a[idx] for a in data))
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), None
 
-    params, _ = train_steps(params, opt.init(params))
-    acc = lambda b: float(jnp.mean(jnp.argmax(_logits(params, *b[:4]), -1) == b[4]))
-    return acc(tr), acc(te)
+    return jax.lax.scan(one, (params, opt.init(params)), jnp.arange(steps))[0][0]
+
+
+@jax.jit
+def _accuracy(params, data):
+    return jnp.mean(jnp.argmax(_logits(params, *data[:4]), -1) == data[4])
 
 
 def run(store: str, *, steps: int = 3000, seeds=(0, 1), log=print) -> list[dict]:
