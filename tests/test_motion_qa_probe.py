@@ -24,6 +24,13 @@ def test_name_vector_reads_one_colour_and_one_shape():
     assert v[COLOR_NAMES.index("red")] == 1 and v[len(COLOR_NAMES) + SHAPES.index("circle")] == 1 and v.sum() == 2
     with pytest.raises(ValueError, match="one colour and one shape"):
         probe.name_vector("Which object moves the fastest?")
+    # a color question names the shape only
+    v = probe.name_vector("What color is the triangle?", "color")
+    assert v[len(COLOR_NAMES) + SHAPES.index("triangle")] == 1 and v.sum() == 1
+    with pytest.raises(ValueError, match="one shape and no colour"):
+        probe.name_vector("In which direction does the red circle move?", "color")
+    with pytest.raises(ValueError, match="families"):
+        probe.name_vector("What color is the triangle?", "speed")
 
 
 def _planted(n, seed):
@@ -50,7 +57,8 @@ def _planted(n, seed):
         name[i, cols[target]] = 1.0
         name[i, 6 + rng.integers(4)] = 1.0                   # a shape word that carries nothing here
         label[i] = dirs[target]
-    return {"base": base, "traj": traj.reshape(n, k, -1), "name": name, "label": label}
+    return {"base": base, "traj": traj.reshape(n, k, -1), "name": name, "allowed": np.ones((n, 4), bool),
+            "label": label}
 
 
 def test_probe_needs_both_the_name_and_the_map_on_a_planted_task():
@@ -60,3 +68,31 @@ def test_probe_needs_both_the_name_and_the_map_on_a_planted_task():
     _, no_map = probe.fit(train, test, use_map=False, steps=400, seed=0)
     assert both > 0.9
     assert blind < 0.4 and no_map < 0.4
+
+
+def test_probe_answers_only_among_the_questions_options():
+    """color: 6 colour values, 4 of them in each question; the label is the named shape's colour,
+    carried by the base alone (the map adds nothing), and never outside the options."""
+    rng = np.random.default_rng(0)
+
+    def planted(n):
+        k = 4
+        base = 0.05 * rng.normal(size=(n, k, 16)).astype(np.float32)
+        name = np.zeros((n, 10), np.float32)
+        allowed = np.zeros((n, len(COLOR_NAMES)), bool)
+        label = np.zeros(n, np.int64)
+        for i in range(n):
+            cols, shapes = rng.permutation(len(COLOR_NAMES))[:k], rng.permutation(len(SHAPES))
+            base[i, np.arange(k), cols] += 1.0                       # colour one-hot
+            base[i, np.arange(k), 6 + shapes] += 1.0                 # shape one-hot
+            target = rng.integers(k)
+            name[i, len(COLOR_NAMES) + shapes[target]] = 1.0
+            allowed[i, cols] = True
+            label[i] = cols[target]
+        return {"base": base, "traj": np.zeros((n, k, 6), np.float32), "name": name, "allowed": allowed,
+                "label": label}
+
+    train, test = planted(768), planted(256)
+    _, with_name = probe.fit(train, test, use_map=False, steps=400, seed=0)
+    _, blind = probe.fit(train, test, use_name=False, use_map=False, steps=400, seed=0)
+    assert with_name > 0.9 and blind < 0.4
