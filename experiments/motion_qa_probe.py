@@ -63,6 +63,7 @@ FAMILIES = {"direction": (DIRECTIONS, True), "color": (COLOR_NAMES, False)}
 
 
 def check_family(family: str) -> None:
+    """A ValueError naming the families the probe reads, unless ``family`` is one."""
     if family not in FAMILIES:
         raise ValueError(f"the probe reads the families {sorted(FAMILIES)}, got family={family!r}")
 

@@ -96,3 +96,7 @@ def test_probe_answers_only_among_the_questions_options():
     _, with_name = probe.fit(train, test, use_map=False, steps=400, seed=0)
     _, blind = probe.fit(train, test, use_name=False, use_map=False, steps=400, seed=0)
     assert with_name > 0.9 and blind < 0.4
+    # a question whose only option is the answer is answered right even by a reader that sees
+    # nothing (no name, no map, untrained): the options, not the 6-colour vocabulary, are scored
+    only = {**test, "allowed": np.eye(len(COLOR_NAMES), dtype=bool)[test["label"]]}
+    assert probe.fit(only, only, use_name=False, use_map=False, steps=0, seed=0) == (1.0, 1.0)
