@@ -424,6 +424,9 @@ def body(arms: Sequence[Mapping], meta: Mapping, img: str, h: str) -> str:
     lines = [setup_text(arms, meta), "", results_table(arms, meta)]
     if meta.get("missing_runs"):
         lines += [f"Runs not finished (left out): {', '.join(meta['missing_runs'])}.", ""]
+    if meta.get("added_runs"):
+        lines += [f"Run after the job and added to its stored results (the same grid settings, launched on its "
+                  f"own with `launch.train`; not in the job's wall time): {', '.join(meta['added_runs'])}.", ""]
     lines += [f"{h} Does any arm learn the task?", "", learned_text(arms, meta), "",
               f"{h} Is the all-token arm an upper bound?", "",
               ("Yes: on the validation split no compressed arm scores significantly above it, and its train loss "
@@ -489,10 +492,15 @@ def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, plan: Mappin
     rep.plot_example(frames, dmap, k, text, path, title=f"test video {meta_ex['id']} ({meta_ex['family']})")
 
 
-def from_json(results_dir: str, workdir: str) -> tuple[list[dict], dict]:
+def from_json(results_dir: str, workdir: str, plan: Mapping | None = None) -> tuple[list[dict], dict]:
     """(arm records, meta) as a previous report stored them in ``results_dir`` (the runs may
     be gone), with every rule re-applied: chance flags, the reference check (loss histories
-    are read from ``workdir`` where the runs still exist) and the targets."""
+    are read from ``workdir`` where the runs still exist) and the targets.
+
+    With ``plan``: an arm of the plan that the stored report lacks but whose runs have since
+    finished in ``workdir`` (e.g. the all-token arm, run on its own with ``launch.train``) is
+    read from those runs and added; it leaves ``missing_runs`` and is listed in
+    ``meta["added_runs"]``.  The plan's settings must be the stored report's."""
     paths = rep.result_paths(results_dir, FILES)
     missing = [p for p in (paths["json"], paths["meta"]) if not os.path.isfile(p)]
     if missing:
@@ -501,9 +509,40 @@ def from_json(results_dir: str, workdir: str) -> tuple[list[dict], dict]:
         arms = json.load(f)
     with open(paths["meta"]) as f:
         meta = json.load(f)
+    if plan is not None:
+        arms, meta = _add_finished_runs(arms, meta, plan, workdir, results_dir)
     for a in arms:
         a.update(chance_flags(a))
     meta["reference_check"] = reference_check(arms, meta, workdir)
+    return arms, meta
+
+
+def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str, results_dir: str
+                       ) -> tuple[list[dict], dict]:
+    """The stored arms plus the plan's arms that were missing and have finished since (every
+    seed of such an arm must have finished; the settings must match the stored ones)."""
+    stored_s = meta.get("settings", {})
+    plan_s = {k: list(v) if isinstance(v, tuple) else v for k, v in plan["settings"].items()}
+    differ = sorted(k for k in set(stored_s) | set(plan_s) if stored_s.get(k) != plan_s.get(k))
+    have = {a["name"] for a in arms}
+    new = []
+    for arm in plan["arms"]:
+        if arm["name"] in have:
+            continue
+        runs = [read_run(run_dir(workdir, arm["name"], seed)) for seed in arm["seeds"]]
+        if not runs or not all(r and "test" in r["eval"] for r in runs):
+            continue
+        if differ:
+            raise ValueError(f"cannot add {arm['name']}'s runs to the stored report: the grid's settings differ "
+                             f"from the stored ones in {differ}")
+        new.append(summarize_arm(arm, runs, plan["n_tokens"], results_dir))
+    if not new:
+        return arms, meta
+    order = {a["name"]: i for i, a in enumerate(plan["arms"])}
+    arms = sorted(arms + new, key=lambda a: order.get(a["name"], len(order)))
+    added = [f"{a['name']}_s{s}" for a in new for s in a["seeds"]]
+    meta = {**meta, "missing_runs": [r for r in meta.get("missing_runs", []) if r not in added],
+            "added_runs": sorted(set(meta.get("added_runs", [])) | set(added))}
     return arms, meta
 
 
@@ -511,7 +550,7 @@ def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "", store
     """Collects the runs and writes every result file (and the README block); returns the paths.
     ``stored``: re-render from the stored motion_qa.json / _meta.json instead of the runs (the
     plots are left as they are: the example plot needs the runs)."""
-    arms, meta = from_json(results_dir, workdir) if stored else collect(plan, workdir, results_dir)
+    arms, meta = from_json(results_dir, workdir, plan) if stored else collect(plan, workdir, results_dir)
     meta["checks"] = target_checks(arms, meta)
     os.makedirs(results_dir, exist_ok=True)
     paths = rep.result_paths(results_dir, FILES)

@@ -191,3 +191,37 @@ def test_report_from_stored_results_reapplies_the_rules(job, tmp_path):
     assert "old" not in readme.read_text() and "| token dynamics |" in readme.read_text()
     with pytest.raises(FileNotFoundError, match="no stored motion-QA report"):
         mr.from_json(str(tmp_path / "empty"), str(tmp_path))
+
+
+def test_report_from_stored_adds_an_arm_finished_since(job, tmp_path):
+    """--from_stored with the runs present: an arm the stored report lacks (here the all-token
+    arm, as if it had not finished when the report was written) is read from its finished runs
+    and added, with the numbers the full report gave it; a grid whose settings differ from the
+    stored report's cannot add runs to it."""
+    import shutil
+
+    from experiments import motion_qa, motion_qa_report as mr
+
+    res = tmp_path / "res"
+    shutil.copytree(job["results"], res, ignore=shutil.ignore_patterns("runs"))
+    stored = [a for a in json.load(open(res / "motion_qa.json")) if a["name"] != "none"]
+    json.dump(stored, open(res / "motion_qa.json", "w"))
+    meta = json.load(open(res / "motion_qa_meta.json"))
+    meta["missing_runs"] = ["none_s0"]
+    json.dump(meta, open(res / "motion_qa_meta.json", "w"))
+    plan = motion_qa.plan(f"tiny,root={job['root']},arms={ARMS}")
+    runs = str(job["results"] / "runs")
+    arms, meta2 = mr.from_json(str(res), runs)                   # without the plan: as stored
+    assert "none" not in {a["name"] for a in arms} and meta2["missing_runs"] == ["none_s0"]
+    arms, meta2 = mr.from_json(str(res), runs, plan)
+    orig = _arms(job["results"])
+    assert [a["name"] for a in arms] == [a["name"] for a in json.load(open(job["results"] / "motion_qa.json"))]
+    none = next(a for a in arms if a["name"] == "none")
+    assert none["accuracy"] == orig["none"]["accuracy"]
+    assert none["accuracy_by_family"] == orig["none"]["accuracy_by_family"]
+    assert meta2["missing_runs"] == [] and meta2["added_runs"] == ["none_s0"]
+    assert meta2["reference_check"] == json.load(open(job["results"] / "motion_qa_meta.json"))["reference_check"]
+    meta["settings"]["steps"] += 1
+    json.dump(meta, open(res / "motion_qa_meta.json", "w"))
+    with pytest.raises(ValueError, match=r"settings differ from the stored ones in \['steps'\]"):
+        mr.from_json(str(res), runs, plan)
