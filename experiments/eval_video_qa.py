@@ -43,6 +43,7 @@ with ``--judge=package.module:function`` (we cannot call it here).
     batch=8          questions per batch (global); options=5 (max options per question); max_len=512
     dtype=bfloat16   compute dtype (float32 on CPU for exact comparisons)
     limit=0          batches to evaluate (0: all)
+    workers=0        Grain worker processes that read and decode the videos (0: in this process)
 """
 import ml_collections as mlc
 

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from launch import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "moving_shapes_qa/default", "NAME/CONFIG: moving_shapes_qa/{tiny,default,long} "
+flags.DEFINE_string("dataset", "moving_shapes_qa/default", "NAME/CONFIG: moving_shapes_qa/{tiny,default,large,motion,long} "
                     "or video_qa_folder/{tiny,f16_r64,f16_r224,f32_r384}.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir to write into (default: TFDS's ~/tensorflow_datasets).")
 flags.DEFINE_string("manual_dir", None, "video_qa_folder: folder with {split}.jsonl and the videos.")
