@@ -93,6 +93,41 @@ def run_dir(workdir: str, arm: str, seed: int) -> str:
     return os.path.join(workdir, f"{arm}_s{seed}")
 
 
+# The grid settings the report states, as each run's own config.json holds them.
+RUN_SETTINGS = {"steps": ("total_steps",), "batch": ("batch_size",), "layers": ("task", "llm", "num_layers"),
+                "dim": ("task", "llm", "hidden_size"), "mlp": ("task", "llm", "intermediate_size"),
+                "heads": ("task", "llm", "num_heads"), "kv_heads": ("task", "llm", "num_kv_heads"),
+                "curriculum": ("task", "data", "curriculum"), "lr": ("optim", "lr")}
+
+
+def run_settings(run: Mapping) -> dict:
+    """What the report's header states about training, read from a run's own config (so a
+    ``--config.KEY=VALUE`` override given to the job shows in the report as it was run)."""
+    out = {}
+    for key, path in RUN_SETTINGS.items():
+        node = run["config"]
+        for p in path:
+            node = node[p]
+        out[key] = node
+    return out
+
+
+def grid_settings(plan_settings: Mapping, runs: Sequence[Mapping]) -> dict:
+    """The plan's settings with the trained runs' own values; every trained run (eval-only
+    runs have no training) must agree, else the arms were not trained alike: ValueError."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in plan_settings.items()}
+    trained = [r for r in runs if int(r["config"]["total_steps"]) > 0]
+    seen = {}
+    for r in trained:
+        for k, v in run_settings(r).items():
+            seen.setdefault(k, {}).setdefault(json.dumps(v), []).append(os.path.basename(r["dir"]))
+    differ = {k: {json.loads(v): names for v, names in vals.items()} for k, vals in seen.items() if len(vals) > 1}
+    if differ:
+        raise ValueError(f"the grid's runs were not trained alike: {differ}")
+    out.update({k: json.loads(next(iter(vals))) for k, vals in seen.items()})
+    return out
+
+
 def _family_accs(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k.split("/", 1)[1]: v for k, v in metrics.items()
             if k.startswith("accuracy/") and metrics.get("count/" + k.split("/", 1)[1], 0) > 0}
@@ -160,7 +195,7 @@ def chance_flags(arm: Mapping) -> dict:
 def collect(plan: Mapping, workdir: str, results_dir: str) -> tuple[list[dict], dict]:
     """(arm records, meta) from the finished runs of the plan's grid under ``workdir``."""
     s = plan["settings"]
-    arms, missing = [], []
+    arms, missing, all_runs = [], [], []
     for arm in plan["arms"]:
         runs = []
         for seed in arm["seeds"]:
@@ -168,6 +203,7 @@ def collect(plan: Mapping, workdir: str, results_dir: str) -> tuple[list[dict], 
             (runs.append(r) if r and "test" in r["eval"] else missing.append(f"{arm['name']}_s{seed}"))
         if runs:
             arms.append(summarize_arm(arm, runs, plan["n_tokens"], results_dir))
+            all_runs += runs
     if not arms:
         raise FileNotFoundError(f"no finished motion-QA runs in {workdir} (run the main job first)")
     wall = sweep.read_wall_time(workdir) or {}
@@ -178,7 +214,7 @@ def collect(plan: Mapping, workdir: str, results_dir: str) -> tuple[list[dict], 
         "n_tokens": plan["n_tokens"], "token_grid": [s["frames"], s["resolution"] // s["patch"],
                                                      s["resolution"] // s["patch"]],
         "budget": s["budget"], "budget_percent": 100.0 * s["budget"] / plan["n_tokens"],
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "arg": plan["arg"],
+        "settings": grid_settings(s, all_runs), "arg": plan["arg"],
         "missing_runs": missing, "wall_time_s": wall.get("total_s"), "invocations": wall.get("invocations"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu_flags": _cpu_flags(),
                     "load_average": list(os.getloadavg())},
@@ -520,10 +556,8 @@ def from_json(results_dir: str, workdir: str, plan: Mapping | None = None) -> tu
 def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str, results_dir: str
                        ) -> tuple[list[dict], dict]:
     """The stored arms plus the plan's arms that were missing and have finished since (every
-    seed of such an arm must have finished; the settings must match the stored ones)."""
+    seed of such an arm must have finished; their runs' settings must match the stored ones)."""
     stored_s = meta.get("settings", {})
-    plan_s = {k: list(v) if isinstance(v, tuple) else v for k, v in plan["settings"].items()}
-    differ = sorted(k for k in set(stored_s) | set(plan_s) if stored_s.get(k) != plan_s.get(k))
     have = {a["name"] for a in arms}
     new = []
     for arm in plan["arms"]:
@@ -532,6 +566,8 @@ def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str
         runs = [read_run(run_dir(workdir, arm["name"], seed)) for seed in arm["seeds"]]
         if not runs or not all(r and "test" in r["eval"] for r in runs):
             continue
+        run_s = grid_settings(plan["settings"], runs)
+        differ = sorted(k for k in stored_s if stored_s[k] != run_s.get(k))     # keys a stored report lacks pass
         if differ:
             raise ValueError(f"cannot add {arm['name']}'s runs to the stored report: the grid's settings differ "
                              f"from the stored ones in {differ}")

@@ -97,6 +97,25 @@ def test_above_chance_counts_seed_spread_and_test_size():
     assert rep.above_chance([0.10, 0.10], 768, 0.25)["sign"] == -1
 
 
+def test_report_states_the_runs_settings_and_refuses_runs_trained_differently():
+    """The header's training settings come from the runs' own configs (a --config override given
+    to the job shows as run), and arms trained differently cannot share one report."""
+    from experiments import motion_qa, motion_qa_report as mr
+
+    plan_s = motion_qa.settings(motion_qa.options("tiny"))
+
+    def run(name, steps, layers=1):
+        cfg = {"total_steps": steps, "batch_size": 8, "optim": {"lr": 1e-3},
+               "task": {"llm": {"num_layers": layers, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4,
+                                "num_kv_heads": 2}, "data": {"curriculum": ""}}}
+        return {"dir": f"/runs/{name}", "config": cfg}
+
+    s = mr.grid_settings(plan_s, [run("a_s0", 9), run("b_s0", 9), run("e_s0", 0, layers=5)])   # e: eval-only
+    assert s["steps"] == 9 and s["layers"] == 1 and s["lr"] == 1e-3 and plan_s["steps"] == 6
+    with pytest.raises(ValueError, match=r"not trained alike: \{'layers': \{1: \['a_s0'\], 2: \['b_s0'\]\}\}"):
+        mr.grid_settings(plan_s, [run("a_s0", 9), run("b_s0", 9, layers=2)])
+
+
 def test_eval_of_a_run_reproduces_its_reported_accuracy(job, tmp_path):
     arm = _arms(job["results"])["token_dynamics"]
     p = arm["per_seed"][1]
