@@ -57,6 +57,18 @@ flags.DEFINE_float("temperature", 0.0, "--mode=generate: 0 = greedy, else sampli
 flags.DEFINE_string("judge", None, "--mode=generate: an external judge, 'package.module:function'.")
 
 
+# flag -> (the flag whose value makes it meaningless, that value, what it needs)
+_INERT_WITH = {"max_new_tokens": ("mode", "mc", "--mode=generate"), "temperature": ("mode", "mc", "--mode=generate"),
+               "judge": ("mode", "mc", "--mode=generate"), "step": ("workdir", None, "--workdir")}
+
+
+def _check_flag_combinations() -> None:
+    """A flag set to a non-default value where it has no effect is a usage error naming it."""
+    for name, (other, inert, needs) in _INERT_WITH.items():
+        if FLAGS[name].value != FLAGS[name].default and FLAGS[other].value == inert:
+            raise app.UsageError(f"--{name}={FLAGS[name].value} has no effect without {needs}")
+
+
 def _apply_overrides(config, *, model_path, init_from, overrides):
     """A copy of ``config`` with the architecture source and the user's overrides set."""
     import ml_collections as mlc
@@ -287,6 +299,7 @@ def run(config, *, workdir: str | None, step: int, split: str, output_dir: str, 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _check_flag_combinations()
     common.init_runtime()
     out = FLAGS.output_dir or FLAGS.workdir
     if not out:

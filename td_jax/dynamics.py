@@ -301,7 +301,8 @@ def choose_k(ks: jax.Array, distortion: jax.Array, silhouette: jax.Array, method
       is the smallest K with e(k) <= elbow_tol — the first K that has gained all but
       ``elbow_tol`` of what the largest K gains. (The second-difference rule of the
       official code, even with its offset fixed, stops at the first bend of a curve made
-      of clusters of very different sizes; see tests/test_dynamics.py.)
+      of clusters of very different sizes; see tests/test_core.py::test_adaptive_recovers_planted_k
+      and ::test_choose_k_elbow_offset.)
     silhouette: the K with the highest silhouette.
     threshold: the smallest K whose mean within-cluster cosine distance is <= threshold
       (the largest K if none is).

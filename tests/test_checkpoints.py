@@ -320,3 +320,51 @@ def test_folder_pipeline_reads_instruction_open_and_mc_lists(tiny, tmp_path):
     assert one["input_ids"][0][one["loss_mask"][0] > 0].tolist() == tok.encode("red") + [tok.im_end]
     prompt = chat.open_prompt_ids(tok, "What color is the square?")
     assert one["input_ids"][0][:len(prompt)].tolist() == prompt
+
+
+# ----------------------------------------------------------------------------- training checkpoints, optimizer groups
+def test_misspelt_best_metric_is_an_error(tmp_path):
+    """keep_best > 0 with a best_metric the evaluation does not report: an error naming both, not
+    a save that silently never ranks."""
+    from td_jax.train import checkpoint as ckpt_lib
+    with ckpt_lib.Checkpointer(str(tmp_path / "ck"), keep_best=1, best_metric="eval/acuracy", async_save=False) as ck:
+        with pytest.raises(ValueError, match=r"'eval/acuracy'.*\['eval/accuracy', 'eval/loss'\]"):
+            ck.save(1, {"w": jnp.zeros(2)}, metrics={"eval/accuracy": 0.5, "eval/loss": 1.0})
+        assert ck.save(2, {"w": jnp.zeros(2)}) and ck.all_steps() == [2]        # no metrics: nothing to rank
+
+
+def test_keep_best_ranks_the_final_evaluation(tmp_path, monkeypatch):
+    """eval_every_steps=0 with eval_split among final_eval_splits: the last save carries the final
+    evaluation's metrics (best-N ranks it), and eval_split is evaluated once."""
+    import ml_collections as mlc
+    from td_jax.train import checkpoint as ckpt_lib
+    from td_jax.train import trainer
+    ranked, save = {}, ckpt_lib.Checkpointer.save
+
+    def spy(self, step, state, *, metrics=None, **kw):
+        ranked[int(step)] = metrics
+        return save(self, step, state, metrics=metrics, **kw)
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", spy)
+    cfg = trainer.resolve_config(mlc.ConfigDict({
+        "seed": 0, "total_steps": 4, "log_every_steps": 2, "checkpoint_every_steps": 2, "eval_every_steps": 0,
+        "final_eval_splits": ("validation",), "batch_size": 16, "eval_batch_size": 32, "compute_dtype": "float32",
+        "checkpoint": {"keep": 1, "keep_best": 1, "best_metric": "eval/accuracy", "async_save": False},
+        "task": {"name": "synthetic_mc", "hidden": 8, "depth": 1}}))
+    res = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+    assert ranked[2] is None and ranked[4]["eval/accuracy"] == res.eval_metrics["eval/accuracy"]
+    done = trainer.read_done(str(tmp_path / "run"))
+    assert done["final"]["validation"]["accuracy"] == res.eval_metrics["eval/accuracy"]
+    assert [r["step"] for r in res.history if "eval/accuracy" in r] == [4]
+
+
+def test_overlapping_optimizer_groups_are_an_error():
+    """A ConfigDict sorts its keys, so no written order can decide between two groups' patterns."""
+    from td_jax.train import optim as optim_lib
+    cfg = {"frozen": "", "groups": {"head": {"pattern": "^head/", "lr": 1.0},
+                                    "kernels": {"pattern": "kernel$", "lr": 2.0}}}
+    params = {"head": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}, "body": {"kernel": jnp.zeros((2, 2))}}
+    with pytest.raises(ValueError, match=r"'head/kernel'.*'head' and 'kernels'"):
+        optim_lib.label_params(params, cfg)
+    del params["head"]["kernel"]
+    assert optim_lib.label_params(params, cfg) == {"head": {"bias": "head"}, "body": {"kernel": "kernels"}}

@@ -161,6 +161,33 @@ def test_eval_and_sweep(tmp_path):
     assert all("--train_args=--config.optim.lr=" in c for c in tpu)
 
 
+def test_eval_flags_without_effect_are_usage_errors():
+    """--judge / --max_new_tokens / --temperature need --mode=generate, --step needs --workdir; each
+    set to a non-default value where it would be ignored fails naming it, before any work."""
+    cases = [(["--workdir=w", "--judge=pkg.mod:fn"], "--judge=pkg.mod:fn has no effect without --mode=generate"),
+             (["--workdir=w", "--max_new_tokens=32"], "--max_new_tokens=32 has no effect without --mode=generate"),
+             (["--workdir=w", "--temperature=0.7"], "--temperature=0.7 has no effect without --mode=generate"),
+             (["--checkpoint=c", "--output_dir=o", "--step=5"], "--step=5 has no effect without --workdir")]
+    for args, message in cases:
+        r = run("launch.eval", *args, timeout=60, devices=1)
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr[-2000:])
+
+
+def test_source_comments_name_existing_tests():
+    """A ``tests/<file>.py[::test]`` a source comment points to exists (and defines that test)."""
+    import re
+    missing = []
+    for top in ("td_jax", "launch"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                for ref, test in re.findall(r"(tests/\w+\.py)(?:::(\w+))?", open(path).read()):
+                    target = os.path.join(ROOT, ref)
+                    if not os.path.isfile(target) or (test and f"def {test}(" not in open(target).read()):
+                        missing.append(f"{os.path.relpath(path, ROOT)}: {ref}{'::' + test if test else ''}")
+    assert not missing, missing
+
+
 def test_tpu_dry_run_for_v5e_16():
     r = run("launch.tpu", "--tpu=td-pod", "--zone=us-west4-a", "--accelerator_type=v5litepod-16",
             "--config=experiments/smoke.py", "--workdir=gs://bucket/runs/smoke", "--create",

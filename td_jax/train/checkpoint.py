@@ -53,7 +53,8 @@ class Checkpointer:
       directory: where step directories go.
       keep: keep the latest ``keep`` checkpoints.
       keep_best: additionally keep the best ``keep_best`` by ``best_metric`` (0: off).
-      best_metric: key into the metrics passed to :meth:`save`.
+      best_metric: key into the metrics passed to :meth:`save` (with ``keep_best > 0``, metrics
+        without it are a ValueError naming the keys they have).
       best_mode: "max" or "min".
       async_save: write in a background thread (call :meth:`wait` before reading).
       read_only: only read: ``directory`` must exist, nothing is created, deleted or renamed
@@ -66,6 +67,7 @@ class Checkpointer:
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
+        self.keep_best = keep_best
         self.read_only = read_only
         self.async_save = async_save
         self.damaged: dict[int, str] = {}          # step -> reason, of steps found damaged so far
@@ -126,15 +128,22 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta or {}))}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        m = None
-        if metrics is not None and self.best_metric in metrics:
-            m = {k: float(v) for k, v in metrics.items()}
+        m = self._best_metrics(metrics)
         self.manager.wait_until_finished()         # the manifest hook names one step at a time
         self._pending_step = int(step)
         saved = self.manager.save(int(step), args=ocp.args.Composite(**items), metrics=m, force=True)
         if not self.async_save:
             self.manager.wait_until_finished()
         return saved
+
+    def _best_metrics(self, metrics: Mapping[str, float] | None) -> dict[str, float] | None:
+        """``metrics`` as floats for best-N tracking; ValueError when they lack ``best_metric``."""
+        if metrics is None:
+            return None
+        if self.keep_best and self.best_metric not in metrics:
+            raise ValueError(f"checkpoint.best_metric {self.best_metric!r} is not among the evaluation metrics "
+                             f"(have {sorted(metrics)})")
+        return {k: float(v) for k, v in metrics.items()}
 
     def _write_pending_manifest(self) -> None:
         """Orbax's post-finalisation hook (primary process, background thread): the step's files

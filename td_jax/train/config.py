@@ -73,8 +73,11 @@ def defaults() -> mlc.ConfigDict:
 
     c.checkpoint = mlc.ConfigDict()
     c.checkpoint.keep = 3             # keep the latest N
-    c.checkpoint.keep_best = 1        # plus the best N by best_metric (0: off)
-    c.checkpoint.best_metric = "eval/accuracy"
+    # plus the best N by best_metric (0: off), among the saves that carry an evaluation of
+    # eval_split: the periodic ones at checkpoint steps and always the last step's (which is also
+    # eval_split's final evaluation), so it acts with eval_every_steps = 0 too
+    c.checkpoint.keep_best = 1
+    c.checkpoint.best_metric = "eval/accuracy"   # an eval metric's key (else a ValueError at the first ranked save)
     c.checkpoint.best_mode = "max"    # max | min
     c.checkpoint.async_save = True
 

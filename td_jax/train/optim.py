@@ -1,8 +1,9 @@
 """Optimizer from config: warm-up + cosine, weight decay, clipping, per-group LRs, frozen groups.
 
 Parameters are addressed by their path string ``"vision/encoder/layer_0/attn/query/kernel"``.
-``optim.groups`` maps a group name to ``(pattern=regex, lr=peak LR)``; the first group whose
-regex matches (in name order as written) wins; unmatched params use ``optim.lr``.
+``optim.groups`` maps a group name to ``(pattern=regex, lr=peak LR)``; a param matched by two
+groups' regexes is a ValueError naming it and both groups (a ``ConfigDict`` sorts its keys, so
+no written order could decide); unmatched params use ``optim.lr``.
 ``optim.frozen`` (a regex) wins over every group: those params get a zero update and no
 optimizer state. Clipping is by the global norm over the trainable gradients.
 """
@@ -54,10 +55,11 @@ def label_params(params: Any, optim_cfg: Mapping) -> Any:
         p = path_str(path)
         if frozen is not None and frozen.search(p):
             return FROZEN
-        for name, rx in groups:
-            if rx.search(p):
-                return name
-        return DEFAULT_GROUP
+        hits = [name for name, rx in groups if rx.search(p)]
+        if len(hits) > 1:
+            raise ValueError(f"param {p!r} matches the patterns of optim.groups {hits[0]!r} and {hits[1]!r}; "
+                             "make them exclusive")
+        return hits[0] if hits else DEFAULT_GROUP
 
     return jax.tree_util.tree_map_with_path(label, params)
 

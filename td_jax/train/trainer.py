@@ -437,8 +437,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, devices=None, st
 
     ``stop_at``: end this run after that step (saving a checkpoint), as a preemption
     would; a later call with the same workdir continues to ``config.total_steps``.
-    After the last step the params are evaluated on ``config.final_eval_splits`` (files by
-    :func:`write_eval` in ``workdir``) and ``workdir/done.json`` is written.
+    The last step evaluates ``config.eval_split`` before its save, so ``checkpoint.keep_best``
+    ranks it too (with ``eval_every_steps = 0`` it is the only ranked save). After the last
+    step the params are evaluated on ``config.final_eval_splits`` (files by :func:`write_eval`
+    in ``workdir``; eval_split reuses the last step's evaluation) and ``workdir/done.json`` is written.
     SIGTERM (preemption) at any moment: the run stops at the next call boundary, saves, waits
     for the save to commit and returns ``preempted=True`` (before the first step: nothing new
     to save). A resumed run first drops the metric records of steps after the restored one.
@@ -499,6 +501,7 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *
     eval_step = make_eval_step(s)
     progress = metrics_lib.Progress(cfg.total_steps, start)
     history, eval_metrics, acc, n_acc = [], {}, None, 0
+    last_eval = None       # (metrics, predictions) of the last step's evaluation of eval_split
     meta = {"config": cfg.to_dict(), "task": cfg.task.name, **s.task.checkpoint_meta()}
     step = start
     preempted = False
@@ -533,12 +536,15 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *
                 rec["steps_in_mean"] = n_acc
                 rec.update(progress.update(step, rec))
                 acc, n_acc = None, 0
-            # the last step's evaluation of eval_split is the final one below when that split is among them
-            do_eval = ((cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
-                       or (last and cfg.eval_split not in cfg.final_eval_splits))
+            # the last step always evaluates eval_split before its save, so best-N sees that evaluation
+            # too; it is also eval_split's final one below when that split is among final_eval_splits
+            do_eval = (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or last
             if do_eval:
-                eval_metrics = evaluate(s, eval_step, state["params"])
+                preds = [] if last and cfg.eval_split in cfg.final_eval_splits else None
+                eval_metrics = evaluate(s, eval_step, state["params"], predictions=preds)
                 rec.update(eval_metrics)
+                if preds is not None:
+                    last_eval = (eval_metrics, preds)
             if rec:      # one record per step: train metrics and, at eval steps, eval metrics
                 history.append(writer.write(step, rec))
             if step % cfg.checkpoint_every_steps == 0 or last or preempt:
@@ -551,14 +557,17 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str, stop: _StopFlag, *
         if step >= cfg.total_steps and not preempted and read_done(workdir) is None:
             final = {}
             for split in cfg.final_eval_splits:
-                preds: list = []
-                metrics = evaluate(s, eval_step, state["params"], split=split, predictions=preds)
+                if split == cfg.eval_split and last_eval is not None:
+                    metrics, preds = last_eval        # evaluated (and recorded) at the last step, before its save
+                else:
+                    preds = []
+                    metrics = evaluate(s, eval_step, state["params"], split=split, predictions=preds)
+                    if split == cfg.eval_split:
+                        eval_metrics = metrics
+                        writer.write(step, metrics)
                 final[split] = write_eval(s, workdir, split=split, step=step, metrics=metrics,
                                           source=os.path.abspath(workdir), predictions=preds)["metrics"]
                 logging.info("final %s: %s", split, final[split])
-                if split == cfg.eval_split:
-                    eval_metrics = metrics
-                    writer.write(step, metrics)
             if not eval_metrics and not cfg.final_eval_splits:
                 eval_metrics = evaluate(s, eval_step, state["params"])
             ckpt.wait()
