@@ -86,6 +86,12 @@ ARMS = (
 )
 ARM_NAMES = tuple(a["name"] for a in ARMS)
 _OPTIONS = ("tiny", "full", "root", "arms", "seeds", "arm", "seed")
+# Config keys the grid sets per arm or builds data for (prepare(): the dataset, the tower's
+# tokens, each arm's store): a job-wide --config override of these is refused
+# (td_jax.train.sweep.check_overrides); choose them with the arg (root=, arms=, tiny, full).
+FIXED_KEYS = ("seed", "total_steps", "task.data.tfds_name", "task.data.data_dir", "task.data.tokens_dir",
+              "task.data.source", "task.patch", "task.vision", "task.budget", "task.compressor*",
+              "task.mm_hidden_size", "warm_start")
 
 
 def options(arg: str) -> dict:

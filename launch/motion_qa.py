@@ -9,7 +9,9 @@ One command: ``prepare`` (build the dataset and the compressor stores if absent)
 of ``get_sweep`` in ``--workdir`` (default ``RESULTS_DIR/runs``; finished runs are skipped,
 an interrupted one resumes from its newest complete checkpoint, so after a kill the same
 command finishes the job with the same results) → the report
-(``experiments/motion_qa_report.py``).  ``--config.KEY=VALUE`` overrides apply to every run.
+(``experiments/motion_qa_report.py``).  ``--config.KEY=VALUE`` overrides apply to every run,
+except those of keys the experiment fixes (``FIXED_KEYS``: the data, the tower, the arms'
+compressors, seeds and steps), which are refused.
 """
 from __future__ import annotations
 
@@ -39,12 +41,16 @@ flags.DEFINE_string("compilation_cache", "", "JAX compilation cache directory ('
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS["compilation_cache"].present and not FLAGS.in_process:
+        raise app.UsageError("--compilation_cache is only used with --in_process (the default); "
+                             "--in_process=false runs launch.train subprocesses, which ignore it")
     from td_jax.train import sweep
 
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = os.path.abspath(FLAGS.workdir or os.path.join(FLAGS.results_dir, "runs"))
     mod, arg = sweep.load_module(config_arg)
+    sweep.check_overrides(mod, overrides)
     if FLAGS.from_stored and not FLAGS.report_only:
         raise app.UsageError("--from_stored re-renders a stored report: use it with --report_only")
     if not FLAGS.report_only:

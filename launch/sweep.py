@@ -14,6 +14,8 @@ config file defines ``prepare(arg)`` it runs first (local mode), and ``--report`
 ``report(arg, workdir, results_dir, readme)`` afterwards.  ``print`` / ``tpu`` emit the
 ``launch.train`` / ``launch.tpu`` command of every run; ``manifest`` writes
 ``WORKDIR/manifest.json`` for a scheduler; a table of final metrics goes to ``WORKDIR/summary.md``.
+A flag only another mode reads (e.g. ``--train_args`` / ``--run_timeout`` with ``--in_process``)
+is a usage error, not silently dropped.
 """
 from __future__ import annotations
 
@@ -44,17 +46,46 @@ flags.DEFINE_string("tpu", "TPU_NAME", "--mode=tpu: TPU VM name.")
 flags.DEFINE_string("zone", "ZONE", "--mode=tpu: GCP zone.")
 
 
+def _flag_uses() -> dict[str, tuple[bool, str]]:
+    """Each flag only some modes read -> (whether this invocation reads it, when it is read)."""
+    local, sub = FLAGS.mode == "local", FLAGS.mode == "local" and not FLAGS.in_process
+    tabulates = FLAGS.mode in ("local", "summarize")
+    return {
+        "train_args": (FLAGS.mode in ("print", "tpu", "manifest") or sub,
+                       "--mode=print/tpu/manifest, or --mode=local with --in_process=false"),
+        "run_timeout": (sub, "--mode=local with --in_process=false"),
+        "compilation_cache": (local and FLAGS.in_process, "--mode=local with --in_process (the default)"),
+        "in_process": (local, "--mode=local"),
+        "tpu": (FLAGS.mode == "tpu", "--mode=tpu"),
+        "zone": (FLAGS.mode == "tpu", "--mode=tpu"),
+        "metrics": (tabulates, "--mode=local/summarize"),
+        "report": (tabulates, "--mode=local/summarize"),
+        "results_dir": (tabulates and FLAGS.report, "--report"),
+        "readme": (tabulates and FLAGS.report, "--report"),
+    }
+
+
+def check_flag_uses() -> None:
+    """A flag given where this invocation ignores it is an error, not silently dropped."""
+    for name, (used, when) in _flag_uses().items():
+        if FLAGS[name].present and not used:
+            raise app.UsageError(f"--{name} is only used with {when}; this invocation "
+                                 f"(--mode={FLAGS.mode}, --in_process={FLAGS.in_process}) ignores it")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None or not FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
+    check_flag_uses()
     from td_jax.train import sweep
 
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     runs = sweep.expand(config_arg, FLAGS.workdir)
     mod, arg = sweep.load_module(config_arg)
+    sweep.check_overrides(mod, overrides)
     if FLAGS.mode == "print":
         for r in runs:
             print(shlex.join(sweep.train_command(config_arg, r, overrides, FLAGS.train_args)))
@@ -63,7 +94,8 @@ def main(argv):
         for r in runs:
             args = sweep.train_args(r, overrides) + list(FLAGS.train_args)
             print(shlex.join(["python", "-m", "launch.tpu", f"--tpu={FLAGS.tpu}", f"--zone={FLAGS.zone}",
-                              f"--config={config_arg}", f"--workdir={r.workdir}", "--train_args=" + ",".join(args)]))
+                              f"--config={config_arg}", f"--workdir={r.workdir}",
+                              "--train_args=" + sweep.list_flag(args)]))
         return 0
     if FLAGS.mode == "manifest":
         os.makedirs(FLAGS.workdir, exist_ok=True)

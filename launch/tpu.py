@@ -45,7 +45,9 @@ flags.DEFINE_string("workdir", None, "Run directory on shared storage (gs://...)
 flags.DEFINE_enum("launcher", "train", ["train", "eval"], "Start launch.train or launch.eval on every host.")
 flags.DEFINE_string("pre_command", None, "Shell command run on every worker before the launcher (e.g. copy the "
                     "checkpoint and the videos to local disk).")
-flags.DEFINE_list("train_args", [], "Extra flags for the launcher (config overrides etc.).")
+flags.DEFINE_list("train_args", [], "Extra flags for the launcher (config overrides etc.), comma-separated as "
+                  "CSV: double-quote one that holds commas and double its own quotes (launch.sweep --mode=tpu "
+                  "prints them so).")
 flags.DEFINE_string("remote_dir", "~/td-jax", "Code directory on the workers.")
 flags.DEFINE_string("source_dir", None, "Checkout to copy (default: this repository).")
 flags.DEFINE_string("jax_install", "jax[tpu]", "pip requirement that installs JAX for TPU on the workers.")

@@ -18,8 +18,10 @@ def _budget(name):
 
 
 def _cfg(name):
-    if name in ("token_dynamics", "base_only", "random_map", "random_base", "base_map"):
+    if name in ("token_dynamics", "random_map", "random_base"):
         return {"iters": 5, "n_init": 1, "num_heads": 2}
+    if name in ("base_only", "base_map"):          # no attention: its fields are refused
+        return {"iters": 5, "n_init": 1}
     if name == "token_learner":
         return {"mode": "video"}
     return {}

@@ -14,6 +14,8 @@ Registered names:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -71,6 +73,11 @@ class MapTokens(nn.Module):
 
 
 ATTENTIONS = ("trajectory", "paper")
+ATTENTION_FIELDS = ("attention", "num_heads", "mlp_ratio", "dropout", "own_bias", "neighbours")
+TRAJECTORY_FIELDS = ("own_bias", "neighbours")            # CrossDynamicsAttention only
+ADAPTIVE_FIELDS = {"": (), "elbow": ("k_min", "elbow_tol"), "silhouette": ("k_min",),
+                   "threshold": ("k_min", "threshold")}  # the adaptive options each method reads
+VARIANT_NAMES = {"full": "token_dynamics"}               # registered name of a variant, when it differs
 
 
 class _TokenDynamicsBase(CompressorModule):
@@ -83,7 +90,10 @@ class _TokenDynamicsBase(CompressorModule):
     trajectory tokens read off the map) or "paper" (``MapValueAttention``: values from a
     learned MLP of the map). num_heads, mlp_ratio, dropout, own_bias, neighbours: attention
     options (``neighbours``: a base token reads its own and its nearest clusters' trajectories,
-    see ``CrossDynamicsAttention``).
+    see ``CrossDynamicsAttention``).  An option the configuration never reads must keep its
+    default (ValueError otherwise): base_only / base_map read no attention option,
+    attention="paper" no own_bias / neighbours, fixed K no adaptive option, and each adaptive
+    method only its own (elbow: k_min, elbow_tol; silhouette: k_min; threshold: k_min, threshold).
 
     Stages: :meth:`precompute` = k-means (+ the ablations' random map / random base, drawn
     there, so a stored stage holds one fixed draw per video) →
@@ -118,6 +128,31 @@ class _TokenDynamicsBase(CompressorModule):
             raise ValueError(f"base must be one of {BASE_MODES}, got {self.base!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        self._check_unused()
+
+    def _unused(self) -> dict[str, str]:
+        """The fields this configuration never reads -> the mode that leaves them unread."""
+        name = VARIANT_NAMES.get(self.variant, self.variant)
+        unused = {}
+        if self.variant in ("base_only", "base_map"):
+            unused.update(dict.fromkeys(ATTENTION_FIELDS, f"{name} (it has no attention)"))
+        elif self.attention == "paper":
+            unused.update(dict.fromkeys(TRAJECTORY_FIELDS, f"{name} with attention='paper'"))
+        mode = f"adaptive={self.adaptive!r}" if self.adaptive else "fixed K (adaptive='')"
+        for f in sorted({f for fs in ADAPTIVE_FIELDS.values() for f in fs} - set(ADAPTIVE_FIELDS[self.adaptive])):
+            unused[f] = f"{name} with {mode}"
+        return unused
+
+    def _check_unused(self):
+        """An option the configuration never reads must keep its default: never silently ignored."""
+        skip = ("budget", "variant", "parent", "name")
+        fields = [f for f in dataclasses.fields(_TokenDynamicsBase) if f.name not in skip]
+        unused = self._unused()
+        used = ", ".join(f.name for f in fields if f.name not in unused)
+        for f in fields:
+            if f.name in unused and getattr(self, f.name) != f.default:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not used by {unused[f.name]}; "
+                                 f"leave it at its default {f.default!r} (this configuration uses: {used})")
 
     def scale_equivariant(self, inputs: frozenset = frozenset()) -> bool:
         """The raw-mean base (and base_only's / random_base's output) scales with the tokens; the

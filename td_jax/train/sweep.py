@@ -16,8 +16,10 @@ one.  A run's ``warm_start`` given as a relative path names another run of the s
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -48,6 +50,20 @@ def load_module(config_arg: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod, arg
+
+
+def check_overrides(mod, overrides: Mapping[str, Any]) -> None:
+    """ValueError for a job-wide ``--config.KEY=VALUE`` override that the experiment module
+    declares fixed (``FIXED_KEYS``: key prefixes its ``prepare`` / stores / per-run arms set, such
+    as the dataset, the tower or the compressor), since applying it to every run would train on
+    data prepared for other settings."""
+    fixed = tuple(getattr(mod, "FIXED_KEYS", ()))
+    bad = sorted(k for k in overrides if any(k == f or k.startswith(f + ".") or
+                                             (f.endswith("*") and k.startswith(f[:-1])) for f in fixed))
+    if bad:
+        raise ValueError(f"--config.{bad[0]}: the experiment sets it per run or builds data for it "
+                         f"({', '.join(fixed)}); change the experiment's arg or file instead of overriding "
+                         f"it for every run")
 
 
 def run_name(point: Mapping[str, Any]) -> str:
@@ -117,6 +133,15 @@ def train_args(run: Run, overrides: Mapping[str, Any] = ()) -> list[str]:
     """``--config.k=v`` flags of the run's overrides, then ``overrides``."""
     items = list(run.overrides.items()) + list(dict(overrides).items())
     return [f"--config.{k}={_flag_value(v)}" for k, v in items]
+
+
+def list_flag(args) -> str:
+    """``args`` as one absl list-flag value (``launch.tpu --train_args=``): comma-separated and
+    CSV-quoted, as absl's list parser reads it back, so an argument holding commas (a JSON
+    override such as ``--config.task.compressor_cfg={"adaptive": "elbow", "iters": 20}``) stays whole."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(list(args))
+    return out.getvalue()
 
 
 def train_command(config_arg: str, run: Run, overrides: Mapping[str, Any] = (), extra=()) -> list[str]:

@@ -1,0 +1,123 @@
+"""Options that a mode never reads are refused, not silently ignored: token dynamics' fields per
+variant / attention / adaptive method, and the launchers' mode-specific flags; and an
+override holding commas reaches launch.tpu whole."""
+import json
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import procs
+from td_jax import compressors
+
+T = 2
+X = jnp.asarray(jax.random.normal(jax.random.key(0), (1, T, 2, 2, 8)))
+QUICK = {"iters": 2, "n_init": 1}
+
+
+@pytest.mark.parametrize("name,cfg,field", [
+    ("base_only", {"num_heads": 2}, "num_heads"),
+    ("base_only", {"dropout": 0.1}, "dropout"),
+    ("base_map", {"attention": "paper"}, "attention"),
+    ("base_map", {"mlp_ratio": 2.0}, "mlp_ratio"),
+    ("token_dynamics", {"attention": "paper", "own_bias": 1.0}, "own_bias"),
+    ("random_map", {"attention": "paper", "neighbours": 3}, "neighbours"),
+    ("token_dynamics", {"k_min": 3}, "k_min"),
+    ("token_dynamics", {"adaptive": "elbow", "threshold": 0.3}, "threshold"),
+])
+def test_token_dynamics_refuses_options_its_variant_does_not_read(name, cfg, field):
+    comp = compressors.get(name, **QUICK, **cfg)
+    budget = T + 2 if name == "base_map" else 2
+    with pytest.raises(ValueError, match=rf"^{field}=.* is not used by {name}.*this configuration uses: "):
+        comp.init(jax.random.key(1), X, budget=budget)
+
+
+def test_motion_qa_arms_configs_still_validate():
+    from experiments import motion_qa as m
+
+    s = m.settings(m.options(""))
+    for arm in m.ARMS:
+        if arm["compressor"] in ("token_dynamics", "base_only", "base_map", "random_map", "random_base"):
+            compressors.get(arm["compressor"], **m.arm_cfg(arm, s)).module(64)._validate()
+
+
+def _cli(module, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=procs.ROOT, env=procs.env(None),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sweep_tpu_keeps_an_override_with_commas_whole():
+    """The adaptive_elbow point's compressor_cfg (a JSON object with commas) reaches the
+    launch.train command that launch.tpu builds from the printed line as one flag."""
+    r = _cli("launch.sweep", "--config=experiments/motion_qa.py", "--workdir=gs://b/mqa", "--mode=tpu", "--tpu=pod",
+             "--zone=z")
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next(ln for ln in r.stdout.splitlines() if "--workdir=gs://b/mqa/adaptive_elbow_s0 " in ln)
+    argv = shlex.split(line)
+    assert argv[:3] == ["python", "-m", "launch.tpu"]
+    r = _cli("launch.tpu", *argv[3:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    ssh = [ln for ln in r.stdout.splitlines() if ln.startswith("gcloud compute tpus tpu-vm ssh")][-1]
+    remote = next(a for a in shlex.split(ssh) if a.startswith("--command="))
+    train = shlex.split(remote.split(" && ", 1)[1])
+    cfgs = [a.partition("=")[2] for a in train if a.startswith("--config.task.compressor_cfg=")]
+    assert len(cfgs) == 1 and json.loads(cfgs[0]) == {"adaptive": "elbow", "iters": 20, "n_init": 1,
+                                                       "refine_iters": 2, "sample_size": 1024}
+    assert train[-1] == "--config.warm_start=token_dynamics_s0"
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """A config whose runs and prepare() fail at once, so a launcher that ignored the flag
+    under test exits fast without training."""
+    path = tmp_path / "cfg.py"
+    path.write_text(textwrap.dedent("""\
+        import ml_collections as mlc
+        def get_config(arg=""):
+            return mlc.ConfigDict({"seed": 0})
+        def get_sweep(arg=""):
+            return [{"_name": "a", "no_such_key": 1}]
+        def prepare(arg=""):
+            raise ValueError("prepare ran")
+    """))
+    return str(path)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--train_args=--num_cpu_devices=8"], "train_args"),
+    (["--run_timeout=60"], "run_timeout"),
+    (["--mode=print", "--compilation_cache=/tmp/c"], "compilation_cache"),
+])
+def test_sweep_refuses_flags_its_mode_ignores(config_file, tmp_path, args, flag):
+    r = _cli("launch.sweep", f"--config={config_file}", f"--workdir={tmp_path / 'w'}", *args)
+    assert r.returncode != 0 and f"--{flag} is only used with" in r.stderr, r.stdout[-1000:] + r.stderr[-2000:]
+
+
+def test_sweep_passes_train_args_where_they_are_used(config_file, tmp_path):
+    r = _cli("launch.sweep", f"--config={config_file}", f"--workdir={tmp_path / 'w'}", "--mode=print",
+             "--train_args=--num_cpu_devices=8")
+    assert r.returncode == 0 and r.stdout.strip().endswith("--num_cpu_devices=8"), r.stderr[-2000:]
+
+
+def test_motion_qa_refuses_compilation_cache_without_in_process(config_file, tmp_path):
+    r = _cli("launch.motion_qa", f"--config={config_file}", f"--results_dir={tmp_path}", "--in_process=false",
+             f"--compilation_cache={tmp_path / 'c'}")
+    assert r.returncode != 0 and "--compilation_cache is only used with --in_process" in r.stderr, r.stderr[-2000:]
+
+
+def test_job_wide_overrides_of_what_the_experiment_fixes_are_refused():
+    """A --config override given to the whole motion-QA job that would change the data, the
+    stores or the per-arm settings (which prepare() and get_sweep() set) is an error naming it;
+    one the runs can share (the learning rate) passes."""
+    from td_jax.train import sweep
+
+    mod, _ = sweep.load_module(f"{procs.ROOT}/experiments/motion_qa.py:tiny")
+    for key in ("task.patch.temporal", "task.compressor_cfg", "task.compressor", "task.data.data_dir", "seed"):
+        with pytest.raises(ValueError, match=f"--config.{key}: the experiment sets it per run"):
+            sweep.check_overrides(mod, {key: 1})
+    sweep.check_overrides(mod, {"optim.lr": 3e-4})
+    sweep.check_overrides(object(), {"task.patch.temporal": True})      # a module without FIXED_KEYS
