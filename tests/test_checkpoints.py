@@ -358,6 +358,35 @@ def test_keep_best_ranks_the_final_evaluation(tmp_path, monkeypatch):
     assert [r["step"] for r in res.history if "eval/accuracy" in r] == [4]
 
 
+@pytest.mark.parametrize("best_mode", ["max", "min"])
+def test_keep_best_survives_a_restart(tmp_path, best_mode):
+    """The best step saved before a restart stays best-N after it: its metrics are on disk (and
+    checksummed), so a new Checkpointer on the directory ranks it instead of deleting it as one
+    of the latest-N. A step saved under another best_metric ranks last, without an error."""
+    from td_jax.train import checkpoint as ckpt_lib
+    sign = 1.0 if best_mode == "max" else -1.0
+    score = {1: 0.9, 2: 0.5, 3: 0.4, 4: 0.3, 5: 0.2, 6: 0.1}
+    kw = dict(keep=1, keep_best=1, best_metric="eval/score", best_mode=best_mode, async_save=False)
+    d = str(tmp_path / "ck")
+    with ckpt_lib.Checkpointer(d, **kw) as ck:
+        for step in range(1, 5):
+            ck.save(step, {"w": jnp.full(2, step, jnp.float32)}, metrics={"eval/score": sign * score[step]})
+        assert ck.all_steps() == [1, 4]
+    with ckpt_lib.Checkpointer(d, **kw) as ck:                  # resumed run, worse scores
+        for step in (5, 6):
+            ck.save(step, {"w": jnp.full(2, step, jnp.float32)}, metrics={"eval/score": sign * score[step]})
+        assert ck.all_steps() == [1, 6]
+        state, _ = ck.restore(1, {"w": jax.ShapeDtypeStruct((2,), jnp.float32)})    # verified
+        np.testing.assert_array_equal(np.asarray(state["w"]), 1.0)
+        manifest = json.loads((tmp_path / "ck" / "1" / ckpt_lib.MANIFEST).read_text())
+        assert "metrics/metrics" in manifest["files"]
+    with ckpt_lib.Checkpointer(d, **{**kw, "best_metric": "eval/other"}) as ck:
+        ck.save(7, {"w": jnp.zeros(2)}, metrics={"eval/other": 0.0})
+        assert ck.all_steps() == [7]
+    with ckpt_lib.Checkpointer(d, read_only=True) as ck:
+        assert ck.all_steps() == [7] and ck.read_meta(7) == {}
+
+
 def test_overlapping_optimizer_groups_are_an_error():
     """A ConfigDict sorts its keys, so no written order can decide between two groups' patterns."""
     from td_jax.train import optim as optim_lib

@@ -1,9 +1,11 @@
 """Orbax checkpoints: train state + Grain iterator state + config, async, latest-N + best-N, checksummed.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,data,meta,checksums.json}``. Orbax writes each
-step into a temporary directory and renames it when complete, so a save cut short by a
-kill leaves only a ``*.orbax-checkpoint-tmp-*`` directory, which :meth:`Checkpointer.all_steps`
-never lists (and which a writing :class:`Checkpointer` deletes at start-up).
+Layout: ``WORKDIR/checkpoints/<step>/{state,data,meta,metrics,checksums.json}``; ``metrics``
+(with ``keep_best``) holds the step's evaluation metrics, so a resumed run ranks the steps
+saved before it for best-N. Orbax writes each step into a temporary directory and renames
+it when complete, so a save cut short by a kill leaves only a ``*.orbax-checkpoint-tmp-*``
+directory, which :meth:`Checkpointer.all_steps` never lists (and which a writing
+:class:`Checkpointer` deletes at start-up).
 
 Orbax verifies nothing it reads back (a flipped byte in an array file restores as a wrong
 value), so every save also records the size and SHA-256 of each of its files in
@@ -76,14 +78,24 @@ class Checkpointer:
         if read_only and not epath.Path(self.directory).is_dir():
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
         policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+        # A step whose stored metrics lack best_metric (saved under another best_metric) ranks last.
+        worst = float("inf") if best_mode == "min" else float("-inf")
+        score = lambda m: float(m[best_metric]) if best_metric in m else worst  # noqa: E731
         if keep_best:
             policies.append(ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: float(m[best_metric]), reverse=(best_mode == "min"), n=keep_best,
+                get_metric_fn=score, reverse=(best_mode == "min"), n=keep_best,
                 keep_checkpoints_without_metrics=False))
+        # Orbax writes a step's metrics to disk (``<step>/metrics/metrics``, inside the temporary
+        # directory, so the manifest covers them) and reads them back on start-up only when
+        # ``best_fn`` is set; without it a resumed run sees its earlier steps as unscored and BestN
+        # deletes the best ones. ``preservation_policy`` still alone decides what is kept.
+        track_best = bool(keep_best) and not read_only
         # Always Orbax's async checkpointer: its post-finalisation hook writes the manifest into the
         # temporary directory before the commit rename. A synchronous save waits right after starting.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=score if track_best else None,
+            best_mode=best_mode,
             enable_async_checkpointing=True,
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_pending_manifest),
             cleanup_tmp_directories=not read_only,
