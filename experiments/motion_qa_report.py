@@ -480,7 +480,9 @@ def body(arms: Sequence[Mapping], meta: Mapping, img: str, h: str) -> str:
 
 
 def write_plots(arms: Sequence[Mapping], meta: Mapping, paths: Mapping[str, str], plan: Mapping,
-                workdir: str) -> None:
+                workdir: str, example: bool = True) -> None:
+    """The plots; ``example=False`` leaves the example plot (it reads a test video and the runs'
+    predictions) as it is."""
     marker = {"token_dynamics": "*", "none": "s"}
     rep.plot_accuracy_vs_tokens(
         [{"label": a["label"], "x": a["percent_tokens"], "y": a["accuracy"], "err": 2 * a["accuracy_se"],
@@ -492,7 +494,8 @@ def write_plots(arms: Sequence[Mapping], meta: Mapping, paths: Mapping[str, str]
                           paths["families"], title="Accuracy by question family (± seed std)", chance=CHANCE)
     rep.plot_histograms({a["label"]: a["k_hist"] for a in arms if "k_hist" in a}, paths["adaptive"],
                         title="Adaptive K per test video", xlabel="K chosen (visual tokens)")
-    example_plot(arms, meta, paths["example"], plan, workdir)
+    if example:
+        example_plot(arms, meta, paths["example"], plan, workdir)
 
 
 def example_plot(arms: Sequence[Mapping], meta: Mapping, path: str, plan: Mapping, workdir: str) -> None:
@@ -536,7 +539,8 @@ def from_json(results_dir: str, workdir: str, plan: Mapping | None = None) -> tu
     With ``plan``: an arm of the plan that the stored report lacks but whose runs have since
     finished in ``workdir`` (e.g. the all-token arm, run on its own with ``launch.train``) is
     read from those runs and added; it leaves ``missing_runs`` and is listed in
-    ``meta["added_runs"]``.  The plan's settings must be the stored report's."""
+    ``meta["added_runs"]``; the plan's runs still unfinished join ``missing_runs``.  The added
+    runs' settings must be the stored report's."""
     paths = rep.result_paths(results_dir, FILES)
     missing = [p for p in (paths["json"], paths["meta"]) if not os.path.isfile(p)]
     if missing:
@@ -559,12 +563,14 @@ def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str
     seed of such an arm must have finished; their runs' settings must match the stored ones)."""
     stored_s = meta.get("settings", {})
     have = {a["name"] for a in arms}
-    new = []
+    new, unfinished = [], []
     for arm in plan["arms"]:
         if arm["name"] in have:
             continue
         runs = [read_run(run_dir(workdir, arm["name"], seed)) for seed in arm["seeds"]]
         if not runs or not all(r and "test" in r["eval"] for r in runs):
+            unfinished += [f"{arm['name']}_s{seed}" for seed, r in zip(arm["seeds"], runs)
+                           if not (r and "test" in r["eval"])]
             continue
         run_s = grid_settings(plan["settings"], runs)
         differ = sorted(k for k in stored_s if stored_s[k] != run_s.get(k))     # keys a stored report lacks pass
@@ -572,12 +578,11 @@ def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str
             raise ValueError(f"cannot add {arm['name']}'s runs to the stored report: the grid's settings differ "
                              f"from the stored ones in {differ}")
         new.append(summarize_arm(arm, runs, plan["n_tokens"], results_dir))
-    if not new:
-        return arms, meta
+    missing = list(dict.fromkeys(meta.get("missing_runs", []) + unfinished))     # the plan's runs not in the report
     order = {a["name"]: i for i, a in enumerate(plan["arms"])}
     arms = sorted(arms + new, key=lambda a: order.get(a["name"], len(order)))
     added = [f"{a['name']}_s{s}" for a in new for s in a["seeds"]]
-    meta = {**meta, "missing_runs": [r for r in meta.get("missing_runs", []) if r not in added],
+    meta = {**meta, "missing_runs": [r for r in missing if r not in added],
             "added_runs": sorted(set(meta.get("added_runs", [])) | set(added))}
     return arms, meta
 
@@ -585,7 +590,7 @@ def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str
 def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "", stored: bool = False) -> dict:
     """Collects the runs and writes every result file (and the README block); returns the paths.
     ``stored``: re-render from the stored motion_qa.json / _meta.json instead of the runs (the
-    plots are left as they are: the example plot needs the runs)."""
+    example plot, which needs the runs, is left as it is; the others are redrawn)."""
     arms, meta = from_json(results_dir, workdir, plan) if stored else collect(plan, workdir, results_dir)
     meta["checks"] = target_checks(arms, meta)
     os.makedirs(results_dir, exist_ok=True)
@@ -596,8 +601,7 @@ def write(plan: Mapping, workdir: str, results_dir: str, readme: str = "", store
         json.dump(rep.jsonable(meta), f, indent=1)
     with open(paths["md"], "w") as f:
         f.write("# Motion QA: token reduction in miniature\n\n" + body(arms, meta, "", "##"))
-    if not stored:
-        write_plots(arms, meta, paths, plan, workdir)
+    write_plots(arms, meta, paths, plan, workdir, example=not stored)
     if readme:
         img = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(readme)) or ".").rstrip("/") + "/"
         rep.replace_block(readme, README_BEGIN, README_END, body(arms, meta, img, "####"))

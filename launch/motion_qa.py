@@ -32,7 +32,7 @@ flags.DEFINE_string("workdir", "", "The runs' directory ('' = RESULTS_DIR/runs).
 flags.DEFINE_string("readme", "", "Also write the results block into this README (between its motion_qa markers).")
 flags.DEFINE_bool("report_only", False, "Run nothing: rewrite the report from the finished runs.")
 flags.DEFINE_bool("from_stored", False, "With --report_only: re-render from the stored motion_qa.json / "
-                  "motion_qa_meta.json (the runs may be gone), every rule re-applied; plots left as they are. "
+                  "motion_qa_meta.json (the runs may be gone), every rule re-applied; the example plot left as it is. "
                   "An arm the stored report lacks whose runs have finished in --workdir since is added.")
 flags.DEFINE_bool("in_process", True, "Run every run in this process (else one launch.train subprocess each).")
 flags.DEFINE_string("compilation_cache", "", "JAX compilation cache directory ('' = WORKDIR/.jax_cache).")
