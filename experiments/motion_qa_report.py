@@ -88,6 +88,11 @@ def read_run(run_dir: str) -> dict | None:
     return out
 
 
+def finished(run: Mapping | None) -> bool:
+    """A run the report can use: done, with its test-split evaluation."""
+    return bool(run) and "test" in run["eval"]
+
+
 def run_dir(workdir: str, arm: str, seed: int) -> str:
     """The directory of one run of the grid (``get_sweep`` names them ``<arm>_s<seed>``)."""
     return os.path.join(workdir, f"{arm}_s{seed}")
@@ -200,7 +205,7 @@ def collect(plan: Mapping, workdir: str, results_dir: str) -> tuple[list[dict], 
         runs = []
         for seed in arm["seeds"]:
             r = read_run(run_dir(workdir, arm["name"], seed))
-            (runs.append(r) if r and "test" in r["eval"] else missing.append(f"{arm['name']}_s{seed}"))
+            (runs.append(r) if finished(r) else missing.append(f"{arm['name']}_s{seed}"))
         if runs:
             arms.append(summarize_arm(arm, runs, plan["n_tokens"], results_dir))
             all_runs += runs
@@ -568,9 +573,8 @@ def _add_finished_runs(arms: list[dict], meta: dict, plan: Mapping, workdir: str
         if arm["name"] in have:
             continue
         runs = [read_run(run_dir(workdir, arm["name"], seed)) for seed in arm["seeds"]]
-        if not runs or not all(r and "test" in r["eval"] for r in runs):
-            unfinished += [f"{arm['name']}_s{seed}" for seed, r in zip(arm["seeds"], runs)
-                           if not (r and "test" in r["eval"])]
+        if not runs or not all(map(finished, runs)):
+            unfinished += [f"{arm['name']}_s{seed}" for seed, r in zip(arm["seeds"], runs) if not finished(r)]
             continue
         run_s = grid_settings(plan["settings"], runs)
         differ = sorted(k for k in stored_s if stored_s[k] != run_s.get(k))     # keys a stored report lacks pass
