@@ -37,7 +37,9 @@ Answers are the option's words, scored by likelihood (video + prompt decoded onc
 ``arg`` (after the colon), comma-separated: ``tiny`` (CI: the tiny dataset, a few steps),
 ``full`` (the complete grid), ``root=PATH`` (TFDS data and stores; default
 /tmp/td_jax_motion_qa), ``arms=a+b`` (a subset of arm names), ``seeds=0+1`` (the compressed
-arms' seeds), ``arm=NAME`` / ``seed=N`` (which run ``get_config`` returns; the sweep sets these).
+arms' seeds), ``context=N`` (the tower projects each patch's (2N+1)-patch window, so a token
+sees its object's shape, as a real tower's does; default 0: the patch alone; its own stores),
+``arm=NAME`` / ``seed=N`` (which run ``get_config`` returns; the sweep sets these).
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ ARMS = (
     dict(name="none", label="all tokens", compressor="none", kind="frames", seeds="reference"),
 )
 ARM_NAMES = tuple(a["name"] for a in ARMS)
-_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "arm", "seed")
+_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "context", "arm", "seed")
 # Config keys the grid sets per arm or builds data for (prepare(): the dataset, the tower's
 # tokens, each arm's store): a job-wide --config override of these is refused
 # (td_jax.train.sweep.check_overrides); choose them with the arg (root=, arms=, tiny, full).
@@ -96,17 +98,23 @@ FIXED_KEYS = ("seed", "total_steps", "task.data.tfds_name", "task.data.data_dir"
 
 def options(arg: str) -> dict:
     """The parsed ``arg`` (see the module docstring)."""
-    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "arm": "token_dynamics",
-           "seed": 0}
+    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "context": 0,
+           "arm": "token_dynamics", "seed": 0}
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         key, eq, value = part.partition("=")
         if key not in _OPTIONS or (key in ("tiny", "full")) == bool(eq):
             raise ValueError(f"experiments/motion_qa.py: bad arg {part!r}; known: tiny, full, root=PATH, arms=a+b, "
-                             f"seeds=0+1, arm=NAME, seed=N")
+                             f"seeds=0+1, context=N, arm=NAME, seed=N")
         out[key] = True if key in ("tiny", "full") else value
     if out["arm"] not in ARM_NAMES:
         raise ValueError(f"experiments/motion_qa.py: unknown arm {out['arm']!r}; known: {list(ARM_NAMES)}")
-    out["seed"] = int(out["seed"])
+    for key in ("seed", "context"):
+        try:
+            out[key] = int(out[key])
+        except ValueError:
+            raise ValueError(f"experiments/motion_qa.py: {key}= must be an integer, got {out[key]!r}") from None
+    if out["context"] < 0:
+        raise ValueError(f"experiments/motion_qa.py: context= must be >= 0, got {out['context']}")
     out["root"] = os.path.abspath(os.path.expanduser(out["root"]))
     return out
 
@@ -127,6 +135,7 @@ def settings(opts: dict) -> dict:
                  mlp=64, curriculum="", seeds=(0, 1), ref_seeds=(0,), extract_batch=16)
     if opts["seeds"]:
         s["seeds"] = tuple(int(x) for x in opts["seeds"].split("+"))
+    s["context"] = opts["context"]
     return s
 
 
@@ -177,8 +186,10 @@ def store_dir(root: str, arm: dict, s: dict) -> str:
     from td_jax.data import extract
 
     meta = extract.compressor_meta(arm["compressor"], arm_budget(arm, s), arm_cfg(arm, s), 0, s["frames"])
-    stage = json.dumps({"stage": meta["stage"], "patch": s["patch"], "dim": s["dim"], "dataset": s["dataset"]},
-                       sort_keys=True)
+    key = {"stage": meta["stage"], "patch": s["patch"], "dim": s["dim"], "dataset": s["dataset"]}
+    if s.get("context"):
+        key["context"] = s["context"]            # (absent at 0: the stores built before the option keep their names)
+    stage = json.dumps(key, sort_keys=True)
     kind = meta["stage"].get("stage", arm["compressor"])       # "kmeans" for the token-dynamics family
     return os.path.join(root, "stores", f"{kind}_{hashlib.sha1(stage.encode()).hexdigest()[:10]}")
 
@@ -217,7 +228,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     t.llm.num_heads, t.llm.num_kv_heads, t.llm.rope_theta = s["heads"], s["kv_heads"], 10000.0
     t.llm.tie_embeddings = False
     t.vision = "patch" if arm.get("kind") == "frames" else "none"
-    t.patch.patch_size, t.patch.dim = s["patch"], s["dim"]
+    t.patch.patch_size, t.patch.dim, t.patch.context = s["patch"], s["dim"], s["context"]
     t.mm_hidden_size = s["dim"]
     t.projector = "mlp2x_gelu"
     t.projector_position = "after"
@@ -303,7 +314,7 @@ def prepare(arg: str = "", log=print) -> None:
         log(f"[motion_qa] built in {time.time() - t0:.0f}s")
     src = {"source": "tfds", "tfds_name": s["dataset"], "data_dir": data_dir}
     embed = ("patch", {"patch_size": s["patch"], "dim": s["dim"], "seed": 0, "pos_embed": "sincos2d",
-                       "pos_scale": 0.1, "temporal": False})
+                       "pos_scale": 0.1, "temporal": False, **({"context": s["context"]} if s["context"] else {})})
     stores: dict[str, dict] = {}
     for arm in grid_arms(opts):
         if arm.get("kind") == "frames":

@@ -431,8 +431,10 @@ def setup_text(arms: Sequence[Mapping], meta: Mapping) -> str:
     full = by.get("none")
     return (f"`{meta['dataset']}` (families: {', '.join(meta['families'])}); scored on {meta['eval_examples']:,} "
             f"test videos ({meta['val_examples']:,} validation videos for the reference check). "
-            f"{meta['token_grid'][0]} frames x {meta['token_grid'][1]}x{meta['token_grid'][2]} frozen patch tokens with "
-            f"a 2-D position embedding = **{meta['n_tokens']:,} tokens per video**; compressed arms get "
+            f"{meta['token_grid'][0]} frames x {meta['token_grid'][1]}x{meta['token_grid'][2]} frozen patch tokens"
+            + (f" (each projects its {2 * s['context'] + 1}x{2 * s['context'] + 1}-patch window)"
+               if s.get("context") else "")
+            + f" with a 2-D position embedding = **{meta['n_tokens']:,} tokens per video**; compressed arms get "
             f"**{meta['budget']} visual tokens ({meta['budget_percent']:.3f}%)** unless the row says otherwise. "
             f"Every arm: the same {s['layers']}-layer, width-{s['dim']} decoder (visual tokens as keys/values "
             f"only), trained from scratch for {s['steps']} steps x {s['batch']} with the same schedule"

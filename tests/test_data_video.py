@@ -212,6 +212,31 @@ def test_patch_embed_fixed_and_keeps_colour():
         pe.patch_embed(fr, patch_size=8, dim=32, pos_embed="learned")
 
 
+def test_patch_embed_context_sees_the_neighbourhood():
+    """context=1: a token is the projection of its 3x3-patch window (zero beyond the frame), so
+    two patches with the same pixels but different surroundings (the inside of a red square
+    vs. the inside of a red cross) get different tokens; context=0 is the patch alone."""
+    fr = np.zeros((1, 2, 12, 12, 3), np.uint8)
+    fr[0, 0, 0:12, 0:12] = (255, 0, 0)                       # frame 0: all red
+    fr[0, 1, 4:8, :] = (255, 0, 0)                           # frame 1: a red cross
+    fr[0, 1, :, 4:8] = (255, 0, 0)
+    alone = np.asarray(pe.patch_embed(fr, patch_size=4, dim=32))
+    ctx = np.asarray(pe.patch_embed(fr, patch_size=4, dim=32, context=1))
+    np.testing.assert_allclose(alone[0, 0, 1, 1], alone[0, 1, 1, 1], atol=1e-6)   # the same centre patch ...
+    assert np.abs(ctx[0, 0, 1, 1] - ctx[0, 1, 1, 1]).max() > 0.1                  # ... different windows
+    # exactly the projection of the window's pixels (row-major patch offsets), plus the position embedding
+    x = fr.astype(np.float32) / 127.5 - 1.0
+    xpad = np.pad(x, ((0, 0), (0, 0), (4, 4), (4, 4), (0, 0)))
+    w = pe.projection(4, 32, 0, 9).reshape(3, 3, 48, 32)
+    win = xpad[0, 1, 4:16, 4:16]                              # the window of patch (1, 1) in frame 1
+    want = sum(win[4 * i:4 * i + 4, 4 * j:4 * j + 4].reshape(-1) @ w[i, j] for i in range(3) for j in range(3))
+    np.testing.assert_allclose(ctx[0, 1, 1, 1], want + pe.position_embedding(2, 3, 3, 32)[1, 1, 1], atol=1e-5)
+    np.testing.assert_array_equal(alone, np.asarray(pe.patch_embed(fr, patch_size=4, dim=32, context=0)))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="context"):
+            pe.patch_embed(fr, patch_size=4, dim=32, context=bad)
+
+
 def test_extract_tokens_cli_and_token_pipeline(folder, tmp_path):
     d, _ = folder
     out = tmp_path / "tokens"

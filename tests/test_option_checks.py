@@ -121,3 +121,19 @@ def test_job_wide_overrides_of_what_the_experiment_fixes_are_refused():
             sweep.check_overrides(mod, {key: 1})
     sweep.check_overrides(mod, {"optim.lr": 3e-4})
     sweep.check_overrides(object(), {"task.patch.temporal": True})      # a module without FIXED_KEYS
+
+
+def test_motion_qa_context_reaches_the_tower_and_the_stores():
+    """``context=N`` sets the frozen tower of the frames arms and names its own stores; at 0
+    the stores keep the names they had before the option existed; a bad value is an error."""
+    from experiments import motion_qa as m
+
+    assert m.get_config("arm=none,context=1").task.patch.context == 1
+    assert m.get_config("arm=none").task.patch.context == 0
+    arm = next(a for a in m.ARMS if a["name"] == "token_dynamics")
+    plain = m.store_dir("/r", arm, m.settings(m.options("")))
+    assert plain == "/r/stores/kmeans_deaf6883fc"          # the store the stored results were read from
+    assert m.store_dir("/r", arm, m.settings(m.options("context=1"))) != plain
+    for bad in ("context=-1", "context=x"):
+        with pytest.raises(ValueError, match="context="):
+            m.options(bad)

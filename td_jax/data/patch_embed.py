@@ -10,6 +10,12 @@ moving-shapes videos at 4-px patches, so position is readable but content domina
 ``temporal=True`` also adds a 1-D sin-cos embedding of the frame index (off by default:
 LLaVA-OneVision's tower sees single frames, and the frame order survives as the order of
 the tokens).  ``frames [B, T, R, R, 3] uint8 → tokens [B, T, R/p, R/p, D] float32``.
+
+``context=c`` (default 0: the patch alone) projects the ``(2c+1)p × (2c+1)p``-px window
+centred on each patch instead (zero-padded beyond the frame, i.e. mid-grey), with a projection
+``[(2c+1)²·p²·3, D]`` drawn the same way: each token then sees its neighbourhood, as a real
+tower's tokens do after self-attention (a SigLIP token at an object knows the object's shape;
+a lone 4-px patch of a 10-px disc or square does not).  Still fixed and parameter-free.
 """
 from __future__ import annotations
 
@@ -24,9 +30,10 @@ POS_EMBEDS = ("sincos2d", "none")
 
 
 @functools.lru_cache(maxsize=8)
-def projection(patch_size: int, dim: int, seed: int) -> np.ndarray:
-    """The fixed projection ``[p·p·3, D]`` float32 for ``(patch_size, dim, seed)``."""
-    fan_in = patch_size * patch_size * 3
+def projection(patch_size: int, dim: int, seed: int, patches: int = 1) -> np.ndarray:
+    """The fixed projection ``[patches·p·p·3, D]`` float32 for ``(patch_size, dim, seed)``
+    (``patches``: the window's patch count, ``(2c+1)²``)."""
+    fan_in = patches * patch_size * patch_size * 3
     w = np.random.default_rng([int(seed), fan_in, int(dim)]).normal(size=(fan_in, dim)) / np.sqrt(fan_in)
     w = w.astype(np.float32)
     w.flags.writeable = False
@@ -70,17 +77,31 @@ def position_embedding(t: int, h: int, w: int, dim: int, kind: str = "sincos2d",
     return out
 
 
+def windows(x, context: int):
+    """``x [B, T, h, w, P]`` patches → ``[B, T, h, w, (2c+1)²·P]``: each patch with its
+    ``c``-patch neighbourhood (row-major offsets), zero beyond the grid."""
+    if context == 0:
+        return x
+    c = int(context)
+    h, w = x.shape[2], x.shape[3]
+    xp = jnp.pad(x, ((0, 0), (0, 0), (c, c), (c, c), (0, 0)))
+    return jnp.concatenate([xp[:, :, i:i + h, j:j + w] for i in range(2 * c + 1) for j in range(2 * c + 1)],
+                           axis=-1)
+
+
 def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, pos_embed: str = "sincos2d",
-                pos_scale: float = 0.1, temporal: bool = False) -> jnp.ndarray:
+                pos_scale: float = 0.1, temporal: bool = False, context: int = 0) -> jnp.ndarray:
     """``frames [B, T, R, R, 3]`` uint8 → ``tokens [B, T, R/p, R/p, D]`` float32 (jit-able)."""
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"patch_embed expects frames [B, T, R, R, 3], got shape {tuple(frames.shape)}")
+    if not isinstance(context, (int, np.integer)) or isinstance(context, bool) or context < 0:
+        raise ValueError(f"context must be an integer >= 0 (patches on each side), got {context!r}")
     T, H, W = frames.shape[1], frames.shape[2], frames.shape[3]
     if H % patch_size or W % patch_size:
         raise ValueError(f"frame size {H}x{W} is not a multiple of patch_size={patch_size}")
     x = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
     x = einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=patch_size, q=patch_size)
-    x = x @ jnp.asarray(projection(patch_size, dim, seed))
+    x = windows(x, context) @ jnp.asarray(projection(patch_size, dim, seed, (2 * context + 1) ** 2))
     if pos_embed != "none" or temporal:
         x = x + jnp.asarray(position_embedding(T, H // patch_size, W // patch_size, dim, pos_embed, pos_scale,
                                                temporal))
@@ -88,7 +109,7 @@ def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, po
 
 
 def make_patch_embed(patch_size: int = 8, dim: int = 64, seed: int = 0, pos_embed: str = "sincos2d",
-                     pos_scale: float = 0.1, temporal: bool = False) -> Callable:
+                     pos_scale: float = 0.1, temporal: bool = False, context: int = 0) -> Callable:
     """An ``embed_fn(frames [B,T,R,R,3] uint8) -> tokens [B,T,R/p,R/p,D]`` with fixed settings."""
     return functools.partial(patch_embed, patch_size=patch_size, dim=dim, seed=seed, pos_embed=pos_embed,
-                             pos_scale=pos_scale, temporal=temporal)
+                             pos_scale=pos_scale, temporal=temporal, context=context)

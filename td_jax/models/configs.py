@@ -109,7 +109,8 @@ class PatchEmbedConfig:
     ``frames [B, T, R, R, 3] uint8 -> tokens [B, T, R/p, R/p, hidden_size]``: a seeded random
     projection of each patch's pixels plus a fixed spatial position embedding
     (``pos_embed``: "sincos2d" or "none", RMS ``pos_scale``; ``temporal`` adds a 1-D sin-cos
-    embedding of the frame index too).  No parameters: nothing here trains.
+    embedding of the frame index too; ``context`` > 0 projects each patch's
+    ``(2c+1)``-patch window, so a token sees its neighbourhood).  No parameters: nothing here trains.
     """
 
     patch_size: int = 4
@@ -118,17 +119,20 @@ class PatchEmbedConfig:
     pos_embed: str = "sincos2d"
     pos_scale: float = 0.1
     temporal: bool = False
+    context: int = 0
 
     def __post_init__(self):
         if self.patch_size < 1 or self.hidden_size < 1:
             raise ValueError(f"patch_size and hidden_size must be >= 1, got {self.patch_size}, {self.hidden_size}")
+        if self.context < 0:
+            raise ValueError(f"context must be >= 0 (patches on each side), got {self.context}")
         if self.pos_embed not in ("sincos2d", "none"):
             raise ValueError(f"pos_embed must be 'sincos2d' or 'none', got {self.pos_embed!r}")
 
     def kwargs(self) -> dict:
         """Keyword arguments of ``td_jax.data.patch_embed.patch_embed``."""
         return dict(patch_size=self.patch_size, dim=self.hidden_size, seed=self.seed, pos_embed=self.pos_embed,
-                    pos_scale=self.pos_scale, temporal=self.temporal)
+                    pos_scale=self.pos_scale, temporal=self.temporal, context=self.context)
 
 
 PROJECTOR_POSITIONS = ("before", "after")
