@@ -17,14 +17,13 @@ moments, which hold the gradients (float32 rounding: the weight gradient's summa
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
 
 from absl import app, flags
 
-from experiments.benchmarks import load_sentence
+from experiments.benchmarks import load_sentence, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("arms", ["none", "token_dynamics"], "Motion-QA arms (experiments/motion_qa.py ARMS names).")
@@ -126,11 +125,7 @@ def main(argv):
     text = "\n".join(lines) + "\n"
     print(text)
     if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            f.write(text)
-        with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
-            json.dump({"command": command, "rows": rows, "load_average": [load_start, load_end]}, f, indent=1)
+        write_results(FLAGS.out, text, {"command": command, "rows": rows, "load_average": [load_start, load_end]})
 
 
 if __name__ == "__main__":
