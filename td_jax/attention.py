@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from td_jax.dense import flat_dot_general
+from td_jax.dense import Dense
 
 N_MOTION_FEATURES = 8
 
@@ -81,9 +81,9 @@ def sinusoid(positions: jax.Array, dim: int) -> jax.Array:
 
 def _dense(features, axes, name, zero=False, dtype=jnp.float32, param_dtype=jnp.float32):
     init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
-    return nn.Dense(features, name=name, dtype=dtype, param_dtype=param_dtype, dot_general=flat_dot_general,
-                    kernel_init=nn.with_logical_partitioning(init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
+    return Dense(features, name=name, dtype=dtype, param_dtype=param_dtype,
+                 kernel_init=nn.with_logical_partitioning(init, axes),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
 
 
 def _masked_softmax(logits, kv_mask, axes):

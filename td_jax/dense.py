@@ -1,4 +1,5 @@
-"""The dense layers' matmul: ``x [..., D] @ W [D, F]`` as one 2-D GEMM (used by every nn.Dense of the library).
+"""The library's dense layer: ``Dense`` is ``flax.linen.Dense`` multiplying ``x [..., D] @ W [D, F]``
+as one 2-D GEMM (every dense layer of td_jax is this one).
 
 ``flat_dot_general`` is ``lax.dot_general`` for a dense layer's contraction (the last axis
 of ``x`` with the first of ``W``, no batch axes) with the leading axes merged first:
@@ -13,7 +14,10 @@ agree with the 3-D form to float32 rounding (the weight gradient's summation ord
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 
+import flax.linen as nn
 from jax import lax
 
 _FLATTEN = [True]
@@ -36,11 +40,16 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
     """``lax.dot_general`` with a dense layer's ``lhs [..., D]`` flattened to 2-D (other
     contractions go to ``lax.dot_general`` unchanged)."""
     (lc, rc), (lb, rb) = dimension_numbers
-    dense = _FLATTEN[0] and lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb
+    dense = (_FLATTEN[0] and lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
+             and not lb and not rb)
     if not dense:
         return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
     lead = lhs.shape[:-1]
-    y = lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())), precision=precision,
+    y = lax.dot_general(lhs.reshape(math.prod(lead), lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())), precision=precision,
                         preferred_element_type=preferred_element_type)
     return y.reshape(*lead, rhs.shape[1])
+
+
+# ``nn.Dense`` with the flattened matmul (same fields, parameter names and shapes).
+Dense = functools.partial(nn.Dense, dot_general=flat_dot_general)

@@ -1,6 +1,9 @@
 """td_jax.dense.flat_dot_general: a dense layer's [..., D] @ [D, F] as one 2-D GEMM, the same
 values and gradients as lax.dot_general, other contractions untouched, the same parameters
-in nn.Dense, and the same result on 8 devices as on one."""
+in nn.Dense, the same result on 8 devices as on one, and every dense layer of td_jax is it."""
+import pathlib
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,7 +46,7 @@ def test_other_contractions_pass_through():
 
 
 def test_dense_layer_same_parameters_and_outputs_on_8_devices():
-    layer = nn.Dense(7, dot_general=dense.flat_dot_general)
+    layer = dense.Dense(7)
     plain = nn.Dense(7)
     x = jax.random.normal(jax.random.key(4), (8, 5, 6))
     params = layer.init(jax.random.key(5), x)
@@ -58,3 +61,12 @@ def test_dense_layer_same_parameters_and_outputs_on_8_devices():
     ref = jax.grad(lambda p, x: jnp.sum(plain.apply(p, x) ** 2))(params, x)
     for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_every_dense_layer_of_the_library_is_the_flat_one():
+    """One dense layer: no module of td_jax builds flax's nn.Dense (or its 3-D matmul) itself."""
+    root = pathlib.Path(dense.__file__).parent
+    direct = [f"{p.relative_to(root)}:{i + 1}" for p in sorted(root.rglob("*.py")) if p.name != "dense.py"
+              for i, line in enumerate(p.read_text().splitlines()) if re.search(r"\bnn\.Dense(General)?\(", line)]
+    assert direct == []
+    assert dense.Dense(3).dot_general is dense.flat_dot_general

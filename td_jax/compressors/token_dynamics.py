@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from td_jax.attention import CrossDynamicsAttention, MapValueAttention
 from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register
-from td_jax.dense import flat_dot_general
+from td_jax.dense import Dense
 from td_jax.dynamics import ADAPTIVE_METHODS, BASE_MODES, adaptive_token_dynamics, token_dynamics
 
 VARIANTS = ("full", "base_only", "random_map", "random_base", "base_map")
@@ -69,10 +69,8 @@ class MapTokens(nn.Module):
         b, t, h, w = dynamics_map.shape
         onehot = (dynamics_map[..., None] == jnp.arange(k)).astype(jnp.float32).reshape(b, t, h * w * k)
         init = lambda axes: nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
-        x = nn.Dense(self.hidden or self.dim, kernel_init=init((None, "mlp")), name="map_in",
-                     dot_general=flat_dot_general)(onehot)
-        return nn.Dense(self.dim, kernel_init=init(("mlp", "embed")), name="map_out",
-                        dot_general=flat_dot_general)(nn.gelu(x))
+        x = Dense(self.hidden or self.dim, kernel_init=init((None, "mlp")), name="map_in")(onehot)
+        return Dense(self.dim, kernel_init=init(("mlp", "embed")), name="map_out")(nn.gelu(x))
 
 
 ATTENTIONS = ("trajectory", "paper")

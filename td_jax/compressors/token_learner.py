@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from td_jax.compressors.base import RNG_STREAM, Compressed, CompressorModule, check_tokens, register, token_mask
 from td_jax.compressors.common import pad_to_budget
+from td_jax.dense import Dense
 
 
 class TokenLearnerV11(nn.Module):
@@ -47,14 +48,14 @@ class TokenLearnerV11(nn.Module):
         y = nn.LayerNorm(epsilon=1e-6, name="norm",
                          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
-        y = nn.Dense(self.bottleneck_dim, name="hidden",
-                     kernel_init=nn.with_logical_partitioning(dense_init, ("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)))(y)
+        y = Dense(self.bottleneck_dim, name="hidden",
+                  kernel_init=nn.with_logical_partitioning(dense_init, ("embed", "mlp")),
+                  bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)))(y)
         y = nn.gelu(y)
         y = nn.Dropout(self.dropout_rate, rng_collection=RNG_STREAM)(y, deterministic=deterministic)
-        y = nn.Dense(self.num_tokens, name="token_masking",
-                     kernel_init=nn.with_logical_partitioning(dense_init, ("mlp", None)),
-                     bias_init=nn.with_logical_partitioning(bias_init, (None,)))(y)
+        y = Dense(self.num_tokens, name="token_masking",
+                  kernel_init=nn.with_logical_partitioning(dense_init, ("mlp", None)),
+                  bias_init=nn.with_logical_partitioning(bias_init, (None,)))(y)
         y = nn.Dropout(self.dropout_rate, rng_collection=RNG_STREAM)(y, deterministic=deterministic)
         logits = jnp.swapaxes(y, -1, -2)                            # [G, S, N]
         if valid is not None:   # a group without valid positions gets finite logits, then zero maps

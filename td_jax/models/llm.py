@@ -28,15 +28,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from td_jax.dense import Dense
 from td_jax.models.configs import LLMConfig, as_dtype
-from td_jax.dense import flat_dot_general
 
 Array = jax.Array
 
 
 def _dense(features, names, *, use_bias, cfg_dtype, param_dtype, name, init_std=0.02):
-    return nn.Dense(
-        features, use_bias=use_bias, dtype=cfg_dtype, param_dtype=param_dtype, name=name, dot_general=flat_dot_general,
+    return Dense(
+        features, use_bias=use_bias, dtype=cfg_dtype, param_dtype=param_dtype, name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), names),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
 

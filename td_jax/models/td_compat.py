@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from td_jax.dense import Dense
+
 Array = jax.Array
 
 
@@ -40,8 +42,8 @@ class TDCompatConfig:
 
 
 def _dense(n, names, name):
-    return nn.Dense(n, name=name, kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+    return Dense(n, name=name, kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
 
 
 def _ln(eps, name):

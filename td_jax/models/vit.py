@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from td_jax.dense import Dense
 from td_jax.models.configs import VisionConfig, as_dtype
-from td_jax.dense import flat_dot_general
 
 Array = jax.Array
 
@@ -31,9 +31,9 @@ def activation(name: str):
 
 
 def _dense(features, names, dt, pdt, name, use_bias=True):
-    return nn.Dense(features, use_bias=use_bias, dtype=dt, param_dtype=pdt, name=name, dot_general=flat_dot_general,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+    return Dense(features, use_bias=use_bias, dtype=dt, param_dtype=pdt, name=name,
+                 kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
 
 
 def _layernorm(eps, dt, pdt, name):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from td_jax.dense import Dense
 from td_jax.eval import mc
 from td_jax.train import data as data_lib
 from td_jax.train.task import Task, register_task
@@ -38,18 +39,18 @@ class MLP(nn.Module):
             # Later layers' input dim stays unsharded: sharding it over "fsdp" while the incoming
             # activation is split over "tensor" hits an XLA SPMD miscompile (wrong grads) in jax 0.10.2.
             names = ("embed", "mlp") if i == 0 else (None, "mlp")
-            x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{i}",
-                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
+            x = Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden_{i}",
+                      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
             x = nn.gelu(x)
             x = nn.Dropout(dropout)(x, deterministic=deterministic)
             x = nn.with_logical_constraint(x, ("act_batch", "act_mlp"))
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm",
                          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("mlp",)),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head",
-                        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "vocab")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))(x)
+        return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head",
+                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "vocab")),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))(x)
 
 
 @functools.lru_cache(maxsize=8)
