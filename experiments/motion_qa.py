@@ -39,6 +39,10 @@ Answers are the option's words, scored by likelihood (video + prompt decoded onc
 /tmp/td_jax_motion_qa), ``arms=a+b`` (a subset of arm names), ``seeds=0+1`` (the compressed
 arms' seeds), ``context=N`` (the tower projects each patch's (2N+1)-patch window, so a token
 sees its object's shape, as a real tower's does; default 0: the patch alone; its own stores),
+``warmup=N`` (the data is ``moving_shapes_qa/motion_curriculum``: motion's three families plus
+the control ``lone_direction`` — the direction of the asked object shown alone, reported
+apart from "all"; the first N batches ask it instead of ``direction:600``; its own stores;
+default 0: off),
 ``arm=NAME`` / ``seed=N`` (which run ``get_config`` returns; the sweep sets these).
 """
 from __future__ import annotations
@@ -87,7 +91,7 @@ ARMS = (
     dict(name="none", label="all tokens", compressor="none", kind="frames", seeds="reference"),
 )
 ARM_NAMES = tuple(a["name"] for a in ARMS)
-_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "context", "arm", "seed")
+_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "context", "warmup", "arm", "seed")
 # Config keys the grid sets per arm or builds data for (prepare(): the dataset, the tower's
 # tokens, each arm's store): a job-wide --config override of these is refused
 # (td_jax.train.sweep.check_overrides); choose them with the arg (root=, arms=, tiny, full).
@@ -98,23 +102,27 @@ FIXED_KEYS = ("seed", "total_steps", "task.data.tfds_name", "task.data.data_dir"
 
 def options(arg: str) -> dict:
     """The parsed ``arg`` (see the module docstring)."""
-    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "context": 0,
+    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "context": 0, "warmup": 0,
            "arm": "token_dynamics", "seed": 0}
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         key, eq, value = part.partition("=")
         if key not in _OPTIONS or (key in ("tiny", "full")) == bool(eq):
             raise ValueError(f"experiments/motion_qa.py: bad arg {part!r}; known: tiny, full, root=PATH, arms=a+b, "
-                             f"seeds=0+1, context=N, arm=NAME, seed=N")
+                             f"seeds=0+1, context=N, warmup=N, arm=NAME, seed=N")
         out[key] = True if key in ("tiny", "full") else value
     if out["arm"] not in ARM_NAMES:
         raise ValueError(f"experiments/motion_qa.py: unknown arm {out['arm']!r}; known: {list(ARM_NAMES)}")
-    for key in ("seed", "context"):
+    for key in ("seed", "context", "warmup"):
         try:
             out[key] = int(out[key])
         except ValueError:
             raise ValueError(f"experiments/motion_qa.py: {key}= must be an integer, got {out[key]!r}") from None
-    if out["context"] < 0:
-        raise ValueError(f"experiments/motion_qa.py: context= must be >= 0, got {out['context']}")
+    for key in ("context", "warmup"):
+        if out[key] < 0:
+            raise ValueError(f"experiments/motion_qa.py: {key}= must be >= 0, got {out[key]}")
+    if out["warmup"] and out["tiny"]:
+        raise ValueError("experiments/motion_qa.py: warmup= reads moving_shapes_qa/motion_curriculum; the tiny "
+                         "dataset has no warm-up family")
     out["root"] = os.path.abspath(os.path.expanduser(out["root"]))
     return out
 
@@ -136,6 +144,9 @@ def settings(opts: dict) -> dict:
     if opts["seeds"]:
         s["seeds"] = tuple(int(x) for x in opts["seeds"].split("+"))
     s["context"] = opts["context"]
+    if opts["warmup"]:
+        # motion's three families plus the control lone_direction in every split (a quarter each).
+        s.update(dataset="moving_shapes_qa/motion_curriculum", curriculum=f"lone_direction:{opts['warmup']}")
     return s
 
 

@@ -138,6 +138,21 @@ def _family_accs(metrics: Mapping[str, float]) -> dict[str, float]:
             if k.startswith("accuracy/") and metrics.get("count/" + k.split("/", 1)[1], 0) > 0}
 
 
+def scored(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``metrics`` with ``accuracy`` / ``count`` over the scored families only: a control family
+    (``moving_shapes.CONTROL_FAMILIES``: the asked object alone) keeps its own
+    ``accuracy/<family>`` but stays out of "all"."""
+    out = dict(metrics)
+    fams = {f: int(metrics.get(f"count/{f}", 0)) for f in _family_accs(metrics)}
+    if any(f in ms.CONTROL_FAMILIES for f in fams):
+        kept = {f: n for f, n in fams.items() if f not in ms.CONTROL_FAMILIES}
+        total = sum(kept.values())
+        out["count"] = float(total)
+        out["accuracy"] = (sum(metrics[f"accuracy/{f}"] * n for f, n in kept.items()) / total if total
+                           else float("nan"))
+    return out
+
+
 def _rel(path: str, results_dir: str) -> str:
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(results_dir))
     return rel if not rel.startswith("..") else os.path.abspath(path)
@@ -145,8 +160,8 @@ def _rel(path: str, results_dir: str) -> str:
 
 def summarize_arm(arm: dict, runs: list[dict], n_full: int, results_dir: str) -> dict:
     """The contract record of one arm (a ``plan`` arm) from its finished runs (one per seed)."""
-    test = [r["eval"]["test"] for r in runs]
-    val = [r["eval"].get("validation", {}) for r in runs]
+    test = [scored(r["eval"]["test"]) for r in runs]
+    val = [scored(r["eval"].get("validation", {})) for r in runs]
     fams = list(_family_accs(test[0]))
     acc, acc_std = rep.mean_std([t["accuracy"] for t in test])
     n_test = int(test[0]["count"])
@@ -166,11 +181,12 @@ def summarize_arm(arm: dict, runs: list[dict], n_full: int, results_dir: str) ->
         "val_accuracy": rep.mean_std([v.get("accuracy", float("nan")) for v in val])[0],
         "val_examples": int(val[0].get("count", 0)) if val[0] else 0,
         "seeds": [int(r["config"]["seed"]) for r in runs],
-        "per_seed": [{"seed": int(r["config"]["seed"]), "accuracy": r["eval"]["test"]["accuracy"],
-                      "accuracy_by_family": _family_accs(r["eval"]["test"]),
-                      "val_accuracy": r["eval"].get("validation", {}).get("accuracy"),
+        "per_seed": [{"seed": int(r["config"]["seed"]), "accuracy": t["accuracy"],
+                      "accuracy_by_family": _family_accs(t),
+                      "val_accuracy": v.get("accuracy"),
                       "loss_first": r["loss_first"], "loss_last": r["loss_last"],
-                      "train_time_s": r["train_time_s"], "workdir": _rel(r["dir"], results_dir)} for r in runs],
+                      "train_time_s": r["train_time_s"], "workdir": _rel(r["dir"], results_dir)}
+                     for r, t, v in zip(runs, test, val)],
         "steps": int(cfg["total_steps"]), "batch_size": int(cfg["batch_size"]),
         "train_examples": int(cfg["total_steps"]) * int(cfg["batch_size"]),
         "eval_examples": n_test, "init_from": arm["eval_of"] and f"{arm['eval_of']} (same seed)",
@@ -429,8 +445,12 @@ def setup_text(arms: Sequence[Mapping], meta: Mapping) -> str:
     wall = meta.get("wall_time_s")
     by = _by(arms)
     full = by.get("none")
-    return (f"`{meta['dataset']}` (families: {', '.join(meta['families'])}); scored on {meta['eval_examples']:,} "
-            f"test videos ({meta['val_examples']:,} validation videos for the reference check). "
+    control = [f for f in meta["families"] if f in ms.CONTROL_FAMILIES]
+    return (f"`{meta['dataset']}` (families: {', '.join(f for f in meta['families'] if f not in control)}"
+            + (f"; control: {', '.join(control)} — the asked object alone, so no name is needed: it shows "
+               f"whether the tokens carry the motion; its column is outside **all**" if control else "")
+            + f"); scored on {meta['eval_examples']:,} test videos ({meta['val_examples']:,} validation videos "
+            f"for the reference check). "
             f"{meta['token_grid'][0]} frames x {meta['token_grid'][1]}x{meta['token_grid'][2]} frozen patch tokens"
             + (f" (each projects its {2 * s['context'] + 1}x{2 * s['context'] + 1}-patch window)"
                if s.get("context") else "")

@@ -48,6 +48,7 @@ def audit_table(gen, config, n: int, fit_n: int, split: str) -> list[str]:
     make = getattr(gen, "make_qa", None) or gen.make_example
     scene = gen.SceneConfig(num_frames=config.num_frames, resolution=config.resolution)
     fams = tuple(config.families)
+    control = set(getattr(gen, "CONTROL_FAMILIES", ()))
     t0 = time.time()
     fit = [make(scene, config.seed, "validation", i, fams) for i in range(fit_n * len(fams))]
     exs = [make(scene, config.seed, split, i, fams) for i in range(n * len(fams))]
@@ -67,7 +68,8 @@ def audit_table(gen, config, n: int, fit_n: int, split: str) -> list[str]:
             cells.append(f"{100 * row[r]:.1f}" + (" (x)" if exempt else ""))
             if not exempt:
                 blind.append(row[r])
-        lines.append(f"| {fam} | " + " | ".join(cells) + f" | **{100 * max(blind):.1f}** |")
+        label = f"{fam} (control: the object alone, name-blind by design)" if fam in control else fam
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{100 * max(blind):.1f}** |")
     return lines
 
 

@@ -140,6 +140,24 @@ def test_checker_agrees_at_default_and_long_sizes(frames, res):
         assert qa_checker.check_answer(ex) == ex["answer"], (ex["question"], ex["options"])
 
 
+def test_control_family_shows_the_asked_object_alone():
+    """``lone_direction`` (the control): one object, the direction question's words, every
+    direction and letter equally often, the checker agrees; its id follows the 8 families;
+    the default cycle of 8 families does not ask it."""
+    cfg = ms.SceneConfig(num_frames=16, resolution=64)
+    fams = ("color", "direction", "order", "lone_direction")
+    answers = collections.Counter()
+    for i in range(3, 4 * 32, 4):
+        ex = ms.make_example(cfg, 0, "train", i, fams)
+        assert ex["family"] == "lone_direction" and ex["family_id"] == len(ms.FAMILIES)
+        assert len(ex["objects"]["color"]) == 1 and ex["question"].startswith("In which direction does the ")
+        assert qa_checker.check_answer(ex) == ex["answer"]
+        answers[(ex["answer"], ex["options"][ex["answer"]])] += 1
+    assert len(answers) == 16 and set(answers.values()) == {2}
+    assert "lone_direction" not in {ms.family_of(i) for i in range(64)}
+    assert qa_checker.object_answers(ex) == [ex["options"][ex["answer"]]]
+
+
 def test_checker_detects_tampered_tracks():
     cfg = ms.SceneConfig(num_frames=8, resolution=32)
     ex = ms.make_example(cfg, 0, "train", ms.FAMILIES.index("direction"))
@@ -334,6 +352,26 @@ def test_curriculum_draws_its_families_first_then_all_and_resumes(tiny_dir, tiny
     np.testing.assert_array_equal(next(it2)["index"], later[0]["index"])
     with pytest.raises(ValueError, match="curriculum"):
         pipeline.make_pipeline(_cfg(tiny_dir, curriculum="direction"), "train", process_index=0, process_count=1)
+
+
+def test_curriculum_can_lead_with_a_family_the_run_then_leaves_out(tiny_dir):
+    # A curriculum family outside ``families``: the first batches ask it, the selected families
+    # follow; the in-memory reader holds the curriculum's examples too and serves the same batches.
+    fams = {f: i for i, f in enumerate(ms.FAMILIES)}
+    runs = []
+    for in_memory in (False, True):
+        cfg = _cfg(tiny_dir, batch_size=4, families="color,order", curriculum="direction:3", in_memory=in_memory)
+        it = pipeline.make_pipeline(cfg, "train", process_index=0, process_count=1)
+        runs.append([next(it) for _ in range(12)])
+    for b in runs[0][:3]:
+        assert set(b["family"].tolist()) == {fams["direction"]}
+    assert {int(f) for b in runs[0][3:] for f in b["family"]} == {fams["color"], fams["order"]}
+    for x, y in zip(*runs):
+        np.testing.assert_array_equal(x["index"], y["index"])
+        np.testing.assert_array_equal(x["frames"], y["frames"])
+    with pytest.raises(ValueError, match="never asked"):
+        pipeline.make_pipeline(_cfg(tiny_dir, curriculum="lone_direction:2"), "train", process_index=0,
+                               process_count=1)
 
 
 def test_in_memory_serves_the_same_batches(tiny_dir):

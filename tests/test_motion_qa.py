@@ -97,6 +97,18 @@ def test_above_chance_counts_seed_spread_and_test_size():
     assert rep.above_chance([0.10, 0.10], 768, 0.25)["sign"] == -1
 
 
+def test_all_questions_leave_the_control_family_out():
+    from experiments import motion_qa_report as r
+    m = {"accuracy": 0.4, "count": 1024.0, "accuracy/color": 0.25, "count/color": 256.0, "accuracy/direction": 0.3,
+         "count/direction": 256.0, "accuracy/order": 0.5, "count/order": 256.0, "accuracy/lone_direction": 0.55,
+         "count/lone_direction": 256.0, "accuracy/shape": float("nan"), "count/shape": 0.0}
+    out = r.scored(m)
+    assert out["count"] == 768.0 and out["accuracy"] == pytest.approx(0.35)
+    assert out["accuracy/lone_direction"] == 0.55                 # kept as its own column
+    plain = {k: v for k, v in m.items() if "lone" not in k}
+    assert r.scored(plain) == plain                               # without a control: unchanged
+
+
 def test_report_states_the_runs_settings_and_refuses_runs_trained_differently():
     """The header's training settings come from the runs' own configs (a --config override given
     to the job shows as run), and arms trained differently cannot share one report."""

@@ -137,3 +137,25 @@ def test_motion_qa_context_reaches_the_tower_and_the_stores():
     for bad in ("context=-1", "context=x"):
         with pytest.raises(ValueError, match="context="):
             m.options(bad)
+
+
+def test_motion_qa_warmup_reads_the_curriculum_data_and_leads_with_the_lone_object():
+    """``warmup=N``: the data is motion_curriculum (motion's three families plus the control
+    lone_direction), the first N batches ask lone_direction; its own stores; off by default;
+    refused with ``tiny`` or a bad value."""
+    from experiments import motion_qa as m
+    from td_jax.data import moving_shapes_qa
+
+    d = m.get_config("warmup=400").task.data
+    assert (d.tfds_name, d.curriculum, d.families) == ("moving_shapes_qa/motion_curriculum", "lone_direction:400", "")
+    d0 = m.get_config("").task.data
+    assert (d0.tfds_name, d0.curriculum) == ("moving_shapes_qa/motion", "direction:600")
+    arm = next(a for a in m.ARMS if a["name"] == "token_dynamics")
+    assert m.store_dir("/r", arm, m.settings(m.options("warmup=400"))) != m.store_dir("/r", arm, m.settings(
+        m.options("")))
+    cur = {c.name: c for c in moving_shapes_qa.CONFIGS}["motion_curriculum"]
+    assert cur.families == ("color", "direction", "order", "lone_direction")
+    assert all(n % (4 * 4) == 0 for _, n in cur.split_sizes)           # family x letter balanced
+    for bad in ("warmup=-1", "warmup=x", "tiny,warmup=10"):
+        with pytest.raises(ValueError, match="warmup="):
+            m.options(bad)

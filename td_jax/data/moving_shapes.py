@@ -19,6 +19,13 @@ order       Which object appears first?                          temporal order
 position    Where is the {color} {shape} at the end of the video? position at a moment
 =========== ==================================================== ======================
 
+One more family is a *control*, outside the 8: ``lone_direction`` asks the ``direction``
+question of a scene that holds the asked object alone (same track law).  It needs the motion
+and nothing else — no named object to find among others, so a name-blind rule answers it by
+design — and so measures whether visual tokens carry the motion at all, apart from the
+binding of a name to an object; curricula start with it.  ``moving_shapes_qa/motion_curriculum``
+asks it beside motion's three families; reports keep it apart from the scored families.
+
 No question has a shortcut.  ``color``, ``shape``, ``direction``, ``motion`` and
 ``position`` ask about one named object; their scenes hold exactly :data:`NUM_OPTIONS`
 objects whose values (colour, shape, direction, behaviour, end quadrant) are the four
@@ -53,6 +60,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "cross")
 FAMILIES: tuple[str, ...] = ("color", "shape", "count", "direction", "speed", "motion", "order", "position")
+CONTROL_FAMILIES: tuple[str, ...] = ("lone_direction",)   # name-blind by design: reported apart from "all"
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + CONTROL_FAMILIES   # ``family_id`` indexes this
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 MOTIONS: tuple[str, ...] = ("keeps moving", "stops", "never moves", "leaves the view")
 QUADRANTS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
@@ -265,6 +274,13 @@ def _fam_direction(rng, cfg, letter, value):
     return objs, f"In which direction does the {target.name} move?", _options_with(rng, answer, DIRECTIONS, letter)
 
 
+def _fam_lone_direction(rng, cfg, letter, value):
+    answer = DIRECTIONS[value % len(DIRECTIONS)]
+    (c, s), = _objects(rng, cfg, 1)
+    target = Obj(c, s, *_direction_track(rng, cfg, answer))
+    return [target], f"In which direction does the {target.name} move?", _options_with(rng, answer, DIRECTIONS, letter)
+
+
 def _fam_speed(rng, cfg, letter, value):
     # Path lengths 0.45–0.6 R for the fastest, 0–0.25 R for the others, bouncing off the
     # borders from uniform starts: positions are uniform in every frame for every speed, so no
@@ -354,6 +370,7 @@ def _fam_position(rng, cfg, letter, value):
 _FAMILY_FNS = {
     "color": _fam_color, "shape": _fam_shape, "count": _fam_count, "direction": _fam_direction,
     "speed": _fam_speed, "motion": _fam_motion, "order": _fam_order, "position": _fam_position,
+    "lone_direction": _fam_lone_direction,
 }
 
 
@@ -432,9 +449,9 @@ def _scene(cfg: SceneConfig, seed: int, split: str, index: int,
            families: tuple[str, ...]) -> tuple[np.random.Generator, list[Obj], dict[str, Any]]:
     """The example's generator (advanced past the scene), its objects in storage order and
     its record without frames."""
-    bad = [f for f in families if f not in FAMILIES]
+    bad = [f for f in families if f not in ALL_FAMILIES]
     if bad or not families:
-        raise ValueError(f"unknown question families {bad or families}; known: {FAMILIES}")
+        raise ValueError(f"unknown question families {bad or families}; known: {ALL_FAMILIES}")
     rng = example_rng(seed, split, index)
     fam = family_of(index, tuple(families))
     j = index // len(families)
@@ -453,7 +470,7 @@ def _scene(cfg: SceneConfig, seed: int, split: str, index: int,
         "options": list(options),
         "answer": int(letter),
         "family": fam,
-        "family_id": FAMILIES.index(fam),
+        "family_id": ALL_FAMILIES.index(fam),
         "objects": {
             "color": [o.color for o in objs],
             "shape": [o.shape for o in objs],
@@ -479,7 +496,7 @@ def make_example(cfg: SceneConfig, seed: int, split: str, index: int,
     ``answer`` (int), ``family`` (str), ``family_id`` (int), and ``objects``: a dict of
     ``color [N]``, ``shape [N]`` (str), ``positions [N,T,2]`` float32, ``visible [N,T]`` bool.
     ``families``: the families to cycle through (example ``i`` asks ``families[i % len]``);
-    ``family_id`` stays the index in the full ``FAMILIES``.
+    ``family_id`` stays the index in the full ``ALL_FAMILIES``.
     """
     rng, objs, record = _scene(cfg, seed, split, index, families)
     return {"id": record["id"], "frames": render(objs, cfg, background(rng, cfg)), **record}

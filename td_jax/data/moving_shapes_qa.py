@@ -49,6 +49,12 @@ CONFIGS = (
                                                    "order); 12288/384/768 examples."),
                        num_frames=16, resolution=64, families=("color", "direction", "order"),
                        split_sizes=(("train", 12288), ("validation", 384), ("test", 768))),
+    MovingShapesConfig(name="motion_curriculum",
+                       description=("motion's 3 families plus the control lone_direction (the asked object "
+                                    "alone: reads motion without finding a named object; curricula start with "
+                                    "it); 16384/512/1024 examples, a quarter per family."),
+                       num_frames=16, resolution=64, families=("color", "direction", "order", "lone_direction"),
+                       split_sizes=(("train", 16384), ("validation", 512), ("test", 1024))),
     MovingShapesConfig(name="long", description="64 frames of 64x64 px; 1024/128/256 examples.",
                        num_frames=64, resolution=64,
                        split_sizes=(("train", 1024), ("validation", 128), ("test", 256))),
@@ -107,7 +113,7 @@ class MovingShapesQa(tfds.core.GeneratorBasedBuilder):
                          "speed/stop, temporal order or position at a moment. Families: "
                          + ", ".join(ms.FAMILIES)),
             features=features,
-            metadata=tfds.core.MetadataDict(families=list(ms.FAMILIES), asked=list(c.families), seed=c.seed,
+            metadata=tfds.core.MetadataDict(families=list(ms.ALL_FAMILIES), asked=list(c.families), seed=c.seed,
                                             num_frames=T, resolution=R),
         )
 

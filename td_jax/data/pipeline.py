@@ -32,7 +32,7 @@ How batches are drawn: ``families`` / ``max_examples`` select examples of the sp
 repeats and batches their *indices*; a reader turns each index batch into arrays — one
 example at a time, or, with ``in_memory``, by indexing columns read once (the fast path for
 small stores).  ``curriculum = "direction,order:600"`` draws the first 600 batches only from
-those families, then from all.  Every batch is a pure function of its position, so
+those families of the whole split, then from the selected examples.  Every batch is a pure function of its position, so
 ``get_state``/``set_state`` resume to identical batches.  With ``drop_remainder`` (training)
 every process keeps ``N // n`` examples; without it (eval) shards are padded with invalid
 rows to equal length, so every example is seen exactly once and all processes run the same
@@ -89,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
         "families": "",                   # comma-separated question families to keep ("" = all)
         "max_examples": 0,                # keep the first N selected examples of the split (0 = all)
         "curriculum": "",                 # "family[,family...]:N": the first N batches only from those families
+                                          # (drawn from the whole split: ``families`` selects the batches after)
         "in_memory": False,               # read the split once into memory, serve batches by indexing
         "worker_count": 0,                # grain mp_prefetch worker processes (0 = in-process)
         "worker_buffer_size": 2,
@@ -403,9 +404,19 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
                          f"{per_process}")
     cur_fams, cur_batches = parse_curriculum(c.curriculum)
     index_batches = _index_batches(idx, c, per_process, c.seed)
+    pool = idx[:0]
     if cur_batches:
-        fams = np.array([to_example.family(i) for i in idx])
-        pool = idx[np.isin(fams, cur_fams)]
+        # The curriculum draws from the whole split (``families`` / ``max_examples`` select the
+        # main phase): a warm-up family can lead the run without being asked after it.
+        everyone = np.arange(len(source))
+        fams = np.array([to_example.family(i) for i in everyone])
+        wanted = everyone[np.isin(fams, cur_fams)]
+        unknown = sorted(set(cur_fams) - set(fams.tolist()))
+        if unknown:
+            raise ValueError(f"data config curriculum={c.curriculum!r}: {unknown} never asked in split {split!r} "
+                             f"(it asks {sorted(set(fams.tolist()))})")
+        where = shard_indices(len(wanted), process_index, process_count, drop_remainder=c.drop_remainder)
+        pool = wanted[where[where >= 0]]
         if len(pool) < per_process:
             raise ValueError(f"data config curriculum={c.curriculum!r}: split {split!r} has {len(pool)} examples of "
                              f"{cur_fams} per process, fewer than the batch {per_process}")
@@ -420,7 +431,7 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
             where = (c.tfds_dir, c.tfds_name, c.data_dir)
         key = (c.source, where, split, c.num_frames, c.resolution, c.tokenizer, c.num_options, c.max_text_len,
                c.answer_format, c.list_options, c.with_options, c.skip_corrupt)
-        read = ReadColumns(to_example, idx, per_process, f"{c.source} {split}", key)
+        read = ReadColumns(to_example, np.concatenate([idx, pool]), per_process, f"{c.source} {split}", key)
     else:
         read = ReadBatch(to_example, per_process)
     it = index_batches.map(read).to_iter_dataset(

@@ -199,7 +199,7 @@ def _object_value(family: str, objects, i: int, resolution: int) -> str | None:
         return objects["color"][i]
     if family == "shape":
         return objects["shape"][i]
-    if family == "direction":
+    if family in ("direction", "lone_direction"):
         return _direction(objects, i) if objects["visible"][i].any() else None
     if family == "motion":
         return _motion(objects, i)
