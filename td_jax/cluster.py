@@ -3,8 +3,10 @@
 The recipe, chosen for speed *and* cluster quality (measured against scikit-learn and faiss
 in experiments/benchmarks/compress_bench.py):
 
-1. one read of all rows: per-row max-abs and sum of squares (finite check, safe inverse
-   norms, a global power-of-two scale), so nothing below depends on the tokens' scale;
+1. one read of all rows: per-row sums of squares (finite check, safe inverse norms, a
+   global power-of-two scale; per-row max-abs too, in a second read, only when some row's
+   sum of squares is non-finite or outside ``[2^-100, 2^100]``), so nothing below depends
+   on the tokens' scale;
 2. a sample of ``sample_size`` rows (all of them when N is small; masked rows never drawn);
 3. greedy k-means++ seeding on the first ``seed_sample_size`` rows of the sample
    (``n_local_trials`` candidates per centre, the best by potential, as scikit-learn does),
@@ -13,6 +15,17 @@ in experiments/benchmarks/compress_bench.py):
 5. ``refine_iters`` Lloyd steps on *all* rows, in row blocks (one GEMM assigns a block, one
    GEMM sums it per cluster, unit-weighted and raw), so centres, raw means and inertia come
    from the last assignment of all rows and are consistent.
+
+Default (``n_init=None``) for k <= ``MULTI_START_MAX_K``, steps 2–4 are instead: a sample of
+``max(512, 16k)`` rows and its Gram matrix (one small GEMM), ``MULTI_STARTS`` greedy
+k-means++ seedings (16 up to k = 32) each followed by ``MULTI_START_STEPS`` Lloyd steps,
+all in Gram space (a centre is a weight column over the sample rows, so a step of every
+start is one [S, S] x [S, starts·k] GEMM), and the start with the lowest sample inertia
+wins; when N fits :func:`default_sample_size` (or ``sample_size`` is given) the winner
+then runs Lloyd on that sample. On LLaVA-OV-sized tokens (T = 64, K = 32) the spread of
+the result over keys comes from which local minimum the seeding lands in, not from the
+number of refinement passes: many cheap starts on a small sample gave lower inertia than
+two starts on a larger one, for less time (results/compress_bench.md).
 
 Large k (200 clusters or more by default) seeds and iterates in two levels, so no step
 runs k times in sequence and no pass compares every row with every centre: ``G ≈ √k``
@@ -85,6 +98,13 @@ _SEED_TILE_ROWS = 128
 # k from which seeding and passes run in two levels when ``coarse_groups`` is None (on 23k LLaVA-OV-sized
 # tokens: at k = 128 two levels are 2.4x faster but 2% looser, at k = 233 7x faster at equal inertia).
 TWO_LEVEL_MIN_K = 200
+# n_init=None (the default): up to this k the flat path fits MULTI_STARTS seedings on a Gram sample
+# (fit_sample_multistart); above it, and in the two-level path, n_init=None means 2.
+MULTI_START_MAX_K = 64
+MULTI_STARTS = 16
+# Lloyd steps of every start in Gram space (T = 64 LLaVA-OV-sized tokens, K = 32: 3 and 5 steps
+# gave the same inertia after the pass over all rows).
+MULTI_START_STEPS = 3
 
 
 class KMeansResult(NamedTuple):
@@ -244,12 +264,38 @@ def _pow2(e: jax.Array) -> jax.Array:
 
 
 def row_stats(x: jax.Array, mask: jax.Array | None) -> RowStats:
-    """Finite flags, extreme rows, safe inverse norms and a global scale from one read of x [N, D].
+    """Finite flags, extreme rows, safe inverse norms and a global scale of x [N, D].
 
-    The max-abs and the sum of squares are sibling reductions of one read. Rows whose
-    max-abs exponent lies outside ``_SAFE_EXP`` (only when some exist) get their norm from
-    a second, scaled reduction: ``|x| = 2^e |x 2^-e|``. Extreme rows (max-abs outside
-    ``[2^-100, 2^112)``, zero and flushed subnormal rows included) are not valid.
+    Common case, one read: the row sums of squares. When every unmasked row's sum of
+    squares lies in ``[2^-100, 2^100]`` those rows are finite, not extreme and safe to
+    normalise (their max-abs lies in ``[2^-50 / sqrt(D), 2^50]``), and the global scale
+    comes from the largest sum of squares (``|scale * x| < 1`` still holds; it is the same
+    power of two for any power-of-two rescaling of x, so results keep their scale
+    invariance). Otherwise :func:`row_stats_exact` (max-abs and sum of squares; a second,
+    scaled read for rows whose max-abs exponent lies outside ``_SAFE_EXP``).
+    """
+    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
+    m = jnp.ones(sq.shape, bool) if mask is None else mask
+    ok = (sq >= 2.0 ** -100) & (sq <= 2.0 ** 100)
+
+    def fast():
+        _, e2 = jnp.frexp(jnp.where(m & ok, sq, 0.0))           # sq = f * 2^e2: max-abs <= sqrt(sq) < 2^ceil(e2/2)
+        top = jnp.max(jnp.where(m & ok, (e2 + 1) // 2, -_MAX_EXP))
+        zero = jnp.asarray(0, jnp.int32)
+        # masked rows are never used, but a non-finite one must still be flagged (the passes zero it)
+        return RowStats(m, jnp.isfinite(sq), jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0),
+                        _pow2(-jnp.where(jnp.any(m), top, 0)), Finiteness(zero, jnp.asarray(-1, jnp.int32), zero))
+
+    return jax.lax.cond(jnp.all(ok | ~m), fast, lambda: row_stats_exact(x, mask))
+
+
+def row_stats_exact(x: jax.Array, mask: jax.Array | None) -> RowStats:
+    """:func:`row_stats` for inputs with non-finite, extreme or unsafe rows.
+
+    The max-abs and the sum of squares are sibling reductions. Rows whose max-abs exponent
+    lies outside ``_SAFE_EXP`` (only when some exist) get their norm from a second, scaled
+    reduction: ``|x| = 2^e |x 2^-e|``. Extreme rows (max-abs outside ``[2^-100, 2^112)``,
+    zero and flushed subnormal rows included) are not valid.
     """
     amax = jnp.max(jnp.abs(x), axis=-1).astype(jnp.float32)
     sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
@@ -536,6 +582,98 @@ def fit_sample(key: jax.Array, xs: jax.Array, ws: jax.Array, cmask: jax.Array, *
     cs, n_iters, pots = jax.vmap(one_init)(jax.random.split(key, n_init))
     pick = jnp.argmin(pots)
     return cs[pick], n_iters[pick]
+
+
+def _greedy_gram(key: jax.Array, gram: jax.Array, w: jax.Array, k: int, n_trials: int) -> tuple[jax.Array, jax.Array]:
+    """Greedy k-means++ (as :func:`_greedy_kmeanspp`) on S sample rows given by their Gram
+    matrix gram [S, S] (cosines of unit rows) and 0/1 weights w [S]: a candidate's distances
+    are a column of the Gram matrix, and candidates are drawn by inverse CDF (a few
+    uniforms per step). Returns the seed rows [k] and the potential left after the last."""
+    s = gram.shape[0]
+    w_cdf = jnp.cumsum(w)
+
+    def pick(cdf, u):
+        return jnp.clip(jnp.sum(cdf[None, :] <= (u * cdf[-1])[:, None], axis=-1), 0, s - 1).astype(jnp.int32)
+
+    def draw(key, closest):
+        cdf = jnp.cumsum(closest * w)
+        u = jax.random.uniform(key, (n_trials,))
+        return jnp.where(cdf[-1] > 0, pick(cdf, u), pick(w_cdf, u))      # nothing left: uniform on rows
+
+    key0, key_loop = jax.random.split(key)
+    first = pick(w_cdf, jax.random.uniform(key0, (1,)))[0]
+    closest = jnp.maximum(1.0 - gram[:, first], 0.0)
+
+    def body(i, carry):
+        seeds, closest = carry
+        cand = draw(jax.random.fold_in(key_loop, i), closest)
+        new_closest = jnp.minimum(closest[:, None], jnp.maximum(1.0 - gram[:, cand], 0.0))   # [S, L]
+        best = jnp.argmin(jnp.sum(new_closest * w[:, None], axis=0))
+        return seeds.at[i].set(cand[best]), new_closest[:, best]
+
+    seeds, closest = jax.lax.fori_loop(1, k, body, (jnp.zeros((k,), jnp.int32).at[0].set(first), closest))
+    return seeds, jnp.sum(closest * w)
+
+
+def _lloyd_gram(gram: jax.Array, w: jax.Array, seeds: jax.Array, cmask: jax.Array,
+                steps: int) -> tuple[jax.Array, jax.Array]:
+    """``steps`` Lloyd steps on S sample rows in Gram space: a centre is a weight column over
+    the rows (one-hot on its seed row, then the rows of its cluster), so one [S, S] x [S, K]
+    GEMM gives every row's dot with every centre and, on the centre's own rows, its squared
+    norm. An empty enabled cluster moves to the row farthest from its centre (as
+    :func:`_reseed_empty`). Returns the weights [S, K] and the sample potential they leave."""
+    s, k = gram.shape[0], seeds.shape[0]
+    rows = jnp.arange(s)[:, None]
+    wc = jnp.where(cmask[None, :], (rows == seeds[None, :]).astype(gram.dtype), 0.0)
+
+    def scores_of(wc):
+        p = gram @ wc
+        norm2 = jnp.sum(wc * p, axis=0)
+        return jnp.where(cmask[None, :] & (norm2 > 0)[None, :], p * jax.lax.rsqrt(jnp.maximum(norm2, 1e-30))[None, :],
+                         -jnp.inf)
+
+    def step(_, wc):
+        sc = scores_of(wc)
+        labels, best = jnp.argmax(sc, axis=-1), jnp.max(sc, axis=-1)
+        onehot = (labels[:, None] == jnp.arange(k)[None, :]) & (w > 0)[:, None]
+        counts = jnp.sum(onehot, axis=0)
+        new = jnp.where((counts > 0)[None, :], onehot.astype(gram.dtype), wc)
+        empty = (counts == 0) & cmask
+        rank = jnp.cumsum(empty.astype(jnp.int32)) - 1
+        n_far = min(k, s)
+        far_d, far_idx = jax.lax.top_k(jnp.where(w > 0, 1.0 - best, -jnp.inf), n_far)
+        slot = jnp.clip(rank, 0, n_far - 1)
+        usable = empty & (rank < n_far) & (far_d[slot] > 0)
+        new = jnp.where(usable[None, :], (rows == far_idx[slot][None, :]).astype(gram.dtype), new)
+        return jnp.where(cmask[None, :], new, 0.0)
+
+    wc = jax.lax.fori_loop(0, steps, step, wc)
+    return wc, jnp.sum(w * (1.0 - jnp.max(scores_of(wc), axis=-1)))
+
+
+def fit_sample_multistart(key: jax.Array, xs: jax.Array, ws: jax.Array, cmask: jax.Array, *, starts: int,
+                          steps: int, n_trials: int) -> jax.Array:
+    """``starts`` greedy k-means++ seedings, each followed by ``steps`` Lloyd steps, all on
+    the unit sample rows xs [S, D] through their Gram matrix (one [S, S] GEMM; every start's
+    seeding and steps then cost O(S) and O(S^2 K) instead of O(S D) and O(S D K)); the start
+    with the lowest sample potential wins. Returns its unit centres c [K, D]."""
+    k = cmask.shape[0]
+    gram = jnp.einsum("sd,td->st", xs, xs, preferred_element_type=jnp.float32)
+    seeds, _ = jax.vmap(lambda kk: _greedy_gram(kk, gram, ws, k, n_trials))(jax.random.split(key, starts))
+    wcs, pots = jax.vmap(lambda sd: _lloyd_gram(gram, ws, sd, cmask, steps))(seeds)
+    wc = wcs[jnp.argmin(pots)]
+    return jnp.where(cmask[:, None], normalize_rows(jnp.einsum("sk,sd->kd", wc, xs)), 0.0)
+
+
+def default_starts(k: int) -> int:
+    """Seedings of the default (``n_init=None``) flat path: 16 up to k = 32, then 512 // k
+    (8 at k = 64), so the Gram-space Lloyd steps stay one [S, S] x [S, 512] GEMM."""
+    return max(1, min(MULTI_STARTS, 512 // k))
+
+
+def default_gram_rows(k: int) -> int:
+    """Sample rows of the default (``n_init=None``) flat path: 16 per centre, at least 512."""
+    return max(512, 16 * k)
 
 
 def greedy_trials(k: int, n_local_trials: int | None) -> int:
@@ -911,7 +1049,7 @@ def _result(us, rs, counts, labels, stats: RowStats, n_iter) -> KMeansResult:
 
 def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
                 iters: int = 50, tol=1e-4, refine_iters: int = 1, sample_size: int | None = None,
-                seed_sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 2,
+                seed_sample_size: int | None = None, n_local_trials: int | None = None, n_init: int | None = None,
                 block_rows: int | None = 4096, coarse_groups: int | None = None,
                 init: jax.Array | None = None, rows: RowStats | None = None) -> tuple[KMeansResult, Finiteness]:
     """:func:`kmeans` without eager checks, traceable: returns the result and the
@@ -926,6 +1064,7 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
     stats = row_stats(x, mask) if rows is None else rows
     groups = default_coarse_groups(k) if coarse_groups is None else min(int(coarse_groups), k)
     if init is None and groups > 1:
+        n_init = 2 if n_init is None else n_init
         size = default_sample_size(k) if sample_size is None else sample_size
         seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
         res = _two_level(x, stats, k, groups, key=key, iters=iters, tol=tol, refine_iters=refine_iters,
@@ -933,7 +1072,23 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
                          block_rows=block_rows)
         return res, stats.check
 
-    if init is None:
+    if init is None and n_init is None and k <= MULTI_START_MAX_K:
+        # many seedings + Lloyd steps in Gram space on a small sample; the winner then runs
+        # Lloyd on all rows when they fit the default sample, or on an explicit sample_size
+        k_sample, k_seed = jax.random.split(key)
+        rows = min(n, default_gram_rows(k) if seed_sample_size is None else seed_sample_size)
+        xs, ws = unit_rows(x, stats, sample_indices(k_sample, stats.valid, rows))
+        steps = min(iters, MULTI_START_STEPS)
+        c = fit_sample_multistart(k_seed, xs, ws, cmask, starts=default_starts(k), steps=steps,
+                                  n_trials=greedy_trials(k, n_local_trials))
+        n_iter = jnp.asarray(steps, jnp.int32)
+        if sample_size is not None or n <= default_sample_size(k):
+            size = min(n, default_sample_size(k) if sample_size is None else sample_size)
+            xs, ws = unit_rows(x, stats, sample_indices(jax.random.fold_in(k_sample, 1), stats.valid, size))
+            c, more = _lloyd_sample(xs, ws, c, cmask, iters, tol)
+            n_iter = n_iter + more
+    elif init is None:
+        n_init = 2 if n_init is None else n_init
         k_sample, k_seed = jax.random.split(key)
         size = min(n, default_sample_size(k) if sample_size is None else sample_size)
         seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
@@ -970,13 +1125,14 @@ def _kmeans_compiled(x, mask, key, tol, *, k, iters, refine_iters, sample_size, 
 
 
 def check_kmeans_options(*, iters, tol, refine_iters, sample_size, seed_sample_size, n_init, block_rows,
-                         n_local_trials=None, coarse_groups=None) -> dict:
-    """Validate the shared k-means keyword options (one ValueError/TypeError naming the option)."""
+                         n_local_trials=None, coarse_groups=None, n_init_none: bool = True) -> dict:
+    """Validate the shared k-means keyword options (one ValueError/TypeError naming the option;
+    ``n_init_none``: whether n_init=None, the multi-start default, is allowed)."""
     return dict(iters=check_int_option("iters", iters, 0), tol=check_float_option("tol", tol),
                 refine_iters=check_int_option("refine_iters", refine_iters, 1),
                 sample_size=check_int_option("sample_size", sample_size, 1, allow_none=True),
                 seed_sample_size=check_int_option("seed_sample_size", seed_sample_size, 1, allow_none=True),
-                n_init=check_int_option("n_init", n_init, 1),
+                n_init=check_int_option("n_init", n_init, 1, allow_none=n_init_none),
                 block_rows=check_int_option("block_rows", block_rows, 1, allow_none=True),
                 n_local_trials=check_int_option("n_local_trials", n_local_trials, 1, allow_none=True),
                 coarse_groups=check_int_option("coarse_groups", coarse_groups, 1, allow_none=True))
@@ -987,7 +1143,7 @@ def check_kmeans_options(*, iters, tol, refine_iters, sample_size, seed_sample_s
 
 def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
            iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
-           sample_size: int | None = None, n_local_trials: int | None = None, n_init: int = 2,
+           sample_size: int | None = None, n_local_trials: int | None = None, n_init: int | None = None,
            block_rows: int | None = 4096, seed_sample_size: int | None = None,
            coarse_groups: int | None = None) -> KMeansResult:
     """Spherical k-means of rows x [N, D] into k clusters (compiled; see the module docstring).
@@ -1007,6 +1163,9 @@ def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = Non
       n_local_trials: greedy k-means++ candidates per centre (default 2 + ln k).
       n_init: independent seedings run on the sample (vectorised); the one with the lowest
         sample inertia is refined on all rows (two-level path: of the coarse centres).
+        None (default): for k <= ``MULTI_START_MAX_K`` the many-start Gram-sample fit of
+        the module docstring (``seed_sample_size`` sets its rows, default
+        :func:`default_gram_rows`), else 2.
       block_rows: rows per block in the passes over all rows (bounds temporaries to
         block_rows x D; None processes all rows at once, best when rows are sharded).
       seed_sample_size: sample rows the greedy seeding looks at (default

@@ -120,7 +120,7 @@ _token_dynamics_compiled = jax.jit(_token_dynamics_traced, static_argnames=_KM_S
 
 def token_dynamics(tokens: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = None,
                    base: str = "raw", iters: int = 50, tol: float = 1e-4, refine_iters: int = 1,
-                   sample_size: int | None = None, n_init: int = 2, block_rows: int | None = 4096,
+                   sample_size: int | None = None, n_init: int | None = None, block_rows: int | None = 4096,
                    seed_sample_size: int | None = None, coarse_groups: int | None = None) -> TokenDynamics:
     """Fixed-length Token Dynamics of one video (compiled: one cached executable per static
     configuration; inside a user's ``jit``/``vmap`` it is traced like any JAX function).
@@ -465,7 +465,8 @@ def adaptive_token_dynamics(tokens: jax.Array, k_max: int, *, key: jax.Array, me
     threshold = check_float_option("threshold", threshold)
     elbow_tol = check_float_option("elbow_tol", elbow_tol)
     opts = check_kmeans_options(iters=iters, tol=tol, refine_iters=refine_iters, sample_size=sample_size,
-                                seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows)
+                                seed_sample_size=seed_sample_size, n_init=n_init, block_rows=block_rows,
+                                n_init_none=False)
     opts.pop("n_local_trials")
     tol = opts.pop("tol")
     run = lambda v: _adaptive_compiled(v, mask, key, tol, threshold, elbow_tol, k_max=k_max, k_min=k_min,
