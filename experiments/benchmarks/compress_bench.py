@@ -259,7 +259,20 @@ def section_k32(rounds, baseline_rounds):
                      f"sums of squares) + the pass | 3 (assign K columns + sums 2K columns) | "
                      f"{f['sample_gemm_passes']:.2f} ({f['starts']} starts x [greedy seeding + {f['gram_steps']} Lloyd "
                      f"steps] in Gram space on {f['gram_rows']:,} rows{extra}) |")
+    lines += ["", *floor_note(rows, floor_rows)]
     return {"rows": rows, "floor": floor_rows}, lines
+
+
+def floor_note(rows, floor_rows):
+    """What the work table means against faiss, from the same run's numbers."""
+    f = floor_rows[-1]
+    faiss = next(r for r in rows if r["T"] == f["T"] and r["method"] == "faiss")["median_s"]
+    return [f"At T = {f['T']} ours costs {f['ours_over_floor']:.1f} GEMM passes and faiss {faiss / f['floor_s']:.1f} "
+            "in this run. Of ours, the pass over all tokens (assignment + unit and raw per-cluster sums, one [N, D] "
+            "x [D, 3K] worth of GEMM) is ~3 units and the read of the row sums of squares ~0.4, so this recipe cannot "
+            "go below ~3.4 units; 2x faster than faiss needs half of faiss's units. faiss's threads lose more to "
+            "other jobs on the cores than one GEMM pass does (5.7 units on quiet cores in the run before the multi-start default: 0.149 s / 0.026 s), so the time ratio "
+            "to faiss depends on the load: read it with the load average below."]
 
 
 def section_bigk(rounds, baseline_rounds):
