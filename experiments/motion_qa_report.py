@@ -338,7 +338,7 @@ def target_checks(arms: Sequence[Mapping], meta: Mapping) -> list[dict]:
             out.append({"target": t, "status": "met" if m["sign"] > 0 else "missed", "measured": text})
     if head is not None:
         for r in [by[n] for n in RIVALS if n in by]:
-            fams = [f for f in MOTION if f in head["accuracy_by_family"]]
+            fams = [f for f in MOTION + ms.CONTROL_FAMILIES if f in head["accuracy_by_family"]]
             parts = [f"all {_fmt_margin(_m(head, r, meta))}"] + [f"{f} {_fmt_margin(_m(head, r, meta, f))}"
                                                                  for f in fams]
             m = _m(head, r, meta)
