@@ -144,6 +144,7 @@ def test_motion_qa_warmup_reads_the_curriculum_data_and_leads_with_the_lone_obje
     lone_direction), the first N batches ask lone_direction; its own stores; off by default;
     refused with ``tiny`` or a bad value."""
     from experiments import motion_qa as m
+    from td_jax.data import moving_shapes as ms
     from td_jax.data import moving_shapes_qa
 
     d = m.get_config("warmup=400").task.data
@@ -155,6 +156,9 @@ def test_motion_qa_warmup_reads_the_curriculum_data_and_leads_with_the_lone_obje
         m.options("")))
     cur = {c.name: c for c in moving_shapes_qa.CONFIGS}["motion_curriculum"]
     assert cur.families == ("color", "direction", "order", "lone_direction")
+    assert moving_shapes_qa.family_names(cur)[-1] == "lone_direction"
+    assert moving_shapes_qa.family_names({c.name: c for c in moving_shapes_qa.CONFIGS}["motion"]) == list(
+        ms.FAMILIES)                                                      # no control: the eight, no NaN column
     assert all(n % (4 * 4) == 0 for _, n in cur.split_sizes)           # family x letter balanced
     for bad in ("warmup=-1", "warmup=x", "tiny,warmup=10"):
         with pytest.raises(ValueError, match="warmup="):
