@@ -363,17 +363,21 @@ def _open(c, split: str, tok):
     return source, ToExample(c, source, arrays, tok)
 
 
+def _families_asked(to_example: ToExample, n: int, names, what: str) -> np.ndarray:
+    """Positions of the split's ``n`` examples that ask one of ``names`` (``what`` names the
+    config key in the error when some are never asked)."""
+    fams = np.array([to_example.family(i) for i in range(n)])
+    unknown = sorted(set(names) - set(fams.tolist()))
+    if unknown:
+        raise ValueError(f"data config {what}: {unknown} never asked in this split (it asks "
+                         f"{sorted(set(fams.tolist()))})")
+    return np.flatnonzero(np.isin(fams, sorted(set(names))))
+
+
 def _selected(c, to_example: ToExample, n: int) -> np.ndarray:
     """Positions of the split's examples that ``families`` / ``max_examples`` keep."""
     keep = {f.strip() for f in c.families.split(",") if f.strip()}
-    idx = np.arange(n)
-    if keep:
-        fams = np.array([to_example.family(i) for i in idx])
-        unknown = sorted(keep - set(fams.tolist()))
-        if unknown:
-            raise ValueError(f"data config families: {unknown} never asked in this split (it asks "
-                             f"{sorted(set(fams.tolist()))})")
-        idx = idx[np.isin(fams, sorted(keep))]
+    idx = _families_asked(to_example, n, keep, "families") if keep else np.arange(n)
     return idx[: c.max_examples] if c.max_examples else idx
 
 
@@ -408,13 +412,7 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
     if cur_batches:
         # The curriculum draws from the whole split (``families`` / ``max_examples`` select the
         # main phase): a warm-up family can lead the run without being asked after it.
-        everyone = np.arange(len(source))
-        fams = np.array([to_example.family(i) for i in everyone])
-        wanted = everyone[np.isin(fams, cur_fams)]
-        unknown = sorted(set(cur_fams) - set(fams.tolist()))
-        if unknown:
-            raise ValueError(f"data config curriculum={c.curriculum!r}: {unknown} never asked in split {split!r} "
-                             f"(it asks {sorted(set(fams.tolist()))})")
+        wanted = _families_asked(to_example, len(source), cur_fams, f"curriculum={c.curriculum!r} (split {split!r})")
         where = shard_indices(len(wanted), process_index, process_count, drop_remainder=c.drop_remainder)
         pool = wanted[where[where >= 0]]
         if len(pool) < per_process:
