@@ -43,8 +43,9 @@ IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'default'}" for n, c
 # same core (tome / prune / visionzip per frame, pool's output grid) is marked slow; its
 # default configuration checks the core under each transformation, and test_count_and_mask
 # runs every configuration.
-_REGROUPED = {("tome", "mode=frame"), ("prune", "mode=frame"), ("visionzip", "mode=frame"), ("pool", "out_hw=(2, 3)")}
-TRANSFORM_CASES = [pytest.param(*c, id=i, marks=[pytest.mark.slow] if (c[0], i.partition("-")[2]) in _REGROUPED else [])
+_REGROUPED = [("tome", {"mode": "frame"}), ("prune", {"mode": "frame"}), ("visionzip", {"mode": "frame"}),
+              ("pool", {"out_hw": (2, 3)})]
+TRANSFORM_CASES = [pytest.param(*c, id=i, marks=[pytest.mark.slow] if c[:2] in _REGROUPED else [])
                    for c, i in zip(CASES, IDS)]
 
 

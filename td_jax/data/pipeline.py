@@ -41,11 +41,12 @@ number of batches.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import grain
 import ml_collections
@@ -363,10 +364,9 @@ def _open(c, split: str, tok):
     return source, ToExample(c, source, arrays, tok)
 
 
-def _families_asked(to_example: ToExample, n: int, names, what: str) -> np.ndarray:
-    """Positions of the split's ``n`` examples that ask one of ``names`` (``what`` names the
-    config key in the error when some are never asked)."""
-    fams = np.array([to_example.family(i) for i in range(n)])
+def _families_asked(fams: np.ndarray, names, what: str) -> np.ndarray:
+    """Positions of the split's examples (``fams``: each one's family) that ask one of
+    ``names`` (``what`` names the config key in the error when some are never asked)."""
     unknown = sorted(set(names) - set(fams.tolist()))
     if unknown:
         raise ValueError(f"data config {what}: {unknown} never asked in this split (it asks "
@@ -374,10 +374,11 @@ def _families_asked(to_example: ToExample, n: int, names, what: str) -> np.ndarr
     return np.flatnonzero(np.isin(fams, sorted(set(names))))
 
 
-def _selected(c, to_example: ToExample, n: int) -> np.ndarray:
-    """Positions of the split's examples that ``families`` / ``max_examples`` keep."""
+def _selected(c, split_families: Callable[[], np.ndarray], n: int) -> np.ndarray:
+    """Positions of the split's ``n`` examples that ``families`` / ``max_examples`` keep
+    (``split_families()``: every example's family, read only when ``families`` is set)."""
     keep = {f.strip() for f in c.families.split(",") if f.strip()}
-    idx = _families_asked(to_example, n, keep, "families") if keep else np.arange(n)
+    idx = _families_asked(split_families(), keep, "families") if keep else np.arange(n)
     return idx[: c.max_examples] if c.max_examples else idx
 
 
@@ -398,7 +399,9 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
     tok = tokenizer if tokenizer is not None else tok_lib.make_tokenizer(c.tokenizer, c.num_options)
     source, to_example = _open(c, split, tok)
 
-    chosen = _selected(c, to_example, len(source))
+    # every example's family, read once (a whole-record read per example) and only if asked for
+    split_families = functools.cache(lambda: np.array([to_example.family(i) for i in range(len(source))]))
+    chosen = _selected(c, split_families, len(source))
     pos = shard_indices(len(chosen), process_index, process_count, drop_remainder=c.drop_remainder)
     if len(pos) == 0:
         raise ValueError(f"split {split!r} has {len(chosen)} selected examples: too few for {process_count} processes")
@@ -412,7 +415,7 @@ def make_dataset(config: Mapping[str, Any], split: str, *, process_index: int | 
     if cur_batches:
         # The curriculum draws from the whole split (``families`` / ``max_examples`` select the
         # main phase): a warm-up family can lead the run without being asked after it.
-        wanted = _families_asked(to_example, len(source), cur_fams, f"curriculum={c.curriculum!r} (split {split!r})")
+        wanted = _families_asked(split_families(), cur_fams, f"curriculum={c.curriculum!r} (split {split!r})")
         where = shard_indices(len(wanted), process_index, process_count, drop_remainder=c.drop_remainder)
         pool = wanted[where[where >= 0]]
         if len(pool) < per_process:
