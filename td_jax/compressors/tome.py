@@ -161,29 +161,39 @@ def merge_sum(v: jax.Array, match: Matching) -> jax.Array:
 def new_positions(n: int, match: Matching) -> jax.Array:
     """[B, N] int32: index in the merged sequence of every token before the round."""
     bsz, na = match.best.shape
-    keep = match.unm_idx.shape[1]
-    zeros = jnp.zeros((bsz, na), jnp.int32)
-    rank = scatter_add_flat(zeros, match.unm_idx, jnp.broadcast_to(jnp.arange(keep, dtype=jnp.int32), (bsz, keep)))
-    is_src = scatter_add_flat(zeros, match.src_idx, jnp.ones(match.src_idx.shape, jnp.int32)) > 0
-    pos_a = jnp.where(is_src, keep + match.best, rank)
-    pos_b = jnp.broadcast_to(keep + jnp.arange(n // 2, dtype=jnp.int32), (bsz, n // 2))
-    return jnp.zeros((bsz, n), jnp.int32).at[:, 0::2].set(pos_a).at[:, 1::2].set(pos_b)
+    r, keep = match.src_idx.shape[1], match.unm_idx.shape[1]
+    # rank of every A token in the matching's order [merged (r), kept (keep)]: one scatter
+    rank = inverse_permutation(jnp.concatenate([match.src_idx, match.unm_idx], axis=1))
+    pos_a = jnp.where(rank < r, keep + match.best, rank - r)
+    pos_b = jnp.broadcast_to(keep + jnp.arange(na, dtype=jnp.int32), (bsz, na))   # B has na or na - 1 tokens
+    return jnp.stack([pos_a, pos_b], axis=-1).reshape(bsz, 2 * na)[:, :n]
 
 
 def padding_to_a(valid: jax.Array) -> jax.Array:
     """New position of every slot so that padded slots (``valid [B, N]`` False) take the A
-    positions 0, 2, 4, ... first (then B positions), real slots the rest in their order.
-    All-valid rows keep the identity.  Returns [B, N] int32."""
-    bsz, n = valid.shape
-    pad_order = jnp.asarray(list(range(0, n, 2)) + list(range(1, n, 2)), jnp.int32)   # positions padding fills
-    rank_in_order = jnp.argsort(pad_order).astype(jnp.int32)                          # position -> its rank
-    n_pad = jnp.sum(~valid, axis=1, keepdims=True)
-    taken = rank_in_order[None, :] < n_pad                                            # [B, N] positions of padding
-    free = jnp.argsort(taken, axis=1, stable=True).astype(jnp.int32)                 # free positions first, ascending
-    pad_rank = jnp.cumsum(~valid, axis=1) - 1
-    real_rank = jnp.cumsum(valid, axis=1) - 1
-    return jnp.where(valid, jnp.take_along_axis(free, jnp.maximum(real_rank, 0), axis=1),
-                     pad_order[jnp.maximum(pad_rank, 0)]).astype(jnp.int32)
+    positions 0, 2, 4, ... first (then B positions 1, 3, ...), real slots the rest in their
+    order.  All-valid rows keep the identity.  Returns [B, N] int32 (closed form, no sort)."""
+    n = valid.shape[1]
+    na = (n + 1) // 2
+    n_pad = jnp.sum(~valid, axis=1, keepdims=True).astype(jnp.int32)
+    pad_rank = jnp.cumsum(~valid, axis=1, dtype=jnp.int32) - 1
+    real_rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
+    # padding fills A positions 0, 2, ... (na of them), then B positions 1, 3, ...
+    pad_pos = jnp.where(pad_rank < na, 2 * pad_rank, 2 * (pad_rank - na) + 1)
+    # the k-th free position, ascending: with n_pad <= na the odd positions below 2 n_pad,
+    # then every position from 2 n_pad on; with more padding, every other odd position left
+    k = real_rank
+    few = jnp.where(k < n_pad, 2 * k + 1, k + n_pad)
+    many = 2 * (n_pad - na) + 1 + 2 * k
+    real_pos = jnp.where(n_pad <= na, few, many)
+    return jnp.where(valid, real_pos, pad_pos).astype(jnp.int32)
+
+
+def inverse_permutation(perm: jax.Array) -> jax.Array:
+    """``perm [B, N]`` (a permutation per row) -> its inverse [B, N] int32 (one scatter)."""
+    bsz, n = perm.shape
+    return scatter_add_flat(jnp.zeros((bsz, n), jnp.int32), perm,
+                            jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (bsz, n)))
 
 
 def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None = None,
@@ -201,15 +211,19 @@ def merge_round(x: jax.Array, size: jax.Array, r: int, metric: jax.Array | None 
     if masked:
         valid = size > 0
         perm_pos = padding_to_a(valid)
-        src = jnp.argsort(perm_pos, axis=1).astype(jnp.int32)
+        src = inverse_permutation(perm_pos)
         x, size, valid = gather_flat(x, src), gather_flat(size, src), gather_flat(valid, src)
         metric = None if metric is None else gather_flat(metric, src)
     match = bipartite_soft_matching(x if metric is None else metric, r, block, valid)
-    w = size[..., None].astype(x.dtype)
-    new_size = merge_sum(size, match)
+    # tokens, metric and sizes merged together: one gather + one scatter-add per round, in float32
+    w = size[..., None].astype(jnp.float32)
+    cols = [x.astype(jnp.float32) * w] + ([] if metric is None else [metric.astype(jnp.float32) * w])
+    merged = merge_sum(jnp.concatenate(cols + [w], axis=-1), match)
+    new_size = merged[..., -1]
     denom = jnp.where(new_size > 0, new_size, 1.0)[..., None]
-    nx = merge_sum(x * w, match) / denom.astype(x.dtype)
-    nm = None if metric is None else merge_sum(metric * w, match) / denom.astype(metric.dtype)
+    d = x.shape[-1]
+    nx = (merged[..., :d] / denom).astype(x.dtype)
+    nm = None if metric is None else (merged[..., d:-1] / denom).astype(metric.dtype)
     pos = new_positions(n, match)
     if perm_pos is not None:
         pos = jnp.take_along_axis(pos, perm_pos, axis=1)
