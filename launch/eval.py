@@ -21,7 +21,9 @@ Video-QA tasks write, to ``--output_dir`` (default: the run's workdir), ``eval_<
 ``.json`` (metrics overall and per category), ``.md`` (tables) and ``.predictions.jsonl`` (one
 line per example). ``--mode=mc``: option letters scored at the answer position (lmms-eval's
 protocol), or with ``data.answer_format="text"`` each option's words (the video + prompt
-decoded once). ``--mode=generate``: batched, jitted greedy (or ``--temperature``) decoding with the
+decoded once), by the trainer's own evaluation program (``VideoQATask.eval_fn``: the numbers a
+run reports while training, and its compiled program, read from JAX's cache when the run's
+is there); only an example's own options can be predicted. ``--mode=generate``: batched, jitted greedy (or ``--temperature``) decoding with the
 KV cache, scored by exact match / contains / token F1 (multiple-choice questions: the parsed
 option); ``--judge=package.module:function`` adds an external judge's verdicts. Other tasks
 write their own metrics table.
@@ -136,29 +138,33 @@ def _video_qa(s, params, *, split: str, mode: str, gen: dict, max_batches: int, 
     from td_jax.eval import openqa, predict
     from td_jax.train import data as data_lib
     from td_jax.train import mesh as mesh_lib
+    from td_jax.train import trainer
 
     cfg, task = s.config, s.task
     tok = task.tokenizer
-    compress_key = jax.random.key(cfg.task.eval_compress_seed)
     eos = getattr(tok, "im_end", None)
     eos = getattr(tok, "eos_id", None) if eos is None else eos
-    if mode == "mc":      # option letters, or each option's text (data.answer_format="text")
-        step = predict.make_mc_step(task.model, task.option_ids, compress_key, media=task.model_inputs,
-                                    text_options=cfg.task.data.answer_format == "text")
+    shardings = s.eval_batch_shardings
+    if mode == "mc":      # the trainer's own evaluation program; its per-example rows
+        eval_step = trainer.make_eval_step(s)
+
+        def jitted(params, batch):
+            out = jax.device_get(eval_step(params, batch))
+            rows = {k.removeprefix(trainer.PER_EXAMPLE): v for k, v in out.items()
+                    if k.startswith(trainer.PER_EXAMPLE)}
+            return {**rows, "valid": rows["index"] >= 0}
     else:
-        step = predict.make_generate_step(task.model, compress_key, media=task.model_inputs, max_new_tokens=gen["max_new_tokens"],
+        step = predict.make_generate_step(task.model, jax.random.key(cfg.task.eval_compress_seed),
+                                          media=task.model_inputs, max_new_tokens=gen["max_new_tokens"],
                                           temperature=gen["temperature"], eos_id=eos, pad_id=int(tok.pad_id),
                                           seed=cfg.seed)
 
-    def wrapped(params, batch):
-        with mesh_lib.logical_context(s.mesh, cfg.axis_rules):
-            return step(params, batch)
+        def wrapped(params, batch):
+            with mesh_lib.logical_context(s.mesh, cfg.axis_rules):
+                return step(params, batch)
 
-    shardings = dict(s.eval_batch_shardings)
-    for k in ("index", "num_options"):        # per-example bookkeeping the predictions need
-        shardings.setdefault(k, mesh_lib.batch_sharding(s.mesh, 1))
-    jitted = jax.jit(wrapped, in_shardings=(s.state_shardings["params"], shardings),
-                     out_shardings=NamedSharding(s.mesh, P()))
+        jitted = jax.jit(wrapped, in_shardings=(s.state_shardings["params"], shardings),
+                         out_shardings=NamedSharding(s.mesh, P()))
     batches = task.make_data(split, batch_size=cfg.eval_batch_size // jax.process_count(), train=False,
                              seed=cfg.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
     t0 = time.time()

@@ -127,3 +127,35 @@ def test_launch_eval_writes_family_table(runs, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.load(open(tmp_path / "base_only" / "eval_test_6.json"))
     assert rec["model"]["compressor"] == "base_only" and rec["examples"]["scored"] == 8
+
+
+def test_eval_predicts_only_each_examples_own_options(runs):
+    """A question with fewer options than the tokenizer's letters (``num_options``) is scored over
+    its own options only, in the trainer's metrics and in its per-example rows (which
+    ``launch.eval`` reads): a padded option slot never wins."""
+    from td_jax.train import data as data_lib
+
+    s = trainer.build(runs["cfg"])
+    abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_shardings)
+    ck = ckpt_lib.Checkpointer(str(runs["root"] / "full" / "checkpoints"), read_only=True)
+    _, state, _ = ck.restore_latest(abstract)
+    ck.close()
+    batch = next(iter(s.task.make_data("test", batch_size=s.config.eval_batch_size, train=False, seed=0,
+                                       shard_index=0, shard_count=1)))
+    step = trainer.make_eval_step(s)
+    run = lambda b: jax.device_get(step(state["params"], data_lib.to_global(b, s.eval_batch_shardings)))  # noqa: E731
+    out = run(batch)
+    valid = np.asarray(batch["valid"])
+    best = np.argmax(out["per_example/scores"], axis=1)
+    assert np.array_equal(out["per_example/prediction"][valid], best[valid])      # 4 of 4 options: unrestricted
+    assert (best[valid] > 0).any()        # the check below can tell: some rows' best letter is not A
+    # give every question only the options before its best letter (at least one): that letter is out
+    cut = dict(batch, num_options=np.where(valid, np.maximum(best, 1), 0).astype(np.int32),
+               answer=np.zeros_like(batch["answer"]))
+    got = run(cut)
+    pred = got["per_example/prediction"][valid]
+    own = cut["num_options"][valid]
+    assert (pred < own).all()
+    want = np.array([np.argmax(sc[:k]) for sc, k in zip(got["per_example/scores"][valid], own)])
+    assert np.array_equal(pred, want)
+    assert got["correct"].sum() == (pred == 0).sum() and got["count"].sum() == valid.sum()

@@ -11,7 +11,8 @@ Two modes over the same batches (``td_jax.data.pipeline``, ``valid`` / ``index``
   multiple-choice question's generated answer is parsed to an option and scored as accuracy.
   An external judge (``openqa.load_judge``) adds ``judge_correct`` / ``judge_score``.
 
-    step = make_mc_step(model, option_ids, compress_key)          # (params, batch) -> outputs
+    # mc: the task's eval_fn (td_jax.train.video_qa) emits the per-example rows; generate:
+    step = make_generate_step(model, compress_key, max_new_tokens=..., eos_id=..., pad_id=...)
     rows = collect(jax.jit(step, ...), params, batches, to_global)  # {index: per-example outputs}
     preds = mc_predictions(rows, records)                           # one dict per example
     metrics = summarize(preds, ["accuracy"])                        # overall and per category
@@ -31,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from td_jax import compressors
 from td_jax.eval import openqa
 
 MODES = ("mc", "generate")
@@ -44,36 +44,6 @@ def _passthrough(batch) -> dict:
 
 def _media(batch) -> dict:
     return {"visual_tokens": batch["visual_tokens"]} if "visual_tokens" in batch else {"frames": batch["frames"]}
-
-
-def make_mc_step(model, option_ids, compress_key: jax.Array, *, text_options: bool = False,
-                 media: Callable = _media) -> Callable:
-    """``step(params, batch) -> {"scores": [B, n_options], "answer_nll": [B], ...pass-through}``.
-
-    Scores are the option letters' logits at the answer position, or with ``text_options``
-    each option's text log-likelihood (``VideoLLM.score_options`` on the batch's
-    ``opt_input_ids / opt_attention_mask / opt_loss_mask [B, n_options, L]``, the video +
-    prompt decoded once).  ``media(batch)`` gives the model's media keyword arguments
-    (frames, tower tokens or a store's precomputed stage; the task's ``model_inputs``)."""
-    from td_jax.models.vlm import VideoLLM, mc_logits, sequence_logprob
-
-    option_ids = jnp.asarray(option_ids, jnp.int32)
-
-    def step(params, batch):
-        rngs = {compressors.RNG_STREAM: compress_key}
-        if text_options:
-            scores = model.apply({"params": params}, batch["opt_input_ids"], batch["opt_attention_mask"],
-                                 batch["opt_loss_mask"], rngs=rngs, method=VideoLLM.score_options, **media(batch))
-            nll = -jnp.take_along_axis(scores, batch["answer"][:, None], axis=1)[:, 0]
-            return {"scores": scores, "answer_nll": nll, **_passthrough(batch)}
-        logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                             rngs=rngs, **media(batch))
-        logits = logits.astype(jnp.float32)
-        scores = mc_logits(logits, batch["loss_mask"], option_ids)
-        nll = -sequence_logprob(logits, batch["input_ids"], batch["loss_mask"])
-        return {"scores": scores, "answer_nll": nll, **_passthrough(batch)}
-
-    return step
 
 
 def prompt_mask(attention_mask, loss_mask):

@@ -77,7 +77,7 @@ class Task(abc.ABC):
     def eval_fn(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Sums over the batch's valid examples (the trainer adds them across batches).
 
-        Entries named ``per_example/<name>`` (``[B]`` arrays, with ``per_example/index`` = the
+        Entries named ``per_example/<name>`` (``[B, ...]`` arrays, with ``per_example/index`` = the
         example's position in the split, -1 on padding) are kept per example instead
         (``trainer.evaluate(..., predictions=[])``, the ``.predictions.jsonl`` of an eval)."""
 

@@ -299,7 +299,7 @@ PER_EXAMPLE = "per_example/"
 def evaluate(s: Setup, eval_step, params, *, split: str | None = None, predictions: list | None = None
              ) -> dict[str, float]:
     """One pass over ``split`` (default ``config.eval_split``; ``config.eval_steps`` batches if > 0);
-    returns task metrics.  Outputs of ``eval_fn`` named ``per_example/<name>`` ([B] arrays,
+    returns task metrics.  Outputs of ``eval_fn`` named ``per_example/<name>`` ([B, ...] arrays,
     with ``per_example/index`` the example's position, -1 on padding) are not summed: when
     ``predictions`` is a list, one dict per real example is appended to it, in split order."""
     cfg = s.config

@@ -347,6 +347,7 @@ class VideoQA(Task):
             out.update({"answer": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
                         "family": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
                         "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+                        "num_options": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
                         "valid": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)})
             if self._text_options():
                 n = self.config.task.data.num_options
@@ -398,7 +399,11 @@ class VideoQA(Task):
         return loss, {"token_accuracy": m["token_accuracy"], "target_tokens": m["num_target_tokens"]}
 
     def eval_fn(self, params, batch):
-        from td_jax.models.vlm import VideoLLM, mc_logits, next_token_loss
+        """Summed per-family correct / count and answer NLL, plus ``per_example/*`` rows: the
+        prediction, every option's score and the answer's NLL (``launch.eval`` reads these
+        rows from this same program).  Only the example's own options (``num_options``) can
+        be predicted: a padded option slot never wins."""
+        from td_jax.models.vlm import VideoLLM, mc_logits, next_token_loss, sequence_logprob
 
         rngs = {compressors.RNG_STREAM: jax.random.key(self.config.task.eval_compress_seed)}
         w = batch["loss_mask"] * batch["valid"][:, None].astype(jnp.float32)
@@ -407,24 +412,28 @@ class VideoQA(Task):
                                       batch["opt_loss_mask"], rngs=rngs, method=VideoLLM.score_options,
                                       **self.model_inputs(batch))
             # the true option's row is the training target: its negative log-likelihood is the answer NLL
-            true = jnp.take_along_axis(scores, batch["answer"][:, None], axis=1)[:, 0]
-            nll_sum = -jnp.sum(jnp.where(batch["valid"], true, 0.0))
+            nll = -jnp.take_along_axis(scores, batch["answer"][:, None], axis=1)[:, 0]
+            nll_sum = jnp.sum(jnp.where(batch["valid"], nll, 0.0))
         else:
             logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], rngs=rngs,
                                       **self.model_inputs(batch))
             scores = mc_logits(logits.astype(jnp.float32), batch["loss_mask"], jnp.asarray(self.option_ids))
             loss, _ = next_token_loss(logits, batch["input_ids"], w)
             nll_sum = loss * jnp.sum(w[:, 1:])
-        sums = mc.mc_sums(scores, batch["answer"], batch["family"], batch["valid"],
+            nll = -sequence_logprob(logits, batch["input_ids"], batch["loss_mask"])
+        own = jnp.arange(scores.shape[1])[None, :] < batch["num_options"][:, None]
+        chosen = jnp.where(own, scores, -jnp.inf)
+        sums = mc.mc_sums(chosen, batch["answer"], batch["family"], batch["valid"],
                           num_families=len(self.family_names()))
         # Answer-token NLL summed over valid rows (mean over tokens in finalize_eval).
         sums["nll_sum"] = nll_sum
         sums["nll_tokens"] = jnp.sum(w[:, 1:])
-        pred = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        pred = jnp.argmax(chosen, axis=-1).astype(jnp.int32)
         sums["per_example/visual_tokens"] = self.visual_tokens(params, batch)
         sums.update({"per_example/index": jnp.where(batch["valid"], batch["index"], -1),
                      "per_example/prediction": pred, "per_example/answer": batch["answer"],
-                     "per_example/family": batch["family"]})
+                     "per_example/family": batch["family"], "per_example/num_options": batch["num_options"],
+                     "per_example/scores": scores, "per_example/answer_nll": nll})
         return sums
 
     def visual_tokens(self, params, batch) -> jax.Array:
