@@ -266,11 +266,10 @@ def _attn_inputs(seed=0, b=2, k=5, t=4, h=6, w=6, d=32):
 
 
 def _perturbed_params(module, base, dmap, valid):
-    params = module.init(jax.random.key(0), base, dmap, valid)
+    params = jax.jit(module.init)(jax.random.key(0), base, dmap, valid)     # one program, not op by op
     # Output projections start at zero (identity layer); randomise all so the test bites.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    return jax.tree.unflatten(tree, [l + 0.2 * jax.random.normal(kk, l.shape) for l, kk in zip(leaves, keys)])
+    rng = np.random.default_rng(1)
+    return jax.tree.map(lambda l: l + 0.2 * rng.standard_normal(l.shape).astype(l.dtype), params)
 
 
 @pytest.mark.parametrize("own_bias", [0.0, 3.0])
@@ -278,7 +277,8 @@ def test_attention_output_is_k_tokens_and_equivariant(own_bias):
     base, dmap, valid = _attn_inputs()
     mod = td_jax.CrossDynamicsAttention(num_heads=4, own_bias=own_bias)
     params = _perturbed_params(mod, base, dmap, valid)
-    out = np.asarray(mod.apply(params, base, dmap, valid))
+    apply = jax.jit(mod.apply)                               # one program for the three calls
+    out = np.asarray(apply(params, base, dmap, valid))
     assert out.shape == base.shape
     assert np.all(out[1, -1] == 0)                           # invalid slot stays empty
     perm = np.array([3, 0, 4, 1, 2])
@@ -286,18 +286,18 @@ def test_attention_output_is_k_tokens_and_equivariant(own_bias):
     base_p = base[:, perm]                                   # new row j = old row perm[j]
     dmap_p = inv[dmap]                                       # old id i is now id inv[i]
     valid_p = valid[:, perm]
-    out_p = np.asarray(mod.apply(params, base_p, dmap_p, valid_p))
+    out_p = np.asarray(apply(params, base_p, dmap_p, valid_p))
     np.testing.assert_allclose(out_p, out[:, perm], rtol=1e-4, atol=1e-4)
     # And it does use the map: moving the cells changes the output.
-    out_shift = np.asarray(mod.apply(params, base, np.roll(dmap, 2, axis=-1), valid))
+    out_shift = np.asarray(apply(params, base, np.roll(dmap, 2, axis=-1), valid))
     assert np.abs(out_shift - out).max() > 1e-3
 
 
 def test_attention_starts_as_identity_and_has_logical_axes():
     base, dmap, valid = _attn_inputs()
     mod = td_jax.CrossDynamicsAttention(num_heads=4)
-    params = mod.init(jax.random.key(0), base, dmap, valid)
-    out = mod.apply(params, base, dmap, valid)
+    params = jax.jit(mod.init)(jax.random.key(0), base, dmap, valid)
+    out = jax.jit(mod.apply)(params, base, dmap, valid)
     np.testing.assert_allclose(np.asarray(out), np.where(valid[..., None], base, 0), atol=1e-6)
     import flax.linen as nn
     specs = nn.get_partition_spec(params)
@@ -476,7 +476,8 @@ def test_attention_own_bias_routes_a_token_to_its_own_trajectory():
     params = _perturbed_params(mod, base, dmap, valid)
     params = jax.tree_util.tree_map_with_path(
         lambda path, p: jnp.full_like(p, 60.0) if "own_bias" in str(path) else p, params)
-    out = np.asarray(mod.apply(params, base, dmap, valid))
+    apply = jax.jit(mod.apply)
+    out = np.asarray(apply(params, base, dmap, valid))
     moved = np.asarray(dmap).copy()
     b0 = 0
     present = [k for k in range(base.shape[1]) if valid[b0, k] and (moved[b0] == k).any()]
@@ -484,7 +485,7 @@ def test_attention_own_bias_routes_a_token_to_its_own_trajectory():
     cells = moved[b0] == k_move
     moved[b0][cells] = -1                      # cluster k_move vanishes from half the frames
     moved[b0][cells & (np.arange(moved.shape[1])[:, None, None] % 2 == 0)] = k_move
-    out_m = np.asarray(mod.apply(params, base, moved, valid))
+    out_m = np.asarray(apply(params, base, moved, valid))
     np.testing.assert_allclose(out_m[b0, k_keep], out[b0, k_keep], atol=1e-4)
     assert np.abs(out_m[b0, k_move] - out[b0, k_move]).max() > 1e-3
 
