@@ -23,10 +23,11 @@ line per example). ``--mode=mc``: option letters scored at the answer position (
 protocol), or with ``data.answer_format="text"`` each option's words (the video + prompt
 decoded once), by the trainer's own evaluation program (``VideoQATask.eval_fn``: the numbers a
 run reports while training, and its compiled program, read from JAX's cache when the run's
-is there); only an example's own options can be predicted. ``--mode=generate``: batched, jitted greedy (or ``--temperature``) decoding with the
-KV cache, scored by exact match / contains / token F1 (multiple-choice questions: the parsed
-option); ``--judge=package.module:function`` adds an external judge's verdicts. Other tasks
-write their own metrics table.
+is there); only an example's own options can be predicted. ``--mode=generate``: batched,
+jitted greedy (or ``--temperature``) decoding with the KV cache, scored by exact match /
+contains / token F1 (multiple-choice questions: the parsed option);
+``--judge=package.module:function`` adds an external judge's verdicts. Other tasks write their
+own metrics table.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def _video_qa(s, params, *, split: str, mode: str, gen: dict, max_batches: int, 
     if mode == "mc":      # the trainer's own evaluation program; its per-example rows
         eval_step = trainer.make_eval_step(s)
 
-        def jitted(params, batch):
+        def run_step(params, batch):
             out = jax.device_get(eval_step(params, batch))
             rows = {k.removeprefix(trainer.PER_EXAMPLE): v for k, v in out.items()
                     if k.startswith(trainer.PER_EXAMPLE)}
@@ -163,8 +164,8 @@ def _video_qa(s, params, *, split: str, mode: str, gen: dict, max_batches: int, 
             with mesh_lib.logical_context(s.mesh, cfg.axis_rules):
                 return step(params, batch)
 
-        jitted = jax.jit(wrapped, in_shardings=(s.state_shardings["params"], shardings),
-                         out_shardings=NamedSharding(s.mesh, P()))
+        run_step = jax.jit(wrapped, in_shardings=(s.state_shardings["params"], shardings),
+                           out_shardings=NamedSharding(s.mesh, P()))
     batches = task.make_data(split, batch_size=cfg.eval_batch_size // jax.process_count(), train=False,
                              seed=cfg.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
     t0 = time.time()
@@ -173,7 +174,7 @@ def _video_qa(s, params, *, split: str, mode: str, gen: dict, max_batches: int, 
         if i == 1 or i % 10 == 0:
             logging.info("eval %s: %d batches, %d examples, %.1f s", split, i, n, time.time() - t0)
 
-    rows = predict.collect(jitted, params, batches, lambda b: data_lib.to_global(b, shardings),
+    rows = predict.collect(run_step, params, batches, lambda b: data_lib.to_global(b, shardings),
                            max_batches=max_batches, progress=progress)
     records = pipeline.example_records(cfg.task.data.to_dict(), split)
     fams = task.family_names()
