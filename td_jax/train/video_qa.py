@@ -403,7 +403,7 @@ class VideoQA(Task):
         prediction, every option's score and the answer's NLL (``launch.eval`` reads these
         rows from this same program).  Only the example's own options (``num_options``) can
         be predicted: a padded option slot never wins."""
-        from td_jax.models.vlm import VideoLLM, mc_logits, next_token_loss, sequence_logprob
+        from td_jax.models.vlm import VideoLLM, mc_logits, sequence_logprob
 
         rngs = {compressors.RNG_STREAM: jax.random.key(self.config.task.eval_compress_seed)}
         w = batch["loss_mask"] * batch["valid"][:, None].astype(jnp.float32)
@@ -413,20 +413,17 @@ class VideoQA(Task):
                                       **self.model_inputs(batch))
             # the true option's row is the training target: its negative log-likelihood is the answer NLL
             nll = -jnp.take_along_axis(scores, batch["answer"][:, None], axis=1)[:, 0]
-            nll_sum = jnp.sum(jnp.where(batch["valid"], nll, 0.0))
         else:
             logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], rngs=rngs,
                                       **self.model_inputs(batch))
             scores = mc_logits(logits.astype(jnp.float32), batch["loss_mask"], jnp.asarray(self.option_ids))
-            loss, _ = next_token_loss(logits, batch["input_ids"], w)
-            nll_sum = loss * jnp.sum(w[:, 1:])
-            nll = -sequence_logprob(logits, batch["input_ids"], batch["loss_mask"])
+            nll = -sequence_logprob(logits, batch["input_ids"], batch["loss_mask"])    # one log-softmax
         own = jnp.arange(scores.shape[1])[None, :] < batch["num_options"][:, None]
         chosen = jnp.where(own, scores, -jnp.inf)
         sums = mc.mc_sums(chosen, batch["answer"], batch["family"], batch["valid"],
                           num_families=len(self.family_names()))
         # Answer-token NLL summed over valid rows (mean over tokens in finalize_eval).
-        sums["nll_sum"] = nll_sum
+        sums["nll_sum"] = jnp.sum(jnp.where(batch["valid"], nll, 0.0))
         sums["nll_tokens"] = jnp.sum(w[:, 1:])
         pred = jnp.argmax(chosen, axis=-1).astype(jnp.int32)
         sums["per_example/visual_tokens"] = self.visual_tokens(params, batch)
