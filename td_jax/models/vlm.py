@@ -333,7 +333,9 @@ class VideoLLM(nn.Module):
         then option i's answer tokens (loss 1.0 on them), as ``td_jax.data.tokenizer.
         encode_mc_options`` makes them.  The prompt (with the video) runs through the decoder
         once into a KV cache; each option's answer tokens then attend to it, so the result
-        equals :func:`sequence_logprob` on the n full rows at 1/n of the prompt's cost.
+        equals :func:`sequence_logprob` on the n full rows at 1/n of the prompt's cost.  A row
+        without answer tokens (a padded option slot) scores 0, above every real option: the
+        caller restricts the argmax to the example's own options (``VideoQATask.eval_fn``).
         """
         ids = opt_input_ids
         B, n, L = ids.shape
