@@ -150,9 +150,7 @@ def _video_qa(s, params, *, split: str, mode: str, gen: dict, max_batches: int, 
         eval_step = trainer.make_eval_step(s)
 
         def run_step(params, batch):
-            out = jax.device_get(eval_step(params, batch))
-            rows = {k.removeprefix(trainer.PER_EXAMPLE): v for k, v in out.items()
-                    if k.startswith(trainer.PER_EXAMPLE)}
+            _, rows = trainer.split_per_example(jax.device_get(eval_step(params, batch)))
             return {**rows, "valid": rows["index"] >= 0}
     else:
         step = predict.make_generate_step(task.model, jax.random.key(cfg.task.eval_compress_seed),

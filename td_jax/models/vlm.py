@@ -254,6 +254,9 @@ class VideoLLM(nn.Module):
             nl = jnp.broadcast_to(self.image_newline.astype(slots.dtype), (B, 1, D))
             slots = jnp.concatenate([slots, nl], axis=1)
             mask = jnp.concatenate([mask, jnp.ones((B, 1), bool)], axis=1)
+        # [B] real visual tokens each example feeds the decoder (the newline not counted), kept
+        # only when the caller asks (apply(..., mutable=["intermediates"])): no second pass to count
+        self.sow("intermediates", "visual_tokens", jnp.sum(mask, axis=1, dtype=jnp.int32) - int(cfg.video_newline))
         return slots, mask, out.aux
 
     def apply_td_compat(self, base: Array, aux: dict, deterministic: bool = True) -> Array:

@@ -296,6 +296,12 @@ def make_eval_step(s: Setup):
 PER_EXAMPLE = "per_example/"
 
 
+def split_per_example(out: Mapping[str, Any]) -> tuple[dict, dict]:
+    """An eval step's outputs -> (sums, per-example rows named without the ``per_example/`` prefix)."""
+    rows = {k[len(PER_EXAMPLE):]: v for k, v in out.items() if k.startswith(PER_EXAMPLE)}
+    return {k: v for k, v in out.items() if not k.startswith(PER_EXAMPLE)}, rows
+
+
 def evaluate(s: Setup, eval_step, params, *, split: str | None = None, predictions: list | None = None
              ) -> dict[str, float]:
     """One pass over ``split`` (default ``config.eval_split``; ``config.eval_steps`` batches if > 0);
@@ -311,8 +317,7 @@ def evaluate(s: Setup, eval_step, params, *, split: str | None = None, predictio
         if cfg.eval_steps and i >= cfg.eval_steps:
             break
         out = eval_step(params, data_lib.to_global(batch, s.eval_batch_shardings))
-        per = {k[len(PER_EXAMPLE):]: v for k, v in out.items() if k.startswith(PER_EXAMPLE)}
-        out = {k: v for k, v in out.items() if not k.startswith(PER_EXAMPLE)}
+        out, per = split_per_example(out)
         if per and predictions is not None:
             rows.append(jax.device_get(per))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)

@@ -37,6 +37,7 @@ the configured one (checked).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -406,16 +407,16 @@ class VideoQA(Task):
         from td_jax.models.vlm import VideoLLM, mc_logits, sequence_logprob
 
         rngs = {compressors.RNG_STREAM: jax.random.key(self.config.task.eval_compress_seed)}
-        w = batch["loss_mask"] * batch["valid"][:, None].astype(jnp.float32)
+        # the forward pass also reports each example's visual-token count (VideoLLM.visual_slots sows it)
+        apply = functools.partial(self.model.apply, {"params": params}, rngs=rngs, mutable=["intermediates"],
+                                  **self.model_inputs(batch))
         if self._text_options():      # each option's words scored, the video + prompt decoded once
-            scores = self.model.apply({"params": params}, batch["opt_input_ids"], batch["opt_attention_mask"],
-                                      batch["opt_loss_mask"], rngs=rngs, method=VideoLLM.score_options,
-                                      **self.model_inputs(batch))
+            scores, state = apply(batch["opt_input_ids"], batch["opt_attention_mask"], batch["opt_loss_mask"],
+                                  method=VideoLLM.score_options)
             # the true option's row is the training target: its negative log-likelihood is the answer NLL
             nll = -jnp.take_along_axis(scores, batch["answer"][:, None], axis=1)[:, 0]
         else:
-            logits = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], rngs=rngs,
-                                      **self.model_inputs(batch))
+            logits, state = apply(batch["input_ids"], batch["attention_mask"])
             scores = mc_logits(logits.astype(jnp.float32), batch["loss_mask"], jnp.asarray(self.option_ids))
             nll = -sequence_logprob(logits, batch["input_ids"], batch["loss_mask"])    # one log-softmax
         own = jnp.arange(scores.shape[1])[None, :] < batch["num_options"][:, None]
@@ -424,36 +425,15 @@ class VideoQA(Task):
                           num_families=len(self.family_names()))
         # Answer-token NLL summed over valid rows (mean over tokens in finalize_eval).
         sums["nll_sum"] = jnp.sum(jnp.where(batch["valid"], nll, 0.0))
-        sums["nll_tokens"] = jnp.sum(w[:, 1:])
+        sums["nll_tokens"] = jnp.sum(batch["loss_mask"][:, 1:] * batch["valid"][:, None])
         pred = jnp.argmax(chosen, axis=-1).astype(jnp.int32)
-        sums["per_example/visual_tokens"] = self.visual_tokens(params, batch)
+        (counted,) = state["intermediates"]["visual_tokens"]      # one visual pass per forward
+        sums["per_example/visual_tokens"] = counted
         sums.update({"per_example/index": jnp.where(batch["valid"], batch["index"], -1),
                      "per_example/prediction": pred, "per_example/answer": batch["answer"],
                      "per_example/family": batch["family"], "per_example/num_options": batch["num_options"],
                      "per_example/scores": scores, "per_example/answer_nll": nll})
         return sums
-
-    def visual_tokens(self, params, batch) -> jax.Array:
-        """Visual tokens each example feeds the decoder ``[B]`` int32 (real compressor slots;
-        the video newline not counted)."""
-        from td_jax.models.vlm import VideoLLM
-
-        if self.model_cfg.compressor == "none":      # every token of every frame
-            n = self._frame_tokens() if "frames" in batch else int(np.prod(batch["visual_tokens"].shape[1:4]))
-            return jnp.full((batch["input_ids"].shape[0],), n, jnp.int32)
-        rngs = {compressors.RNG_STREAM: jax.random.key(self.config.task.eval_compress_seed)}
-        _, mask, _ = self.model.apply({"params": params}, rngs=rngs, method=VideoLLM.visual_slots,
-                                      **self.model_inputs(batch))
-        return jnp.sum(mask, axis=1).astype(jnp.int32) - int(self.model_cfg.video_newline)
-
-    def _frame_tokens(self) -> int:
-        """T·h·w tokens of a frames batch through the model's tower."""
-        from td_jax.models import configs as model_configs
-
-        t, r = self.media_shape()[:2]
-        v = self.model_cfg.vision
-        side = r // v.patch_size if isinstance(v, model_configs.PatchEmbedConfig) else v.grid
-        return int(t * side * side)
 
     def finalize_eval(self, sums):
         out = mc.mc_metrics(sums, self.family_names())
