@@ -402,9 +402,13 @@ def _adaptive_traced(tokens, mask, key, tol, threshold, elbow_tol, *, k_max, k_m
         dots = xs @ sums.T                                                    # [S, k_max]
         self_dot = jnp.sum(xs * xs, axis=1)
 
+        # one candidate K at a time; its merged dots as one small GEMM (T = 64, k_max = 64: the
+        # rule cost ~0.02 s over elbow, against ~0.08 s by segment_sum and ~0.06 s with 16
+        # candidates vectorised, whose [16, S, k_max] temporaries leave the cache)
         def score(owner):
-            merged = jax.ops.segment_sum(dots.T, owner, k_max).T
-            n_merged = jax.ops.segment_sum(counts, owner, k_max)
+            to = (owner[:, None] == jnp.arange(k_max)[None, :]).astype(jnp.float32)   # [k_max, k_max]
+            merged = dots @ to                                                 # [S, k_max]
+            n_merged = (counts.astype(jnp.float32) @ to).astype(counts.dtype)
             return _silhouette_from_dots(merged, n_merged, owner[labels], self_dot, ws)
 
         sil = jax.lax.map(score, owners)
