@@ -710,8 +710,10 @@ def _scan_blocks(fn, n: int, block_rows: int | None, arrays: tuple, init):
 
 def scatter_sums(xb: jax.Array, inv: jax.Array, scale: jax.Array, labels: jax.Array, use: jax.Array,
                  k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`block_sums` by scatter-add: one add per row element (labels may lie outside
-    [0, k) where ``use`` is False)."""
+    """Per-cluster sums of one row block by scatter-add (one add per row element): xb [B, D]
+    f32, inv [B] (1/|x|), scale [] f32, labels [B] int32 (may lie outside [0, k) where
+    ``use`` is False), use [B] bool (rows to count) -> unit sums [k, D] (of xb * inv), scaled
+    raw sums [k, D] (of xb * scale), counts [k] int32."""
     seg = jnp.where(use, labels, k)                                       # k: a dropped bucket
     add = lambda v: jax.ops.segment_sum(v, seg, k + 1)[:k]
     return add(xb * inv[:, None]), add(xb * scale), add(jnp.ones_like(seg))
@@ -719,56 +721,49 @@ def scatter_sums(xb: jax.Array, inv: jax.Array, scale: jax.Array, labels: jax.Ar
 
 def onehot_sums(xb: jax.Array, inv: jax.Array, scale: jax.Array, labels: jax.Array, use: jax.Array,
                 k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`block_sums` as one [B, 2k]^T x [B, D] GEMM of weighted one-hot rows."""
-    onehot = (labels[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]) & use[:, None]
-    w = jnp.concatenate([jnp.where(onehot, inv[:, None], 0.0), jnp.where(onehot, scale, 0.0)], axis=1)
-    sums = jnp.einsum("nk,nd->kd", w, xb, preferred_element_type=jnp.float32)
-    return sums[:k], sums[k:], jnp.sum(onehot, axis=0, dtype=jnp.int32)
-
-
-def block_sums(xb: jax.Array, inv: jax.Array, scale: jax.Array, labels: jax.Array, use: jax.Array,
-               k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-cluster sums of one row block: xb [B, D] f32, inv [B] (1/|x|), scale [] f32,
-    labels [B] int32, use [B] bool (rows to count) -> unit sums [k, D] (of xb * inv),
-    scaled raw sums [k, D] (of xb * scale), counts [k] int32.
-
-    On CPU :func:`scatter_sums` (N x D adds instead of the GEMM's N x D x 2k multiply-adds:
-    a 46,656 x 896 pass at K = 32 in 512-row blocks took 0.048 s against 0.083 s, 2 cores);
-    elsewhere :func:`onehot_sums` (the matrix units' shape, and no scatter atomics).
-    """
-    return jax.lax.platform_dependent(xb, inv, scale, labels, use, cpu=lambda *a: scatter_sums(*a, k),
-                                      default=lambda *a: onehot_sums(*a, k))
+    """:func:`scatter_sums` as one-hot GEMMs (:func:`cluster_sums`)."""
+    unit, _ = cluster_sums(xb, jnp.where(use, inv, 0.0), labels, k)
+    raw, counts = cluster_sums(xb, jnp.where(use, scale, 0.0), labels, k)       # scale > 0: counts = used rows
+    return unit, raw, counts
 
 
 FULL_PASS_TILE_ROWS = 512
-"""Row blocks of the flat assignment pass are at most this long: a 512 x 896 f32 block stays
-in cache between its assignment GEMM and its sums (T=64, K=32, 2 cores: 0.073 s per call
-against 0.160 s with 4,096-row blocks); the two-level passes keep ``block_rows``."""
+"""On CPU, row blocks of the flat assignment pass are at most this long: a 512 x 896 f32 block
+stays in cache between its assignment GEMM and its scatter-add sums (T = 64, K = 32, 2 cores:
+0.041 s per pass, against 0.083 s for 4,096-row blocks summed by one-hot GEMM)."""
 
 
 def _full_pass(x: jax.Array, rows: RowStats, c: jax.Array, cmask: jax.Array, block_rows: int | None):
-    """Assign all rows to unit centres c [K, D] and sum them per cluster, in row blocks of at
-    most min(block_rows, FULL_PASS_TILE_ROWS) (no [N, D] temporary).
+    """Assign all rows to unit centres c [K, D] and sum them per cluster, in row blocks (no
+    [N, D] temporary).
+
+    On CPU the blocks hold at most min(block_rows, FULL_PASS_TILE_ROWS) rows, summed by
+    :func:`scatter_sums` (N x D adds); elsewhere ``block_rows`` rows, summed by
+    :func:`onehot_sums` (GEMMs, the matrix units' shape, no scatter atomics).
 
     Returns labels [N] int32, unit sums [K, D] f32 (of x/|x|), raw sums [K, D] f32 (of
     ``scale * x``: divide by ``rows.scale`` for the raw sums; they cannot overflow), counts [K].
     """
     k = c.shape[0]
+    d = x.shape[1]
     cs = c * rows.scale                                   # scores x·c·scale are <= sqrt(D)
 
-    def block(carry, fresh, xb, vb, fb, ib):
-        xb = jnp.where(fb[:, None], xb.astype(jnp.float32), 0.0)       # non-finite rows -> 0
-        labels, _ = assign(xb, cs, cmask)
-        us, rs, cnt = carry
-        bus, brs, bcnt = block_sums(xb, ib, rows.scale, labels, vb & fresh, k)
-        return (us + bus, rs + brs, cnt + bcnt), labels
+    def run(sums_fn, size, x, valid, finite, inv):
+        def block(carry, fresh, xb, vb, fb, ib):
+            xb = jnp.where(fb[:, None], xb.astype(jnp.float32), 0.0)       # non-finite rows -> 0
+            labels, _ = assign(xb, cs, cmask)
+            us, rs, cnt = carry
+            bus, brs, bcnt = sums_fn(xb, ib, rows.scale, labels, vb & fresh, k)
+            return (us + bus, rs + brs, cnt + bcnt), labels
 
-    d = x.shape[1]
-    init = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.int32))
+        init = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.int32))
+        (us, rs, cnt), labels = _scan_blocks(block, x.shape[0], size, (x, valid, finite, inv), init)
+        return labels, us, rs, cnt
+
     tile = None if block_rows is None else min(block_rows, FULL_PASS_TILE_ROWS)
-    (us, rs, cnt), labels = _scan_blocks(block, x.shape[0], tile,
-                                         (x, rows.valid, rows.finite, rows.inv_norm), init)
-    return labels, us, rs, cnt
+    return jax.lax.platform_dependent(x, rows.valid, rows.finite, rows.inv_norm,
+                                      cpu=functools.partial(run, scatter_sums, tile),
+                                      default=functools.partial(run, onehot_sums, block_rows))
 
 
 def _coarse_pass(x: jax.Array, rows: RowStats, c: jax.Array, block_rows: int | None):
@@ -1201,8 +1196,8 @@ def kmeans(x: jax.Array, k: int, *, key: jax.Array, mask: jax.Array | None = Non
         the module docstring (``seed_sample_size`` sets its rows, default
         :func:`default_gram_rows`), else 2.
       block_rows: rows per block in the passes over all rows (bounds temporaries to
-        block_rows x D; the flat assignment pass uses at most ``FULL_PASS_TILE_ROWS``; None
-        processes all rows at once in every pass, best when rows are sharded).
+        block_rows x D; on CPU the flat assignment pass uses at most ``FULL_PASS_TILE_ROWS``;
+        None processes all rows at once in every pass, best when rows are sharded).
       seed_sample_size: sample rows the greedy seeding looks at (default
         :func:`default_seed_sample_size`; in the two-level path, shared by the groups).
       coarse_groups: groups of the two-level path (default :func:`default_coarse_groups`:

@@ -72,7 +72,7 @@ def test_kmeans_blocked_pass_equals_unblocked():
     np.testing.assert_allclose(np.asarray(a.centroids), np.asarray(b.centroids), atol=1e-5)
 
 
-def test_block_sums_scatter_equals_onehot_gemm():
+def test_scatter_sums_equal_onehot_sums():
     """The CPU scatter-add and the accelerators' one-hot GEMM give the same per-cluster sums
     (only CPU runs here, so the GEMM form is checked against the scatter directly)."""
     from td_jax import cluster
