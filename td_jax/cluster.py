@@ -3,18 +3,23 @@
 The recipe, chosen for speed *and* cluster quality (measured against scikit-learn and faiss
 in experiments/benchmarks/compress_bench.py):
 
-1. one read of all rows: per-row sums of squares (finite check, safe inverse norms, a
-   global power-of-two scale; per-row max-abs too, in a second read, only when some row's
-   sum of squares is non-finite or outside ``[2^-100, 2^100]``), so nothing below depends
-   on the tokens' scale;
+1. per-row sums of squares (finite check, safe inverse norms, a global power-of-two
+   scale; per-row max-abs too, in a second read, only when some row's sum of squares is
+   non-finite or outside ``[2^-100, 2^100]``), so nothing below depends on the tokens'
+   scale. The flat path (k below ``TWO_LEVEL_MIN_K``) takes them without a read of its
+   own: the sample's from its drawn rows, everyone else's in step 5's tiles (raw sums
+   accumulated unscaled, scaled once at the end); when some unmasked row fails the
+   ``[2^-100, 2^100]`` rule the whole path runs again after the read (under ``vmap``, for
+   the whole batch: ``_optimistic_flat``). The two-level path reads them first;
 2. a sample of ``sample_size`` rows (all of them when N is small; masked rows never drawn);
 3. greedy k-means++ seeding on the first ``seed_sample_size`` rows of the sample
    (``n_local_trials`` candidates per centre, the best by potential, as scikit-learn does),
    ``n_init`` seedings vectorised with ``vmap``;
 4. Lloyd steps on the sample until the centres move less than ``tol``;
-5. ``refine_iters`` Lloyd steps on *all* rows, in row blocks (one GEMM assigns a block, one
-   GEMM sums it per cluster, unit-weighted and raw), so centres, raw means and inertia come
-   from the last assignment of all rows and are consistent.
+5. ``refine_iters`` Lloyd steps on *all* rows, in row blocks (one GEMM assigns a block; its
+   per-cluster sums, unit-weighted and raw, by scatter-add on CPU, by one-hot GEMMs
+   elsewhere), so centres, raw means and inertia come from the last assignment of all rows
+   and are consistent.
 
 Default (``n_init=None``) for k <= ``MULTI_START_MAX_K``, steps 2–4 are instead: a sample of
 ``max(512, 16k)`` rows and its Gram matrix (one small GEMM), ``MULTI_STARTS`` greedy
@@ -418,6 +423,29 @@ def unit_rows(x: jax.Array, rows: RowStats, idx: jax.Array) -> tuple[jax.Array, 
     return jnp.where(ws[:, None], xs, 0.0), ws.astype(jnp.float32)
 
 
+def _fast_ok(sq: jax.Array) -> jax.Array:
+    """Rows whose sum of squares sq lies in [2^-100, 2^100]: finite, not extreme and safe to
+    normalise as they are (the fast rule of :func:`row_stats`)."""
+    return (sq >= 2.0 ** -100) & (sq <= 2.0 ** 100)
+
+
+def _fast_inv(sq: jax.Array, ok: jax.Array) -> jax.Array:
+    return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+
+
+def sample_unit_rows(key: jax.Array, x: jax.Array, mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`unit_rows` of a sample drawn among the unmasked rows, with the row statistics
+    taken from the drawn rows alone (the fast rule of :func:`row_stats`; no read of the other
+    rows): x [N, D], mask [N] -> unit rows [S, D], 0/1 weights [S]. Equal to
+    ``unit_rows(x, row_stats(x, mask), sample_indices(key, mask, size))`` when every unmasked
+    row passes the fast rule (the caller checks that in its pass over all rows)."""
+    idx = sample_indices(key, mask, size)
+    xr = x[idx].astype(jnp.float32)
+    sq = jnp.sum(jnp.square(xr), axis=-1)
+    ok = mask[idx] & _fast_ok(sq)
+    return jnp.where(ok[:, None], xr * _fast_inv(sq, ok)[:, None], 0.0), ok.astype(jnp.float32)
+
+
 def sample_indices(key: jax.Array, valid: jax.Array, size: int) -> jax.Array:
     """``size`` row indices drawn with replacement, uniformly among valid rows (all rows,
     in order, when size >= N)."""
@@ -766,6 +794,52 @@ def _full_pass(x: jax.Array, rows: RowStats, c: jax.Array, cmask: jax.Array, blo
                                       default=functools.partial(run, onehot_sums, block_rows))
 
 
+def _fast_pass(x: jax.Array, mask: jax.Array, c: jax.Array, cmask: jax.Array, block_rows: int | None):
+    """:func:`_full_pass` that takes the row statistics itself, tile by tile (no separate read
+    of all rows): each tile's sums of squares give its rows' validity and inverse norms by the
+    fast rule of :func:`row_stats`; raw sums are accumulated unscaled (rows that pass the rule
+    have |element| <= 2^50, so they cannot overflow) and scaled once at the end by the power
+    of two :func:`row_stats` would have chosen.
+
+    Returns (labels [N] (-1 off the valid rows), unit sums, scaled raw sums, counts, the
+    scale, and the number of unmasked rows that failed the rule). When that number is 0 the
+    result equals :func:`_full_pass` after :func:`row_stats` (up to the rounding of row sums
+    of squares taken per tile, and products its scale would have made subnormal); otherwise
+    it must be discarded.
+    """
+    k = c.shape[0]
+    d = x.shape[1]
+    one = jnp.float32(1.0)
+
+    def run(sums_fn, size, zero_bad, x, mask):
+        def block(carry, fresh, xb, mb):
+            xb = xb.astype(jnp.float32)
+            sq = jnp.sum(jnp.square(xb), axis=-1)
+            ok = _fast_ok(sq)
+            vb = mb & ok
+            if zero_bad:                        # GEMM sums: a non-finite row times weight 0 is NaN
+                xb = jnp.where(ok[:, None], xb, 0.0)
+            labels, _ = assign(xb, c, cmask)
+            us, rs, cnt, top, bad = carry
+            bus, brs, bcnt = sums_fn(xb, _fast_inv(sq, ok), one, labels, vb & fresh, k)
+            _, e2 = jnp.frexp(jnp.where(vb, sq, 0.0))
+            top = jnp.maximum(top, jnp.max(jnp.where(vb, (e2 + 1) // 2, -_MAX_EXP)))
+            bad = bad + jnp.sum(mb & ~ok & fresh, dtype=jnp.int32)
+            return (us + bus, rs + brs, cnt + bcnt, top, bad), jnp.where(vb, labels, -1)
+
+        init = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.int32),
+                jnp.asarray(-_MAX_EXP, jnp.int32), jnp.asarray(0, jnp.int32))
+        (us, rs, cnt, top, bad), labels = _scan_blocks(block, x.shape[0], size, (x, mask), init)
+        return labels, us, rs, cnt, top, bad
+
+    tile = None if block_rows is None else min(block_rows, FULL_PASS_TILE_ROWS)
+    labels, us, rs, cnt, top, bad = jax.lax.platform_dependent(
+        x, mask, cpu=functools.partial(run, scatter_sums, tile, False),
+        default=functools.partial(run, onehot_sums, block_rows, True))
+    scale = _pow2(-jnp.where(jnp.any(mask), top, 0))
+    return labels, us, rs * scale, cnt, scale, bad
+
+
 def _coarse_pass(x: jax.Array, rows: RowStats, c: jax.Array, block_rows: int | None):
     """The two nearest coarse centres of every row: x [N, D], c [G, D] unit (G >= 2) ->
     first [N], second [N] int32 (G for invalid rows)."""
@@ -1076,54 +1150,47 @@ def _result(us, rs, counts, labels, stats: RowStats, n_iter) -> KMeansResult:
 # ----------------------------------------------------------------------------- the traced core
 
 
-def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
-                iters: int = 50, tol=1e-4, refine_iters: int = 1, sample_size: int | None = None,
-                seed_sample_size: int | None = None, n_local_trials: int | None = None, n_init: int | None = None,
-                block_rows: int | None = 4096, coarse_groups: int | None = None,
-                init: jax.Array | None = None, rows: RowStats | None = None) -> tuple[KMeansResult, Finiteness]:
-    """:func:`kmeans` without eager checks, traceable: returns the result and the
-    non-finite count (for the caller to raise on).
-
-    ``cmask [K]`` disables slots (they take no rows; the adaptive path). ``init [K, D]``
-    skips seeding and the sample steps (refines given centres on all rows). ``rows`` reuses
-    a :func:`row_stats` already taken of x.
-    """
-    n, _ = x.shape
+def _flat_fit(draw, key: jax.Array, n: int, cmask: jax.Array, *, iters: int, tol, sample_size, seed_sample_size,
+              n_local_trials, n_init):
+    """Steps 2-4 of the flat path: centres c [K, D] from samples ``draw(key, size) -> (unit
+    rows [S, D], 0/1 weights [S])`` of the N rows; returns c and the sample Lloyd steps."""
     k = cmask.shape[0]
-    stats = row_stats(x, mask) if rows is None else rows
-    groups = default_coarse_groups(k) if coarse_groups is None else min(int(coarse_groups), k)
-    if init is None and groups > 1:
-        n_init = 2 if n_init is None else n_init
-        size = default_sample_size(k) if sample_size is None else sample_size
-        seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
-        res = _two_level(x, stats, k, groups, key=key, iters=iters, tol=tol, refine_iters=refine_iters,
-                         sample_size=size, seed_sample_size=seed, n_trials=n_local_trials, n_init=n_init,
-                         block_rows=block_rows)
-        return res, stats.check
-
-    if init is None and n_init is None and k <= MULTI_START_MAX_K:
+    k_sample, k_seed = jax.random.split(key)
+    if n_init is None and k <= MULTI_START_MAX_K:
         # many seedings + Lloyd steps in Gram space on a small sample; the winner then runs
         # Lloyd on all rows when they fit the default sample, or on an explicit sample_size
-        k_sample, k_seed = jax.random.split(key)
-        rows = min(n, default_gram_rows(k) if seed_sample_size is None else seed_sample_size)
-        xs, ws = unit_rows(x, stats, sample_indices(k_sample, stats.valid, rows))
+        xs, ws = draw(k_sample, min(n, default_gram_rows(k) if seed_sample_size is None else seed_sample_size))
         steps = min(iters, MULTI_START_STEPS)
         c = fit_sample_multistart(k_seed, xs, ws, cmask, starts=default_starts(k), steps=steps,
                                   n_trials=greedy_trials(k, n_local_trials))
         n_iter = jnp.asarray(steps, jnp.int32)
         if sample_size is not None or n <= default_sample_size(k):
             size = min(n, default_sample_size(k) if sample_size is None else sample_size)
-            xs, ws = unit_rows(x, stats, sample_indices(jax.random.fold_in(k_sample, 1), stats.valid, size))
+            xs, ws = draw(jax.random.fold_in(k_sample, 1), size)
             c, more = _lloyd_sample(xs, ws, c, cmask, iters, tol)
             n_iter = n_iter + more
-    elif init is None:
-        n_init = 2 if n_init is None else n_init
-        k_sample, k_seed = jax.random.split(key)
-        size = min(n, default_sample_size(k) if sample_size is None else sample_size)
-        seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
-        xs, ws = unit_rows(x, stats, sample_indices(k_sample, stats.valid, size))
-        c, n_iter = fit_sample(k_seed, xs, ws, cmask, seed_rows=seed, iters=iters, tol=tol,
-                                n_trials=greedy_trials(k, n_local_trials), n_init=n_init)
+        return c, n_iter
+    n_init = 2 if n_init is None else n_init
+    size = min(n, default_sample_size(k) if sample_size is None else sample_size)
+    seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
+    xs, ws = draw(k_sample, size)
+    return fit_sample(k_seed, xs, ws, cmask, seed_rows=seed, iters=iters, tol=tol,
+                      n_trials=greedy_trials(k, n_local_trials), n_init=n_init)
+
+
+def _no_check() -> Finiteness:
+    zero = jnp.asarray(0, jnp.int32)
+    return Finiteness(zero, jnp.asarray(-1, jnp.int32), zero)
+
+
+def _flat_kmeans(x: jax.Array, mask: jax.Array | None, key: jax.Array, tol, cmask: jax.Array, init: jax.Array | None,
+                 stats: RowStats, opts: dict) -> tuple[KMeansResult, Finiteness]:
+    """The flat path on rows whose statistics were taken first (:func:`row_stats`)."""
+    n = x.shape[0]
+    block_rows, refine_iters = opts["block_rows"], opts["refine_iters"]
+    if init is None:
+        draw = lambda kk, size: unit_rows(x, stats, sample_indices(kk, stats.valid, size))
+        c, n_iter = _flat_fit(draw, key, n, cmask, **_fit_opts(opts), tol=tol)
     else:
         c = jnp.where(cmask[:, None], normalize_rows(init), 0.0)
         n_iter = jnp.asarray(0, jnp.int32)
@@ -1138,6 +1205,95 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
     _, (labels, us, rs, counts) = jax.lax.fori_loop(0, refine_iters, step, (c, out0))
     labels = jnp.where(stats.valid, labels, -1)
     return _result(us, rs, counts, labels, stats, n_iter), stats.check
+
+
+def _fit_opts(opts: dict) -> dict:
+    return {name: opts[name] for name in ("iters", "sample_size", "seed_sample_size", "n_local_trials", "n_init")}
+
+
+def _flat_fast(x: jax.Array, mask: jax.Array, key: jax.Array, tol, cmask: jax.Array, opts: dict):
+    """The flat path without a separate read of all rows: the sample's statistics from the
+    drawn rows (:func:`sample_unit_rows`), the pass's from its own tiles (:func:`_fast_pass`).
+    Returns the result and the number of unmasked rows that failed the fast rule (when > 0,
+    the result must be discarded: :func:`_flat_kmeans` after :func:`row_stats` is the answer)."""
+    n = x.shape[0]
+    draw = lambda kk, size: sample_unit_rows(kk, x, mask, size)
+    c, n_iter = _flat_fit(draw, key, n, cmask, **_fit_opts(opts), tol=tol)
+
+    def step(_, carry):
+        c, _ = carry
+        out = _fast_pass(x, mask, c, cmask, opts["block_rows"])
+        return jnp.where((out[3] > 0)[:, None], normalize_rows(out[1]), c), out
+
+    empty = jax.eval_shape(lambda: _fast_pass(x, mask, c, cmask, opts["block_rows"]))
+    out0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), empty)
+    _, (labels, us, rs, counts, scale, bad) = jax.lax.fori_loop(0, opts["refine_iters"], step, (c, out0))
+    stats = RowStats(mask, jnp.ones_like(mask), jnp.zeros(mask.shape, jnp.float32), scale, _no_check())
+    return _result(us, rs, counts, labels, stats, n_iter), bad
+
+
+def _optimistic_flat(opts: dict):
+    """``f(x, mask, key, tol, cmask) -> (KMeansResult, Finiteness)``: the flat path, first
+    without the separate read of all rows (:func:`_flat_fast`); when some unmasked row fails
+    the fast rule of :func:`row_stats` (non-finite, zero, extreme), the whole path again after
+    :func:`row_stats`. Under ``vmap`` the fallback is taken for the whole batch when any
+    video needs it (a batched ``cond`` would run both paths for every batch)."""
+    def fast(x, mask, key, tol, cmask):
+        return _flat_fast(x, mask, key, tol, cmask, opts)
+
+    def exact(x, mask, key, tol, cmask):
+        return _flat_kmeans(x, mask, key, tol, cmask, None, row_stats(x, mask), opts)
+
+    @jax.custom_batching.custom_vmap
+    def f(x, mask, key, tol, cmask):
+        res, bad = fast(x, mask, key, tol, cmask)
+        return jax.lax.cond(bad == 0, lambda: (res, _no_check()), lambda: exact(x, mask, key, tol, cmask))
+
+    @f.def_vmap
+    def f_batched(axis_size, in_batched, x, mask, key, tol, cmask):
+        axes = tuple(0 if b else None for b in in_batched)
+        res, bad = jax.vmap(fast, in_axes=axes)(x, mask, key, tol, cmask)
+        checks = jax.vmap(lambda _: _no_check())(jnp.arange(axis_size))
+        out = jax.lax.cond(jnp.all(bad == 0), lambda: (res, checks),
+                           lambda: jax.vmap(exact, in_axes=axes)(x, mask, key, tol, cmask))
+        return out, jax.tree.map(lambda _: True, out)
+
+    return f
+
+
+def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Array | None = None,
+                iters: int = 50, tol=1e-4, refine_iters: int = 1, sample_size: int | None = None,
+                seed_sample_size: int | None = None, n_local_trials: int | None = None, n_init: int | None = None,
+                block_rows: int | None = 4096, coarse_groups: int | None = None,
+                init: jax.Array | None = None, rows: RowStats | None = None) -> tuple[KMeansResult, Finiteness]:
+    """:func:`kmeans` without eager checks, traceable: returns the result and the
+    non-finite count (for the caller to raise on).
+
+    ``cmask [K]`` disables slots (they take no rows; the adaptive path). ``init [K, D]``
+    skips seeding and the sample steps (refines given centres on all rows). ``rows`` reuses
+    a :func:`row_stats` already taken of x. Without ``rows`` and ``init``, the flat path
+    takes no separate read of all rows when every unmasked row passes the fast rule of
+    :func:`row_stats` (:func:`_optimistic_flat`).
+    """
+    n, _ = x.shape
+    k = cmask.shape[0]
+    groups = default_coarse_groups(k) if coarse_groups is None else min(int(coarse_groups), k)
+    opts = dict(iters=iters, refine_iters=refine_iters, sample_size=sample_size, seed_sample_size=seed_sample_size,
+                n_local_trials=n_local_trials, n_init=n_init, block_rows=block_rows)
+    if init is None and groups > 1:
+        stats = row_stats(x, mask) if rows is None else rows
+        n_init = 2 if n_init is None else n_init
+        size = default_sample_size(k) if sample_size is None else sample_size
+        seed = default_seed_sample_size(k) if seed_sample_size is None else seed_sample_size
+        res = _two_level(x, stats, k, groups, key=key, iters=iters, tol=tol, refine_iters=refine_iters,
+                         sample_size=size, seed_sample_size=seed, n_trials=n_local_trials, n_init=n_init,
+                         block_rows=block_rows)
+        return res, stats.check
+    if init is None and rows is None:
+        m = jnp.ones((n,), bool) if mask is None else mask
+        return _optimistic_flat(opts)(x, m, key, jnp.asarray(tol, jnp.float32), cmask)
+    stats = row_stats(x, mask) if rows is None else rows
+    return _flat_kmeans(x, mask, key, tol, cmask, init, stats, opts)
 
 
 _STATIC = ("k", "iters", "refine_iters", "sample_size", "seed_sample_size", "n_local_trials", "n_init",

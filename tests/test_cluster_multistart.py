@@ -76,3 +76,61 @@ def test_one_read_row_stats_agree_with_the_exact_ones():
     big = cluster.row_stats(jnp.asarray(x * 2.0 ** 60), jnp.asarray(mask))
     np.testing.assert_array_equal(np.asarray(big.valid), np.asarray(exact.valid))
     assert np.max(np.abs(x[ok].astype(np.float64) * 2.0 ** 60)) * float(big.scale) <= 1
+
+
+def _same(a, b):
+    """Same assignments; floats equal up to the rounding of row norms summed in another order."""
+    for name in ("assignments", "counts", "n_iter"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+    for name in ("raw_means", "unit_means", "centroids", "inertia"):
+        np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_flat_path_without_the_row_read_equals_row_stats_first():
+    """The default flat path takes row statistics from the sample and the pass's own tiles
+    (no separate read of all rows): the result of taking row_stats first, with
+    and without a mask (NaN in masked rows), for every flat seeding path."""
+    x, _ = structured_tokens(1, 8, 12, 12, 32, n_objects=8, n_background=3)
+    flat = np.asarray(x).reshape(-1, 32).copy()
+    mask = np.ones(len(flat), bool)
+    mask[::7] = False
+    flat_nan = flat.copy()
+    flat_nan[~mask] = np.nan
+    run = jax.jit(lambda v, m, kk, n_init: cluster.kmeans_core(v, jnp.ones((12,), bool), key=kk, mask=m,
+                                                               n_init=n_init, block_rows=100)[0],
+                  static_argnames="n_init")
+    first = jax.jit(lambda v, m, kk, n_init: cluster.kmeans_core(v, jnp.ones((12,), bool), key=kk, mask=m,
+                                                                 n_init=n_init, block_rows=100,
+                                                                 rows=cluster.row_stats(v, m))[0],
+                    static_argnames="n_init")
+    for v, m in ((flat, None), (flat_nan, mask)):
+        for n_init in (None, 2):
+            key = jax.random.key(3)
+            mm = None if m is None else jnp.asarray(m)
+            _same(run(jnp.asarray(v), mm, key, n_init), first(jnp.asarray(v), mm, key, n_init))
+
+
+def test_rows_failing_the_fast_rule_take_the_exact_path_also_in_a_batch():
+    """An unmasked zero row (or a row past 2^50) fails the fast rule: the result is then the
+    row_stats-first one (the zero row unassigned). Under vmap one such video sends the whole
+    batch down the exact path; every video still equals its own call."""
+    xs = [np.asarray(structured_tokens(s, 4, 8, 8, 16, n_objects=5, n_background=2)[0]).reshape(-1, 16) for s in range(3)]
+    xs[1] = xs[1].copy()
+    xs[1][5] = 0.0
+    big = xs[2].copy()
+    big[9] *= 2.0 ** 60
+    cm = jnp.ones((6,), bool)
+    one = jax.jit(lambda v, kk: cluster.kmeans_core(v, cm, key=kk)[0])
+    first = jax.jit(lambda v, kk: cluster.kmeans_core(v, cm, key=kk, rows=cluster.row_stats(v, None))[0])
+    keys = jax.random.split(jax.random.key(0), 3)
+    for v, kk in ((xs[1], keys[1]), (big, keys[2])):
+        _same(one(jnp.asarray(v), kk), first(jnp.asarray(v), kk))
+    assert int(one(jnp.asarray(xs[1]), keys[1]).assignments[5]) == -1
+    assert int(cluster._fast_pass(jnp.asarray(xs[1]), jnp.ones((len(xs[1]),), bool), jnp.eye(6, 16), cm, None)[5]) == 1
+    batched = jax.jit(jax.vmap(lambda v, kk: cluster.kmeans_core(v, cm, key=kk)[0]))
+    for batch in ([xs[0], xs[2]], xs, [xs[0], big, xs[2]]):
+        ks = keys[:len(batch)]
+        out = batched(jnp.asarray(np.stack(batch)), ks)
+        for i, v in enumerate(batch):
+            _same(jax.tree.map(lambda a: a[i], out), first(jnp.asarray(v), ks[i]))
