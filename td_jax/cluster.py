@@ -268,6 +268,28 @@ def _pow2(e: jax.Array) -> jax.Array:
     return jnp.ldexp(jnp.float32(1.0), jnp.clip(e, -_MAX_EXP, _MAX_EXP).astype(jnp.int32))
 
 
+def _fast_ok(sq: jax.Array) -> jax.Array:
+    """Rows whose sum of squares sq lies in [2^-100, 2^100]: finite, not extreme and safe to
+    normalise as they are (the fast rule of :func:`row_stats`)."""
+    return (sq >= 2.0 ** -100) & (sq <= 2.0 ** 100)
+
+
+def _fast_inv(sq: jax.Array, ok: jax.Array) -> jax.Array:
+    return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+
+
+def _fast_top(sq: jax.Array, use: jax.Array) -> jax.Array:
+    """The scale exponent of the rows ``use`` (-_MAX_EXP when none): sq = f * 2^e2, so
+    max-abs <= sqrt(sq) < 2^ceil(e2/2)."""
+    _, e2 = jnp.frexp(jnp.where(use, sq, 0.0))
+    return jnp.max(jnp.where(use, (e2 + 1) // 2, -_MAX_EXP))
+
+
+def _no_check() -> Finiteness:
+    zero = jnp.asarray(0, jnp.int32)
+    return Finiteness(zero, jnp.asarray(-1, jnp.int32), zero)
+
+
 def row_stats(x: jax.Array, mask: jax.Array | None) -> RowStats:
     """Finite flags, extreme rows, safe inverse norms and a global scale of x [N, D].
 
@@ -281,15 +303,12 @@ def row_stats(x: jax.Array, mask: jax.Array | None) -> RowStats:
     """
     sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1)
     m = jnp.ones(sq.shape, bool) if mask is None else mask
-    ok = (sq >= 2.0 ** -100) & (sq <= 2.0 ** 100)
+    ok = _fast_ok(sq)
 
     def fast():
-        _, e2 = jnp.frexp(jnp.where(m & ok, sq, 0.0))           # sq = f * 2^e2: max-abs <= sqrt(sq) < 2^ceil(e2/2)
-        top = jnp.max(jnp.where(m & ok, (e2 + 1) // 2, -_MAX_EXP))
-        zero = jnp.asarray(0, jnp.int32)
         # masked rows are never used, but a non-finite one must still be flagged (the passes zero it)
-        return RowStats(m, jnp.isfinite(sq), jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0),
-                        _pow2(-jnp.where(jnp.any(m), top, 0)), Finiteness(zero, jnp.asarray(-1, jnp.int32), zero))
+        return RowStats(m, jnp.isfinite(sq), _fast_inv(sq, ok), _pow2(-jnp.where(jnp.any(m), _fast_top(sq, m & ok), 0)),
+                        _no_check())
 
     return jax.lax.cond(jnp.all(ok | ~m), fast, lambda: row_stats_exact(x, mask))
 
@@ -421,16 +440,6 @@ def unit_rows(x: jax.Array, rows: RowStats, idx: jax.Array) -> tuple[jax.Array, 
     ws = rows.valid[idx]
     xs = x[idx].astype(jnp.float32) * rows.inv_norm[idx][:, None]
     return jnp.where(ws[:, None], xs, 0.0), ws.astype(jnp.float32)
-
-
-def _fast_ok(sq: jax.Array) -> jax.Array:
-    """Rows whose sum of squares sq lies in [2^-100, 2^100]: finite, not extreme and safe to
-    normalise as they are (the fast rule of :func:`row_stats`)."""
-    return (sq >= 2.0 ** -100) & (sq <= 2.0 ** 100)
-
-
-def _fast_inv(sq: jax.Array, ok: jax.Array) -> jax.Array:
-    return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
 
 
 def sample_unit_rows(key: jax.Array, x: jax.Array, mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
@@ -822,8 +831,7 @@ def _fast_pass(x: jax.Array, mask: jax.Array, c: jax.Array, cmask: jax.Array, bl
             labels, _ = assign(xb, c, cmask)
             us, rs, cnt, top, bad = carry
             bus, brs, bcnt = sums_fn(xb, _fast_inv(sq, ok), one, labels, vb & fresh, k)
-            _, e2 = jnp.frexp(jnp.where(vb, sq, 0.0))
-            top = jnp.maximum(top, jnp.max(jnp.where(vb, (e2 + 1) // 2, -_MAX_EXP)))
+            top = jnp.maximum(top, _fast_top(sq, vb))
             bad = bad + jnp.sum(mb & ~ok & fresh, dtype=jnp.int32)
             return (us + bus, rs + brs, cnt + bcnt, top, bad), jnp.where(vb, labels, -1)
 
@@ -1178,31 +1186,30 @@ def _flat_fit(draw, key: jax.Array, n: int, cmask: jax.Array, *, iters: int, tol
                       n_trials=greedy_trials(k, n_local_trials), n_init=n_init)
 
 
-def _no_check() -> Finiteness:
-    zero = jnp.asarray(0, jnp.int32)
-    return Finiteness(zero, jnp.asarray(-1, jnp.int32), zero)
+def _refine(pass_fn, c: jax.Array, steps: int):
+    """``steps`` Lloyd steps over all rows from centres c [K, D]: ``pass_fn(c)`` returns
+    (labels, unit sums, raw sums, counts, ...); a cluster left empty keeps its centre.
+    Returns the last pass's outputs."""
+    def step(_, carry):
+        c, _ = carry
+        out = pass_fn(c)
+        return jnp.where((out[3] > 0)[:, None], normalize_rows(out[1]), c), out
+
+    out0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(lambda: pass_fn(c)))
+    return jax.lax.fori_loop(0, steps, step, (c, out0))[1]
 
 
-def _flat_kmeans(x: jax.Array, mask: jax.Array | None, key: jax.Array, tol, cmask: jax.Array, init: jax.Array | None,
+def _flat_kmeans(x: jax.Array, key: jax.Array, tol, cmask: jax.Array, init: jax.Array | None,
                  stats: RowStats, opts: dict) -> tuple[KMeansResult, Finiteness]:
     """The flat path on rows whose statistics were taken first (:func:`row_stats`)."""
-    n = x.shape[0]
-    block_rows, refine_iters = opts["block_rows"], opts["refine_iters"]
     if init is None:
         draw = lambda kk, size: unit_rows(x, stats, sample_indices(kk, stats.valid, size))
-        c, n_iter = _flat_fit(draw, key, n, cmask, **_fit_opts(opts), tol=tol)
+        c, n_iter = _flat_fit(draw, key, x.shape[0], cmask, **_fit_opts(opts), tol=tol)
     else:
         c = jnp.where(cmask[:, None], normalize_rows(init), 0.0)
         n_iter = jnp.asarray(0, jnp.int32)
-
-    def step(_, carry):
-        c, _ = carry
-        out = _full_pass(x, stats, c, cmask, block_rows)
-        return jnp.where((out[3] > 0)[:, None], normalize_rows(out[1]), c), out
-
-    empty = jax.eval_shape(lambda: _full_pass(x, stats, c, cmask, block_rows))
-    out0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), empty)
-    _, (labels, us, rs, counts) = jax.lax.fori_loop(0, refine_iters, step, (c, out0))
+    labels, us, rs, counts = _refine(lambda c: _full_pass(x, stats, c, cmask, opts["block_rows"]), c,
+                                     opts["refine_iters"])
     labels = jnp.where(stats.valid, labels, -1)
     return _result(us, rs, counts, labels, stats, n_iter), stats.check
 
@@ -1216,18 +1223,10 @@ def _flat_fast(x: jax.Array, mask: jax.Array, key: jax.Array, tol, cmask: jax.Ar
     drawn rows (:func:`sample_unit_rows`), the pass's from its own tiles (:func:`_fast_pass`).
     Returns the result and the number of unmasked rows that failed the fast rule (when > 0,
     the result must be discarded: :func:`_flat_kmeans` after :func:`row_stats` is the answer)."""
-    n = x.shape[0]
     draw = lambda kk, size: sample_unit_rows(kk, x, mask, size)
-    c, n_iter = _flat_fit(draw, key, n, cmask, **_fit_opts(opts), tol=tol)
-
-    def step(_, carry):
-        c, _ = carry
-        out = _fast_pass(x, mask, c, cmask, opts["block_rows"])
-        return jnp.where((out[3] > 0)[:, None], normalize_rows(out[1]), c), out
-
-    empty = jax.eval_shape(lambda: _fast_pass(x, mask, c, cmask, opts["block_rows"]))
-    out0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), empty)
-    _, (labels, us, rs, counts, scale, bad) = jax.lax.fori_loop(0, opts["refine_iters"], step, (c, out0))
+    c, n_iter = _flat_fit(draw, key, x.shape[0], cmask, **_fit_opts(opts), tol=tol)
+    labels, us, rs, counts, scale, bad = _refine(lambda c: _fast_pass(x, mask, c, cmask, opts["block_rows"]), c,
+                                                 opts["refine_iters"])
     stats = RowStats(mask, jnp.ones_like(mask), jnp.zeros(mask.shape, jnp.float32), scale, _no_check())
     return _result(us, rs, counts, labels, stats, n_iter), bad
 
@@ -1242,7 +1241,7 @@ def _optimistic_flat(opts: dict):
         return _flat_fast(x, mask, key, tol, cmask, opts)
 
     def exact(x, mask, key, tol, cmask):
-        return _flat_kmeans(x, mask, key, tol, cmask, None, row_stats(x, mask), opts)
+        return _flat_kmeans(x, key, tol, cmask, None, row_stats(x, mask), opts)
 
     @jax.custom_batching.custom_vmap
     def f(x, mask, key, tol, cmask):
@@ -1293,7 +1292,7 @@ def kmeans_core(x: jax.Array, cmask: jax.Array, *, key: jax.Array, mask: jax.Arr
         m = jnp.ones((n,), bool) if mask is None else mask
         return _optimistic_flat(opts)(x, m, key, jnp.asarray(tol, jnp.float32), cmask)
     stats = row_stats(x, mask) if rows is None else rows
-    return _flat_kmeans(x, mask, key, tol, cmask, init, stats, opts)
+    return _flat_kmeans(x, key, tol, cmask, init, stats, opts)
 
 
 _STATIC = ("k", "iters", "refine_iters", "sample_size", "seed_sample_size", "n_local_trials", "n_init",
