@@ -770,13 +770,21 @@ stays in cache between its assignment GEMM and its scatter-add sums (T = 64, K =
 0.041 s per pass, against 0.083 s for 4,096-row blocks summed by one-hot GEMM)."""
 
 
+def _by_platform(run, block_rows: int | None, *arrays):
+    """``run(sums_fn, size, *arrays)`` with the pass form measured for each platform: on CPU
+    row blocks of at most min(block_rows, FULL_PASS_TILE_ROWS) summed by :func:`scatter_sums`
+    (N x D adds); elsewhere ``block_rows`` rows summed by :func:`onehot_sums` (GEMMs, the
+    matrix units' shape, no scatter atomics)."""
+    tile = None if block_rows is None else min(block_rows, FULL_PASS_TILE_ROWS)
+    return jax.lax.platform_dependent(*arrays, cpu=functools.partial(run, scatter_sums, tile),
+                                      default=functools.partial(run, onehot_sums, block_rows))
+
+
 def _full_pass(x: jax.Array, rows: RowStats, c: jax.Array, cmask: jax.Array, block_rows: int | None):
     """Assign all rows to unit centres c [K, D] and sum them per cluster, in row blocks (no
     [N, D] temporary).
 
-    On CPU the blocks hold at most min(block_rows, FULL_PASS_TILE_ROWS) rows, summed by
-    :func:`scatter_sums` (N x D adds); elsewhere ``block_rows`` rows, summed by
-    :func:`onehot_sums` (GEMMs, the matrix units' shape, no scatter atomics).
+    The block size and the sums follow the platform (:func:`_by_platform`).
 
     Returns labels [N] int32, unit sums [K, D] f32 (of x/|x|), raw sums [K, D] f32 (of
     ``scale * x``: divide by ``rows.scale`` for the raw sums; they cannot overflow), counts [K].
@@ -797,10 +805,7 @@ def _full_pass(x: jax.Array, rows: RowStats, c: jax.Array, cmask: jax.Array, blo
         (us, rs, cnt), labels = _scan_blocks(block, x.shape[0], size, (x, valid, finite, inv), init)
         return labels, us, rs, cnt
 
-    tile = None if block_rows is None else min(block_rows, FULL_PASS_TILE_ROWS)
-    return jax.lax.platform_dependent(x, rows.valid, rows.finite, rows.inv_norm,
-                                      cpu=functools.partial(run, scatter_sums, tile),
-                                      default=functools.partial(run, onehot_sums, block_rows))
+    return _by_platform(run, block_rows, x, rows.valid, rows.finite, rows.inv_norm)
 
 
 def _fast_pass(x: jax.Array, mask: jax.Array, c: jax.Array, cmask: jax.Array, block_rows: int | None):
@@ -820,14 +825,14 @@ def _fast_pass(x: jax.Array, mask: jax.Array, c: jax.Array, cmask: jax.Array, bl
     d = x.shape[1]
     one = jnp.float32(1.0)
 
-    def run(sums_fn, size, zero_bad, x, mask):
+    def run(sums_fn, size, x, mask):
         def block(carry, fresh, xb, mb):
             xb = xb.astype(jnp.float32)
             sq = jnp.sum(jnp.square(xb), axis=-1)
             ok = _fast_ok(sq)
             vb = mb & ok
-            if zero_bad:                        # GEMM sums: a non-finite row times weight 0 is NaN
-                xb = jnp.where(ok[:, None], xb, 0.0)
+            if sums_fn is onehot_sums:          # a non-finite row times weight 0 is NaN in a GEMM; the
+                xb = jnp.where(ok[:, None], xb, 0.0)    # scatter drops unused rows into a discarded bucket
             labels, _ = assign(xb, c, cmask)
             us, rs, cnt, top, bad = carry
             bus, brs, bcnt = sums_fn(xb, _fast_inv(sq, ok), one, labels, vb & fresh, k)
@@ -840,10 +845,7 @@ def _fast_pass(x: jax.Array, mask: jax.Array, c: jax.Array, cmask: jax.Array, bl
         (us, rs, cnt, top, bad), labels = _scan_blocks(block, x.shape[0], size, (x, mask), init)
         return labels, us, rs, cnt, top, bad
 
-    tile = None if block_rows is None else min(block_rows, FULL_PASS_TILE_ROWS)
-    labels, us, rs, cnt, top, bad = jax.lax.platform_dependent(
-        x, mask, cpu=functools.partial(run, scatter_sums, tile, False),
-        default=functools.partial(run, onehot_sums, block_rows, True))
+    labels, us, rs, cnt, top, bad = _by_platform(run, block_rows, x, mask)
     scale = _pow2(-jnp.where(jnp.any(mask), top, 0))
     return labels, us, rs * scale, cnt, scale, bad
 
@@ -1143,12 +1145,13 @@ def _two_level(x: jax.Array, stats: RowStats, k: int, n_groups: int, *, key: jax
     gid = jnp.where(fmask, offset[:, None] + jnp.arange(cap)[None, :], k).reshape(-1)   # k = dropped
     put = lambda v: jnp.zeros((k,) + v.shape[1:], v.dtype).at[gid].set(v, mode="drop")
     labels = jnp.where(slot >= 0, gid[jnp.maximum(slot, 0)], -1).astype(jnp.int32)
-    return _result(put(us), put(rs), put(cnt), labels, stats, n_iter)
+    return _result(put(us), put(rs), put(cnt), labels, stats.scale, n_iter)
 
 
-def _result(us, rs, counts, labels, stats: RowStats, n_iter) -> KMeansResult:
+def _result(us, rs, counts, labels, scale: jax.Array, n_iter) -> KMeansResult:
+    """The result from a last pass's sums (raw sums of ``scale * x``) and labels."""
     denom = jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
-    raw_means = (rs / denom) / stats.scale
+    raw_means = (rs / denom) / scale
     unit_means = us / denom
     centroids = normalize_rows(us)
     inertia = jnp.sum(counts).astype(jnp.float32) - jnp.sum(jnp.linalg.norm(us, axis=-1))
@@ -1211,7 +1214,7 @@ def _flat_kmeans(x: jax.Array, key: jax.Array, tol, cmask: jax.Array, init: jax.
     labels, us, rs, counts = _refine(lambda c: _full_pass(x, stats, c, cmask, opts["block_rows"]), c,
                                      opts["refine_iters"])
     labels = jnp.where(stats.valid, labels, -1)
-    return _result(us, rs, counts, labels, stats, n_iter), stats.check
+    return _result(us, rs, counts, labels, stats.scale, n_iter), stats.check
 
 
 def _fit_opts(opts: dict) -> dict:
@@ -1227,8 +1230,7 @@ def _flat_fast(x: jax.Array, mask: jax.Array, key: jax.Array, tol, cmask: jax.Ar
     c, n_iter = _flat_fit(draw, key, x.shape[0], cmask, **_fit_opts(opts), tol=tol)
     labels, us, rs, counts, scale, bad = _refine(lambda c: _fast_pass(x, mask, c, cmask, opts["block_rows"]), c,
                                                  opts["refine_iters"])
-    stats = RowStats(mask, jnp.ones_like(mask), jnp.zeros(mask.shape, jnp.float32), scale, _no_check())
-    return _result(us, rs, counts, labels, stats, n_iter), bad
+    return _result(us, rs, counts, labels, scale, n_iter), bad
 
 
 def _optimistic_flat(opts: dict):
