@@ -39,6 +39,8 @@ flags.DEFINE_enum("pos_embed", "sincos2d", ["sincos2d", "none"], "--embed=patch:
 flags.DEFINE_float("pos_scale", 0.1, "--embed=patch: per-entry RMS of the position embedding.")
 flags.DEFINE_bool("temporal", False, "--embed=patch: also add a sin-cos embedding of the frame index.")
 flags.DEFINE_integer("context", 0, "--embed=patch: project each patch's (2c+1)-patch window (0: the patch alone).")
+flags.DEFINE_string("tower", "", "--embed=patch: a pretrained tower's weights (launch.train_tower) instead of the "
+                    "random projection ('' = the projection).")
 flags.DEFINE_string("compressor", "", "Store this registered compressor's parameter-free stage ('' = the tokens).")
 flags.DEFINE_integer("budget", 0, "--compressor: its budget (output slots).")
 flags.DEFINE_string("compressor_cfg", "{}", "--compressor: JSON object of its config fields.")
@@ -60,7 +62,8 @@ def main(argv):
     src.update(num_frames=FLAGS.num_frames, resolution=FLAGS.resolution, skip_corrupt=FLAGS.skip_corrupt)
     embed = ("patch", dict(patch_size=FLAGS.patch_size, dim=FLAGS.dim, seed=FLAGS.seed, pos_embed=FLAGS.pos_embed,
                            pos_scale=FLAGS.pos_scale, temporal=FLAGS.temporal,
-                           context=FLAGS.context)) if FLAGS.embed == "patch" \
+                           context=FLAGS.context, **({"tower": FLAGS.tower} if FLAGS.tower else {}))) \
+        if FLAGS.embed == "patch" \
         else (FLAGS.embed, {})
     compressor = None
     if FLAGS.compressor:

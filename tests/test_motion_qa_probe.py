@@ -103,11 +103,11 @@ def test_probe_answers_only_among_the_questions_options():
 
 
 def test_tower_probe_labels_tokens_by_the_topmost_object():
-    from experiments import tower_probe
+    from td_jax.data.tower import token_owner
     objects = {"shape": ["square", "square", "circle"],
                "positions": np.array([[[10.0, 10.0]], [[14.0, 10.0]], [[26.0, 26.0]]]),
                "visible": np.array([[True], [True], [False]])}
-    owner = tower_probe.token_owner(objects, 0, 8, 8, 4, 5)
+    owner = token_owner(objects, 0, 8, 8, 4, 5)
     # patch centres 1.5, 5.5, 9.5, 13.5, ...: the first square (|d| <= 4.25) covers columns 2-3,
     # the second (drawn later, on top) columns 3-4; the invisible circle nothing
     expect = -np.ones((8, 8), np.int64)
@@ -119,10 +119,12 @@ def test_tower_probe_labels_tokens_by_the_topmost_object():
 def test_tower_probe_reads_colour_from_every_token():
     """Colour is in every token of the frozen tower (the probe machinery works end to end)."""
     from experiments import tower_probe
-    rows = tower_probe.run([0], ["linear"], 6, 3, log=lambda *_: None)
+    rows = tower_probe.run(["random:0"], ["linear"], 6, 3, log=lambda *_: None)
     assert [(r["target"], r["probe"]) for r in rows] == [("shape", "linear"), ("colour", "linear")]
     colour = rows[1]
     assert colour["held_out"] >= 0.9 and colour["majority"] < 0.5 and colour["test_tokens"] > 100
     with pytest.raises(ValueError, match="unknown probe"):
         tower_probe.fit_probe("svm", np.zeros((4, 2)), np.array([0, 1, 0, 1]))
-    assert "| 0 | linear |" in tower_probe.markdown(rows, "cmd")
+    assert "| random | 0 | linear |" in tower_probe.markdown(rows, "cmd")
+    with pytest.raises(ValueError, match="KIND:CONTEXT"):
+        tower_probe.parse_tower("trained:1")

@@ -16,6 +16,11 @@ centred on each patch instead (zero-padded beyond the frame, i.e. mid-grey), wit
 ``[(2c+1)²·p²·3, D]`` drawn the same way: each token then sees its neighbourhood, as a real
 tower's tokens do after self-attention (a SigLIP token at an object knows the object's shape;
 a lone 4-px patch of a 10-px disc or square does not).  Still fixed and parameter-free.
+
+``tower=PATH`` replaces the random projection by a pretrained, frozen per-window network
+(``td_jax.data.tower``: ``relu(window @ w1 + b1) @ w2 + b2``, trained on other videos so that
+a linear read-out of one token names the shape and colour under it, as a real tower's
+does); its window must be the ``context`` one, its width ``dim``.
 """
 from __future__ import annotations
 
@@ -89,8 +94,24 @@ def windows(x, context: int):
                            axis=-1)
 
 
+def window_project(x, w, context: int):
+    """``windows(x, context) @ w`` without building the windows: ``x [B, T, h, w, P]``,
+    ``w [(2c+1)²·P, D]`` → ``[B, T, h, w, D]``, as one 'SAME' convolution over the patch grid
+    (zero beyond it; the same row-major window layout as :func:`windows`)."""
+    import jax
+
+    if context == 0:
+        return x @ w
+    k = 2 * int(context) + 1
+    b, t, h, wd, p = x.shape
+    kernel = jnp.reshape(w, (k, k, p, w.shape[-1]))                    # [kh, kw, P, D] (HWIO)
+    y = jax.lax.conv_general_dilated(jnp.reshape(x, (b * t, h, wd, p)), kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.reshape(y, (b, t, h, wd, w.shape[-1]))
+
+
 def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, pos_embed: str = "sincos2d",
-                pos_scale: float = 0.1, temporal: bool = False, context: int = 0) -> jnp.ndarray:
+                pos_scale: float = 0.1, temporal: bool = False, context: int = 0, tower: str = "") -> jnp.ndarray:
     """``frames [B, T, R, R, 3]`` uint8 → ``tokens [B, T, R/p, R/p, D]`` float32 (jit-able)."""
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"patch_embed expects frames [B, T, R, R, 3], got shape {tuple(frames.shape)}")
@@ -101,7 +122,19 @@ def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, po
         raise ValueError(f"frame size {H}x{W} is not a multiple of patch_size={patch_size}")
     x = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
     x = einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=patch_size, q=patch_size)
-    x = windows(x, context) @ jnp.asarray(projection(patch_size, dim, seed, (2 * context + 1) ** 2))
+    if tower:
+        from td_jax.data import tower as tower_lib
+
+        params = tower_lib.load(tower)
+        fan_in = (2 * context + 1) ** 2 * patch_size * patch_size * 3
+        if params["w1"].shape[0] != fan_in or params["w2"].shape[1] != dim:
+            raise ValueError(f"tower {tower!r} maps {params['w1'].shape[0]} window values to width "
+                             f"{params['w2'].shape[1]}; patch_size={patch_size}, context={context}, dim={dim} need "
+                             f"{fan_in} -> {dim}")
+        h = jnp.maximum(window_project(x, jnp.asarray(params["w1"]), context) + params["b1"], 0.0)
+        x = h @ jnp.asarray(params["w2"]) + params["b2"]          # = tower.apply on the windows
+    else:
+        x = window_project(x, jnp.asarray(projection(patch_size, dim, seed, (2 * context + 1) ** 2)), context)
     if pos_embed != "none" or temporal:
         x = x + jnp.asarray(position_embedding(T, H // patch_size, W // patch_size, dim, pos_embed, pos_scale,
                                                temporal))
@@ -109,7 +142,7 @@ def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, po
 
 
 def make_patch_embed(patch_size: int = 8, dim: int = 64, seed: int = 0, pos_embed: str = "sincos2d",
-                     pos_scale: float = 0.1, temporal: bool = False, context: int = 0) -> Callable:
+                     pos_scale: float = 0.1, temporal: bool = False, context: int = 0, tower: str = "") -> Callable:
     """An ``embed_fn(frames [B,T,R,R,3] uint8) -> tokens [B,T,R/p,R/p,D]`` with fixed settings."""
     return functools.partial(patch_embed, patch_size=patch_size, dim=dim, seed=seed, pos_embed=pos_embed,
-                             pos_scale=pos_scale, temporal=temporal, context=context)
+                             pos_scale=pos_scale, temporal=temporal, context=context, tower=tower)

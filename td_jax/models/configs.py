@@ -110,7 +110,9 @@ class PatchEmbedConfig:
     projection of each patch's pixels plus a fixed spatial position embedding
     (``pos_embed``: "sincos2d" or "none", RMS ``pos_scale``; ``temporal`` adds a 1-D sin-cos
     embedding of the frame index too; ``context`` > 0 projects each patch's
-    ``(2c+1)``-patch window, so a token sees its neighbourhood).  No parameters: nothing here trains.
+    ``(2c+1)``-patch window, so a token sees its neighbourhood; ``tower``: the path of a
+    pretrained per-window network, ``td_jax.data.tower``, used instead of the random projection).
+    Frozen: nothing here trains.
     """
 
     patch_size: int = 4
@@ -120,6 +122,7 @@ class PatchEmbedConfig:
     pos_scale: float = 0.1
     temporal: bool = False
     context: int = 0
+    tower: str = ""
 
     def __post_init__(self):
         if self.patch_size < 1 or self.hidden_size < 1:
@@ -132,7 +135,7 @@ class PatchEmbedConfig:
     def kwargs(self) -> dict:
         """Keyword arguments of ``td_jax.data.patch_embed.patch_embed``."""
         return dict(patch_size=self.patch_size, dim=self.hidden_size, seed=self.seed, pos_embed=self.pos_embed,
-                    pos_scale=self.pos_scale, temporal=self.temporal, context=self.context)
+                    pos_scale=self.pos_scale, temporal=self.temporal, context=self.context, tower=self.tower)
 
 
 PROJECTOR_POSITIONS = ("before", "after")

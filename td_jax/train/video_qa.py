@@ -121,7 +121,7 @@ class VideoQA(Task):
                                 "tie_embeddings": mlc.config_dict.placeholder(bool)})
         c.vision = "named"
         c.patch = mlc.ConfigDict({"patch_size": 4, "dim": 64, "seed": 0, "pos_embed": "sincos2d", "pos_scale": 0.1,
-                                  "temporal": False, "context": 0})
+                                  "temporal": False, "context": 0, "tower": ""})
         c.projector = ""
         c.projector_position = ""
         c.visual_attention = ""
@@ -203,7 +203,7 @@ class VideoQA(Task):
             out["vision"] = model_configs.PatchEmbedConfig(
                 patch_size=t.patch.patch_size, hidden_size=t.patch.dim, seed=t.patch.seed,
                 pos_embed=t.patch.pos_embed, pos_scale=t.patch.pos_scale, temporal=t.patch.temporal,
-                context=t.patch.context)
+                context=t.patch.context, tower=t.patch.tower)
             out["mm_hidden_size"] = None
         elif t.vision == "none":
             width = t.mm_hidden_size or cfg.vision_width
