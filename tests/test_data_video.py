@@ -349,3 +349,15 @@ def test_compressed_store_holds_the_compressor_stage(folder, tmp_path):
     assert os.path.getmtime(tokens_store.split_path(str(out), "train")) == t_train
     with pytest.raises(ValueError, match="other settings"):
         extract.build_store(str(out), src, ["test"], embed=embed, compressor={**comp, "budget": 4}, log=lambda m: None)
+    # limits: a split's first n videos only, recorded; a store built without the limit is refused
+    short = tmp_path / "td_short"
+    extract.build_stores([(str(short), comp, ["validation"])], src, embed=embed, limits={"validation": 2},
+                         log=lambda m: None)
+    got = tokens_store.read_meta(str(short))
+    assert got["counts"] == {"validation": 2} and got["limits"] == {"validation": 2}
+    for a, b in zip(read(short, "validation"), read(out, "validation")):
+        np.testing.assert_array_equal(a["pre/dynamics_map"], b["pre/dynamics_map"])
+    with pytest.raises(ValueError, match="other settings"):
+        extract.build_stores([(str(short), comp, ["train"])], src, embed=embed, log=lambda m: None)
+    with pytest.raises(ValueError, match="limits must be >= 1"):
+        extract.build_stores([(str(short), comp, ["train"])], src, embed=embed, limits={"train": 0})

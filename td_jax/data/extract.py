@@ -11,6 +11,7 @@ call again (finished splits are skipped); a store built with other settings is r
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -33,7 +34,12 @@ def make_embed(spec: str, **kwargs) -> tuple[Callable, dict]:
 
     if spec == "patch":
         from td_jax.data.patch_embed import make_patch_embed
-        return jax.jit(make_patch_embed(**kwargs)), {"embed": "patch", **kwargs}
+        meta = {"embed": "patch", **kwargs}
+        if kwargs.get("tower"):                   # the weights' digest: a retrained tower is another store
+            from td_jax.data import tower
+
+            meta["tower_sha1"] = tower.digest(kwargs["tower"])
+        return jax.jit(make_patch_embed(**kwargs)), meta
     if ":" not in spec:
         raise ValueError(f"embed must be 'patch' or 'module:function', got {spec!r}")
     mod, fn = spec.split(":", 1)
@@ -68,17 +74,6 @@ def make_compress(meta: Mapping[str, Any]) -> Callable:
     return fn
 
 
-def _narrow(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Integer arrays that fit in int16 (cluster ids) are stored as int16."""
-    out = {}
-    for k, v in arrays.items():
-        v = np.asarray(v)
-        if v.dtype.kind == "i" and v.size and -2 ** 15 <= v.min() and v.max() < 2 ** 15:
-            v = v.astype(np.int16)
-        out[k] = v
-    return out
-
-
 def build_store(directory: str, data_cfg: Mapping[str, Any], splits: Sequence[str], *, embed: tuple[str, dict],
                 compressor: Mapping[str, Any] | None = None, batch_size: int = 16, dtype: str = "float16",
                 log: Callable[[str], None] = print) -> dict:
@@ -104,17 +99,21 @@ def _key(name: str, value: Any) -> Any:
 
 def build_stores(jobs: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[str]]], data_cfg: Mapping[str, Any],
                  *, embed: tuple[str, dict], batch_size: int = 16, dtype: str = "float16",
-                 log: Callable[[str], None] = print) -> list[dict]:
+                 limits: Mapping[str, int] | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """:func:`build_store` for several stores ``(directory, compressor, splits)`` of one source in
     one pass per split: every video is read and embedded once, then each store's stage runs.
+    ``limits``: ``{split: n}`` stores only the split's first n videos (recorded in the meta).
     Returns their metas."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    limits = {str(k): int(v) for k, v in (limits or {}).items()}
+    if any(v < 1 for v in limits.values()):
+        raise ValueError(f"limits must be >= 1 videos per split, got {limits}")
     embed_fn, embed_meta = make_embed(embed[0], **embed[1])
     src = {k: v for k, v in dict(data_cfg).items() if v and k in ("source", "tfds_name", "tfds_dir", "data_dir",
                                                                    "folder_jsonl", "video_root", "num_frames",
                                                                    "resolution", "skip_corrupt")}  # unset = default
-    common: dict[str, Any] = {"source": src, **embed_meta}
+    common: dict[str, Any] = {"source": src, **embed_meta, "limits": limits}   # ({} = whole splits)
     families = pipeline.family_names(src)
     if families:
         common["families"] = families
@@ -129,7 +128,7 @@ def build_stores(jobs: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[st
             want["compressor"] = compressor_meta(compressor["name"], compressor["budget"], compressor.get("cfg", {}),
                                                  compressor.get("seed", 0), t)
             fn = make_compress(want["compressor"])
-            compress_fn = (lambda tok, index, fn=fn: _narrow(fn(tok, index)))
+            compress_fn = fn            # device arrays: the store reads them back batch by batch
         meta_path = os.path.join(directory, "meta.json")
         meta: dict[str, Any] = tokens_store.read_meta(directory) if os.path.isfile(meta_path) else {}
         stale = {k: (meta.get(k), v) for k, v in want.items() if k in meta and _key(k, meta[k]) != _key(k, v)}
@@ -152,7 +151,10 @@ def build_stores(jobs: Sequence[tuple[str, Mapping[str, Any] | None, Sequence[st
                 last[0] = time.time()
                 log(f"  {split} -> {names}: {n} videos ({n / (time.time() - t0):.0f}/s)")
 
-        n, specs = tokens_store.extract_split(pipeline.iter_examples(src, split), [(st["dir"], st["fn"]) for st in todo],
+        examples = pipeline.iter_examples(src, split)
+        if split in limits:
+            examples = itertools.islice(examples, limits[split])
+        n, specs = tokens_store.extract_split(examples, [(st["dir"], st["fn"]) for st in todo],
                                               split, embed_fn, batch_size=batch_size, dtype=dtype, progress=progress)
         for st, spec in zip(todo, specs):
             meta = st["meta"]

@@ -97,6 +97,17 @@ def read_meta(directory: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def narrow_ints(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays on the host; integer arrays that fit in int16 (cluster ids) as int16."""
+    out = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "i" and v.size and -2 ** 15 <= v.min() and v.max() < 2 ** 15:
+            v = v.astype(np.int16)
+        out[k] = v
+    return out
+
+
 def extract_split(examples: Iterable, outputs: Sequence[tuple[str, Callable | None]], split: str,
                   embed_fn: Callable, *, batch_size: int = 16, dtype: str = "float16",
                   progress: Callable[[int], None] | None = None) -> tuple[int, list[dict[str, dict]]]:
@@ -104,7 +115,9 @@ def extract_split(examples: Iterable, outputs: Sequence[tuple[str, Callable | No
     [B,T,h,w,D]`` once, and write ``DIR/{split}.array_record`` of every output ``(DIR, compress_fn)``.
 
     ``compress_fn(tokens [B,T,h,w,D], index [B] int) -> {name: [B, ...]}`` stores a
-    compressor's precomputed stage (as ``pre/<name>``); None stores the tokens themselves.
+    compressor's precomputed stage (as ``pre/<name>``, integer arrays that fit as int16); None
+    stores the tokens themselves.  A batch's results are read back only after the next batch
+    has been read and dispatched, so reading the videos overlaps the device work.
     ``index`` is each example's position in the split (to draw its per-video key).
     ``progress(n)`` is called after each batch.  Every file is written under a temporary name
     and renamed when complete.  Returns (count, ``[{array name: {"shape", "dtype"}}]`` per output).
@@ -114,7 +127,24 @@ def extract_split(examples: Iterable, outputs: Sequence[tuple[str, Callable | No
     for d, _ in outputs:
         os.makedirs(d, exist_ok=True)
     writers = [array_record_module.ArrayRecordWriter(p + ".tmp", "group_size:1") for p in paths]
-    buf, done = [], 0
+    buf, done, pending = [], 0, None
+
+    def write(batch):
+        # Blocks on a batch's results and writes its records; runs after the next batch has been
+        # read and dispatched, so reading overlaps the (asynchronously dispatched) device work.
+        metas, n, tok, results, end = batch
+        for j, res in enumerate(results):
+            if res is None:
+                arrays = {"visual_tokens": np.asarray(tok)[:n]}
+            else:
+                arrays = {PRE + k: v[:n] for k, v in narrow_ints(res).items()}
+            for k, v in arrays.items():
+                specs[j][k] = {"shape": list(v.shape[1:]), "dtype": dtype if k == "visual_tokens" else str(v.dtype)}
+            for i, meta in enumerate(metas):
+                writers[j].write(encode_record({**meta, **{k: v[i] for k, v in arrays.items()}}, dtype))
+        if progress is not None:
+            progress(end)
+
     try:
         for item in itertools.chain(examples, [None]):
             if item is not None:
@@ -129,19 +159,14 @@ def extract_split(examples: Iterable, outputs: Sequence[tuple[str, Callable | No
             if tok.ndim != 5 or tok.shape[0] != batch_size:
                 raise ValueError(f"embed_fn must return [B, T, h, w, D] with B={batch_size}, got {tok.shape}")
             index = np.arange(done, done + batch_size)
-            for j, (_, compress_fn) in enumerate(outputs):
-                if compress_fn is None:
-                    arrays = {"visual_tokens": np.asarray(tok)[:n]}
-                else:
-                    arrays = {PRE + k: np.asarray(v)[:n] for k, v in compress_fn(tok, index).items()}
-                for k, v in arrays.items():
-                    specs[j][k] = {"shape": list(v.shape[1:]), "dtype": dtype if k == "visual_tokens" else str(v.dtype)}
-                for i, (meta, _) in enumerate(buf):
-                    writers[j].write(encode_record({**meta, **{k: v[i] for k, v in arrays.items()}}, dtype))
+            results = [None if fn is None else fn(tok, index) for _, fn in outputs]
+            if pending is not None:
+                write(pending)
             done += n
+            pending = ([m for m, _ in buf], n, tok, results, done)
             buf = []
-            if progress is not None:
-                progress(done)
+        if pending is not None:
+            write(pending)
     finally:
         for w in writers:
             w.close()
