@@ -1,7 +1,7 @@
 r"""The paper's claims in miniature: every compressor at one visual-token budget on moving_shapes_qa.
 
-    # the default run (the README's first command): builds moving_shapes_qa/motion and the
-    # compressor stores if absent, runs the grid (arms x seeds) as framework runs in
+    # the default run (the README's first command): builds moving_shapes_qa/motion_curriculum,
+    # the pretrained tower and the stores if absent, runs the grid (arms x seeds) as framework runs in
     # results/runs/<arm>_s<seed>/, writes results/motion_qa.{json,md}, the plots and (with
     # --readme) the README block
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results
@@ -13,37 +13,49 @@ r"""The paper's claims in miniature: every compressor at one visual-token budget
     python -m launch.motion_qa --config=experiments/motion_qa.py --results_dir=results --report_only --from_stored --readme=README.md
     # restore one arm's newest checkpoint and re-score it (same accuracy as motion_qa.json)
     python -m launch.eval --workdir=results/runs/token_dynamics_s0 --split=test --output_dir=/tmp/re_eval
-    # the complete grid: + FastVID, VisionZip, HoliTom, K=16, TokenLearner; 3 seeds of the all-token arm
+    # the complete grid: + the ablation ladder (base + map, random map, random base), the paper's
+    # attention form, VidToMe, DyCoke, FastVID, VisionZip, HoliTom, K=16, a 256-token pooling
+    # rung; 3 seeds of the all-token arm
     python -m launch.motion_qa --config=experiments/motion_qa.py:full --results_dir=results_full
+    # the earlier setting: the random tower, the motion data without the control
+    python -m launch.motion_qa --config=experiments/motion_qa.py:tower=random,warmup=0 --results_dir=/tmp/r0
     # a subset of arms / seeds, another data root; tiny CI configuration
     python -m launch.motion_qa --config=experiments/motion_qa.py:arms=token_dynamics+tome,seeds=0+1 --results_dir=/tmp/r
     python -m launch.motion_qa --config=experiments/motion_qa.py:tiny --results_dir=/tmp/mqa_tiny
     # one run by hand (any arm x seed of the grid; the stores must exist: prepare() builds them)
     python -m launch.train --config=experiments/motion_qa.py --workdir=/tmp/td_s0
 
-Setup. 16 frames of 64x64 px -> the frozen "tower" (``td_jax.data.patch_embed``: a fixed
-projection of 4x4-px patches plus a 2-D sin-cos position embedding, the same for every arm)
--> 16 x 16 x 16 = 4,096 tokens per video of width 64.  Every compressed arm's
-parameter-free stage (k-means, ToMe's merges, pruning, pooling, ...) runs once per video
-into a token store (``td_jax.data.extract.build_store``, one fixed key per video); each run
-then trains the compressor's learned stage (the cross-dynamics attention, MapTokens), the
-projector (after the compressor) and a 3-layer, width-64 Qwen2-style decoder from scratch on
-the same 2,500 x 32 examples with the same schedule, curriculum and seeds.  The decoder
-reads visual tokens as keys/values only (``visual_attention="kv_only"``) so that the
-all-token arm — 4,096 tokens straight from the frames — costs O(N) and trains on exactly
-the same examples and steps inside the default run: one architecture for every arm.
+Setup. 16 frames of 64x64 px -> the frozen tower -> 16 x 16 x 16 = 4,096 tokens per video of
+width 64, the same for every arm.  The tower (``tower=pretrained``, the default) is a small
+per-window network pretrained on other videos of the generator to name, linearly from each
+token, the shape and colour under its 4-px patch from the 12-px window around it
+(``td_jax.data.tower``; trained once into ROOT/tower, ~15 s), plus a fixed 2-D sin-cos
+position embedding; ``tower=random`` is the fixed random projection of each patch
+(``td_jax.data.patch_embed``), in whose tokens a linear read-out finds colour but not shape
+(experiments/tower_probe.py).  Every arm's parameter-free stage (k-means, ToMe's merges,
+pruning, pooling, ...; for the all-token arm the tower's tokens themselves) runs once per
+video into a token store (``td_jax.data.extract.build_stores``: one pass over the videos,
+one fixed key per video); each run then trains the compressor's learned stage (the
+cross-dynamics attention, MapTokens), the projector (after the compressor) and a 3-layer,
+width-64 Qwen2-style decoder from scratch on the same 1,500 x 32 examples with the same
+schedule, curriculum and seeds.  The decoder reads visual tokens as keys/values only
+(``visual_attention="kv_only"``) so that the all-token arm's 4,096 tokens cost O(N) and it
+trains on exactly the same examples and steps inside the default run: one architecture for
+every arm.  The data is ``moving_shapes_qa/motion_curriculum``: motion's three families
+(color, direction, order: questions about a named object among distractors drawn by the
+same law) plus the control ``lone_direction`` (the asked object alone: it needs the motion
+and no name; reported apart from "all"), and the first 400 batches ask only the control.
 Answers are the option's words, scored by likelihood (video + prompt decoded once).
 
 ``arg`` (after the colon), comma-separated: ``tiny`` (CI: the tiny dataset, a few steps),
-``full`` (the complete grid), ``root=PATH`` (TFDS data and stores; default
+``full`` (the complete grid), ``root=PATH`` (TFDS data, tower and stores; default
 /tmp/td_jax_motion_qa), ``arms=a+b`` (a subset of arm names), ``seeds=0+1`` (the compressed
-arms' seeds), ``context=N`` (the tower projects each patch's (2N+1)-patch window, so a token
-sees its object's shape, as a real tower's does; default 0: the patch alone; its own stores),
-``warmup=N`` (the data is ``moving_shapes_qa/motion_curriculum``: motion's three families plus
-the control ``lone_direction`` — the direction of the asked object shown alone, reported
-apart from "all"; the first N batches ask it instead of ``direction:600``; its own stores;
-default 0: off),
-``arm=NAME`` / ``seed=N`` (which run ``get_config`` returns; the sweep sets these).
+arms' seeds), ``tower=pretrained|random`` (above), ``context=N`` (the tower reads each
+patch's (2N+1)-patch window; default 1 for the pretrained tower, 0 for the random one; its
+own tower and stores), ``warmup=N`` (the first N batches ask the control; default 400;
+``warmup=0``: the data is ``moving_shapes_qa/motion``, without the control, and the first 600
+batches ask ``direction``, the earlier setting), ``arm=NAME`` / ``seed=N`` (which run
+``get_config`` returns; the sweep sets these).
 """
 from __future__ import annotations
 
@@ -56,42 +68,45 @@ import ml_collections as mlc
 DEFAULT_ROOT = "/tmp/td_jax_motion_qa"
 
 # The arms.  name: run/row name; label: table label; compressor: registry name ("none" = all
-# tokens); budget: visual slots (0 = the experiment's budget); cfg: compressor options; kind:
-# "store" (the compressor's stage precomputed once per video) or "frames" (the model reads
-# frames and compresses them itself: the all-token arm, and pool_256 — a rung of 256 tokens,
-# 6.25%, that shows which families the decoder can learn at all when tokens are plentiful); eval_of: evaluate that arm's trained weights with this arm's
-# compressor (adaptive K); seeds: "arms" (the compressed arms' seeds) or "reference";
-# grid: "default" or "full" (only with :full).
+# tokens); budget: visual slots (0 = the experiment's budget); cfg: compressor options. Every
+# arm reads a store built once per video (prepare()): the compressor's parameter-free stage,
+# or for the all-token arm the tower's tokens themselves.  pool_256 is a rung of 256 tokens
+# (6.25%) that shows which families the decoder can learn when tokens are plentiful.
+# eval_of: evaluate that arm's trained weights with this arm's compressor (adaptive K);
+# seeds: "arms" (the compressed arms' seeds) or "reference"; grid: "default" or "full"
+# (only with :full).  The default grid keeps what the paper's claims need (token dynamics at
+# 8 and at 4 tokens, base only, the rivals at the same budget, adaptive K, all tokens);
+# :full adds the ablation ladder, the paper's attention form and the other rivals.
 TD = {"iters": 20, "n_init": 1, "sample_size": 1024, "refine_iters": 2}
 ARMS = (
     dict(name="token_dynamics", label="token dynamics", compressor="token_dynamics", cfg=TD),
     dict(name="token_dynamics_k4", label="token dynamics K=4", compressor="token_dynamics", budget=4, cfg=TD),
     dict(name="paper_attention", label="token dynamics, paper's attention", compressor="token_dynamics",
-         cfg={**TD, "attention": "paper"}),
+         cfg={**TD, "attention": "paper"}, grid="full"),
     dict(name="adaptive_elbow", label="adaptive K (elbow)", compressor="token_dynamics",
          cfg={**TD, "adaptive": "elbow"}, eval_of="token_dynamics"),
     dict(name="adaptive_silhouette", label="adaptive K (silhouette)", compressor="token_dynamics",
          cfg={**TD, "adaptive": "silhouette"}, eval_of="token_dynamics"),
     dict(name="base_only", label="base only", compressor="base_only", cfg=TD),
-    dict(name="base_map", label="base + map (no attention)", compressor="base_map", budget=-16, cfg=TD),
-    dict(name="random_map", label="random map", compressor="random_map", cfg=TD),
-    dict(name="random_base", label="random base", compressor="random_base", cfg=TD),
+    dict(name="base_map", label="base + map (no attention)", compressor="base_map", budget=-16, cfg=TD, grid="full"),
+    dict(name="random_map", label="random map", compressor="random_map", cfg=TD, grid="full"),
+    dict(name="random_base", label="random base", compressor="random_base", cfg=TD, grid="full"),
     dict(name="tome", label="ToMe", compressor="tome"),
     dict(name="prune", label="pruning", compressor="prune"),
     dict(name="pool", label="pooling", compressor="pool"),
-    dict(name="vidtome", label="VidToMe", compressor="vidtome"),
-    dict(name="dycoke", label="DyCoke", compressor="dycoke"),
+    dict(name="vidtome", label="VidToMe", compressor="vidtome", grid="full"),
+    dict(name="dycoke", label="DyCoke", compressor="dycoke", grid="full"),
     dict(name="fastvid", label="FastVID", compressor="fastvid", grid="full"),
     dict(name="visionzip", label="VisionZip", compressor="visionzip", grid="full"),
     dict(name="holitom", label="HoliTom", compressor="holitom", grid="full"),
     dict(name="token_dynamics_k16", label="token dynamics K=16", compressor="token_dynamics", budget=16, cfg=TD,
          grid="full"),
-    dict(name="pool_256", label="pooling, 256 tokens", compressor="pool", budget=256, kind="frames",
-         seeds="reference"),
-    dict(name="none", label="all tokens", compressor="none", kind="frames", seeds="reference"),
+    dict(name="pool_256", label="pooling, 256 tokens", compressor="pool", budget=256, seeds="reference", grid="full"),
+    dict(name="none", label="all tokens", compressor="none", seeds="reference"),
 )
 ARM_NAMES = tuple(a["name"] for a in ARMS)
-_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "context", "warmup", "arm", "seed")
+_OPTIONS = ("tiny", "full", "root", "arms", "seeds", "context", "warmup", "tower", "arm", "seed")
+TOWERS = ("random", "pretrained")
 # Config keys the grid sets per arm or builds data for (prepare(): the dataset, the tower's
 # tokens, each arm's store): a job-wide --config override of these is refused
 # (td_jax.train.sweep.check_overrides); choose them with the arg (root=, arms=, tiny, full).
@@ -102,16 +117,22 @@ FIXED_KEYS = ("seed", "total_steps", "task.data.tfds_name", "task.data.data_dir"
 
 def options(arg: str) -> dict:
     """The parsed ``arg`` (see the module docstring)."""
-    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "context": 0, "warmup": 0,
-           "arm": "token_dynamics", "seed": 0}
+    out = {"tiny": False, "full": False, "root": DEFAULT_ROOT, "arms": "", "seeds": "", "context": None,
+           "warmup": None, "tower": "pretrained", "arm": "token_dynamics", "seed": 0}
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         key, eq, value = part.partition("=")
         if key not in _OPTIONS or (key in ("tiny", "full")) == bool(eq):
             raise ValueError(f"experiments/motion_qa.py: bad arg {part!r}; known: tiny, full, root=PATH, arms=a+b, "
-                             f"seeds=0+1, context=N, warmup=N, arm=NAME, seed=N")
+                             f"seeds=0+1, context=N, warmup=N, tower=random|pretrained, arm=NAME, seed=N")
         out[key] = True if key in ("tiny", "full") else value
+    if out["tower"] not in TOWERS:
+        raise ValueError(f"experiments/motion_qa.py: tower= must be one of {TOWERS}, got {out['tower']!r}")
+    if out["context"] is None:                  # the pretrained tower reads 3x3-patch windows by default
+        out["context"] = 1 if out["tower"] == "pretrained" else 0
     if out["arm"] not in ARM_NAMES:
         raise ValueError(f"experiments/motion_qa.py: unknown arm {out['arm']!r}; known: {list(ARM_NAMES)}")
+    if out["warmup"] is None:                   # the tiny dataset has no lone-object control
+        out["warmup"] = 0 if out["tiny"] else 400
     for key in ("seed", "context", "warmup"):
         try:
             out[key] = int(out[key])
@@ -129,7 +150,7 @@ def options(arg: str) -> dict:
 
 def settings(opts: dict) -> dict:
     """The grid's sizes: the full and tiny variants differ only here."""
-    s = dict(dataset="moving_shapes_qa/motion", frames=16, resolution=64, patch=4, dim=64, budget=8, steps=2500,
+    s = dict(dataset="moving_shapes_qa/motion", frames=16, resolution=64, patch=4, dim=64, budget=8, steps=1500,
              batch=32, log_every=100,
              ckpt_every=500, steps_per_call=50, ref_steps_per_call=10, eval_batch=128, ref_eval_batch=32,
              layers=3, mlp=256, heads=4, kv_heads=2, curriculum="direction:600", seeds=(0, 1, 2),
@@ -144,6 +165,11 @@ def settings(opts: dict) -> dict:
     if opts["seeds"]:
         s["seeds"] = tuple(int(x) for x in opts["seeds"].split("+"))
     s["context"] = opts["context"]
+    s["tower"] = opts["tower"]
+    s["tower_train"] = {"videos": 240, "steps": 3000} if not opts["tiny"] else {"videos": 24, "steps": 200}
+    # the stores keep the train split's first train_videos videos (0: all): 1,500 x 32 examples
+    # see each ~6 times, as 2,500 x 32 saw the 12,288 of motion; halves the stores' time
+    s["train_videos"] = 0 if opts["tiny"] else 8192
     if opts["warmup"]:
         # motion's three families plus the control lone_direction in every split (a quarter each).
         s.update(dataset="moving_shapes_qa/motion_curriculum", curriculum=f"lone_direction:{opts['warmup']}")
@@ -196,12 +222,20 @@ def store_dir(root: str, arm: dict, s: dict) -> str:
     """Where an arm's precomputed stage lives: arms whose stages are identical share it."""
     from td_jax.data import extract
 
-    meta = extract.compressor_meta(arm["compressor"], arm_budget(arm, s), arm_cfg(arm, s), 0, s["frames"])
-    key = {"stage": meta["stage"], "patch": s["patch"], "dim": s["dim"], "dataset": s["dataset"]}
+    if arm["compressor"] == "none":            # the tower's tokens themselves
+        stage, kind = "tokens", "tokens"
+    else:
+        stage = extract.compressor_meta(arm["compressor"], arm_budget(arm, s), arm_cfg(arm, s), 0,
+                                        s["frames"])["stage"]
+        kind = stage.get("stage", arm["compressor"])           # "kmeans" for the token-dynamics family
+    key = {"stage": stage, "patch": s["patch"], "dim": s["dim"], "dataset": s["dataset"]}
     if s.get("context"):
         key["context"] = s["context"]            # (absent at 0: the stores built before the option keep their names)
+    if s.get("tower", "random") != "random":
+        key["tower"] = tower_settings(s)
+    if s.get("train_videos"):
+        key["train_videos"] = s["train_videos"]
     stage = json.dumps(key, sort_keys=True)
-    kind = meta["stage"].get("stage", arm["compressor"])       # "kmeans" for the token-dynamics family
     return os.path.join(root, "stores", f"{kind}_{hashlib.sha1(stage.encode()).hexdigest()[:10]}")
 
 
@@ -217,14 +251,14 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     c.compute_dtype = "float32"
     c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.total_steps = 0 if arm.get("eval_of") else s["steps"]
-    c.steps_per_call = s["ref_steps_per_call"] if arm.get("kind") == "frames" else s["steps_per_call"]
+    c.steps_per_call = s["ref_steps_per_call"] if arm["compressor"] == "none" else s["steps_per_call"]
     c.log_every_steps = s["log_every"]
     c.checkpoint_every_steps = s["ckpt_every"]
     c.eval_every_steps = 0
     c.eval_split = "validation"
     c.final_eval_splits = ("validation", "test")
     c.batch_size = s["batch"]
-    c.eval_batch_size = s["ref_eval_batch"] if arm.get("kind") == "frames" else s["eval_batch"]
+    c.eval_batch_size = s["ref_eval_batch"] if arm["compressor"] == "none" else s["eval_batch"]
     c.optim.lr = 1e-3
     c.optim.warmup_frac = 0.05
     c.optim.weight_decay = 0.1
@@ -238,15 +272,14 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     t.llm.hidden_size, t.llm.intermediate_size, t.llm.num_layers = s["dim"], s["mlp"], s["layers"]
     t.llm.num_heads, t.llm.num_kv_heads, t.llm.rope_theta = s["heads"], s["kv_heads"], 10000.0
     t.llm.tie_embeddings = False
-    t.vision = "patch" if arm.get("kind") == "frames" else "none"
-    t.patch.patch_size, t.patch.dim, t.patch.context = s["patch"], s["dim"], s["context"]
+    t.vision = "none"                          # the tower ran once per video into the arm's store
     t.mm_hidden_size = s["dim"]
     t.projector = "mlp2x_gelu"
     t.projector_position = "after"
     t.visual_attention = "kv_only"
     t.visual_tokens_stage = "vision"
     t.compressor = arm["compressor"]
-    t.budget = arm_budget(arm, s) if arm["compressor"] != "none" else 0
+    t.budget = arm_budget(arm, s) if arm["compressor"] != "none" else _tokens_per_video(s)
     t.compressor_cfg = json.dumps(arm_cfg(arm, s), sort_keys=True)
     t.prepare_data = True
     d = t.data
@@ -258,15 +291,24 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
     d.curriculum = s["curriculum"]
     d.read_threads = 1
     d.prefetch_buffer_size = 2
-    if arm.get("kind") == "frames":
-        d.source = "tfds"
-        d.in_memory = False
-        t.budget = _tokens_per_video(s) if arm["compressor"] == "none" else arm_budget(arm, s)
-    else:
-        d.source = "tokens"
-        d.tokens_dir = store_dir(opts["root"], arm, s)
-        d.in_memory = True
+    d.source = "tokens"
+    d.tokens_dir = store_dir(opts["root"], arm, s)
+    d.in_memory = arm["compressor"] != "none"   # the tower's tokens (0.5 MB a video) are read per batch
     return c
+
+
+def tower_settings(s: dict) -> dict:
+    """``td_jax.data.tower.train_tower``'s settings for the grid's pretrained tower."""
+    return {"patch": s["patch"], "context": s["context"], "dim": s["dim"], "frames": s["frames"],
+            "resolution": s["resolution"], **s.get("tower_train", {})}
+
+
+def tower_path(root: str, s: dict) -> str:
+    """Where the pretrained tower's weights live ("" for the random projection)."""
+    if s.get("tower", "random") == "random":
+        return ""
+    key = json.dumps(tower_settings(s), sort_keys=True)
+    return os.path.join(root, "tower", f"tower_{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz")
 
 
 def _tokens_per_video(s: dict) -> int:
@@ -324,22 +366,29 @@ def prepare(arg: str = "", log=print) -> None:
         builder.download_and_prepare()
         log(f"[motion_qa] built in {time.time() - t0:.0f}s")
     src = {"source": "tfds", "tfds_name": s["dataset"], "data_dir": data_dir}
+    tower = tower_path(opts["root"], s)
+    if tower:
+        from td_jax.data import tower as tower_lib
+
+        tower_lib.ensure_tower(tower, log=log, **tower_settings(s))
     embed = ("patch", {"patch_size": s["patch"], "dim": s["dim"], "seed": 0, "pos_embed": "sincos2d",
-                       "pos_scale": 0.1, "temporal": False, **({"context": s["context"]} if s["context"] else {})})
+                       "pos_scale": 0.1, "temporal": False, **({"context": s["context"]} if s["context"] else {}),
+                       **({"tower": tower} if tower else {})})
     stores: dict[str, dict] = {}
     for arm in grid_arms(opts):
-        if arm.get("kind") == "frames":
-            continue
         d = store_dir(opts["root"], arm, s)
         splits = ("validation", "test") if arm.get("eval_of") else ("train", "validation", "test")
         prev = stores.get(d, {}).get("splits", ())
         stores[d] = {"arm": arm, "splits": tuple(sorted(set(prev) | set(splits), key=splits_order))}
     for d, st in stores.items():
-        log(f"[motion_qa] store for {st['arm']['name']}'s stage ({arm_budget(st['arm'], s)} slots): {d}")
+        slots = _tokens_per_video(s) if st["arm"]["compressor"] == "none" else arm_budget(st["arm"], s)
+        log(f"[motion_qa] store for {st['arm']['name']}'s stage ({slots} slots): {d}")
     t0 = time.time()
-    extract.build_stores([(d, {"name": st["arm"]["compressor"], "budget": arm_budget(st["arm"], s),
-                               "cfg": arm_cfg(st["arm"], s), "seed": 0}, st["splits"]) for d, st in stores.items()],
-                         src, embed=embed, batch_size=s["extract_batch"], log=log)
+    extract.build_stores([(d, None if st["arm"]["compressor"] == "none" else
+                           {"name": st["arm"]["compressor"], "budget": arm_budget(st["arm"], s),
+                            "cfg": arm_cfg(st["arm"], s), "seed": 0}, st["splits"]) for d, st in stores.items()],
+                         src, embed=embed, batch_size=s["extract_batch"],
+                         limits={"train": s["train_videos"]} if s["train_videos"] else None, log=log)
     log(f"[motion_qa] {len(stores)} stores ready ({time.time() - t0:.0f}s)")
 
 
@@ -355,10 +404,10 @@ def plan(arg: str = "") -> dict:
     arms = []
     for arm in grid_arms(opts):
         a = {"name": arm["name"], "label": arm["label"], "compressor": arm["compressor"], "cfg": arm_cfg(arm, s),
-             "eval_of": arm.get("eval_of", ""), "kind": arm.get("kind", "store"),
+             "eval_of": arm.get("eval_of", ""),
              "seeds": list(s["ref_seeds"] if arm.get("seeds") == "reference" else s["seeds"]),
              "budget": arm_budget(arm, s) if arm["compressor"] != "none" else _tokens_per_video(s)}
-        a["store"] = store_dir(opts["root"], arm, s) if a["kind"] == "store" else ""
+        a["store"] = store_dir(opts["root"], arm, s)
         arms.append(a)
     return {"arg": arg, "settings": s, "root": opts["root"], "n_tokens": _tokens_per_video(s),
             "data_dir": os.path.join(opts["root"], "tfds"), "arms": arms}

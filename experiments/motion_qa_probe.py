@@ -1,6 +1,6 @@
 r"""Does a compressed store hold what a motion-QA family needs?  A name-conditioned readout probe.
 
-    python -m experiments.motion_qa_probe [--root=/tmp/td_jax_motion_qa] [--family=direction|color] \
+    python -m experiments.motion_qa_probe [--root=/tmp/td_jax_motion_qa] [--arg=tower=random,warmup=0] [--family=direction|color] \
         [--steps=3000] [--seeds=0,1] [--out=results/motion_qa_probe.md]
 
 The motion-QA decoder (experiments/motion_qa.py) may fail to *learn* a family although the
@@ -230,7 +230,8 @@ def main(argv):
     from experiments.benchmarks import write_results
 
     f = flags.FLAGS
-    store = f.store or next(a["store"] for a in motion_qa.plan(f"root={f.root},arms=token_dynamics")["arms"])
+    arg = ",".join(filter(None, [f.arg, f"root={f.root}", "arms=token_dynamics"]))
+    store = f.store or next(a["store"] for a in motion_qa.plan(arg)["arms"])
     rows = run(store, family=f.family, steps=f.steps, seeds=[int(s) for s in f.seeds])
     md = markdown(rows, store, "python -m experiments.motion_qa_probe " + " ".join(sys.argv[1:]), f.family)
     print(md)
@@ -242,7 +243,9 @@ if __name__ == "__main__":
     from absl import app, flags
 
     flags.DEFINE_string("root", "/tmp/td_jax_motion_qa", "Motion-QA data root (experiments/motion_qa.py root=).")
-    flags.DEFINE_string("store", "", "A token-dynamics store directory ('' = the default grid's, under --root).")
+    flags.DEFINE_string("store", "", "A token-dynamics store directory ('' = the grid's of --arg, under --root).")
+    flags.DEFINE_string("arg", "", "experiments/motion_qa.py arg whose token-dynamics store to read ('' = the default "
+                        "grid's; e.g. tower=random,warmup=0).")
     flags.DEFINE_enum("family", "direction", sorted(FAMILIES), "Question family: direction (the name is the "
                       "object's colour + shape) or color (the name is its shape).")
     flags.DEFINE_integer("steps", 3000, "Probe training steps (batch 128).")

@@ -451,13 +451,17 @@ def setup_text(arms: Sequence[Mapping], meta: Mapping) -> str:
                f"whether the tokens carry the motion; its column is outside **all**" if control else "")
             + f"); scored on {meta['eval_examples']:,} test videos ({meta['val_examples']:,} validation videos "
             f"for the reference check). "
-            f"{meta['token_grid'][0]} frames x {meta['token_grid'][1]}x{meta['token_grid'][2]} frozen patch tokens"
-            + (f" (each projects its {2 * s['context'] + 1}x{2 * s['context'] + 1}-patch window)"
+            f"{meta['token_grid'][0]} frames x {meta['token_grid'][1]}x{meta['token_grid'][2]} frozen tower tokens"
+            + (f" (each from its {2 * s['context'] + 1}x{2 * s['context'] + 1}-patch window"
+               + (", by a per-window network pretrained on other videos to name shape and colour linearly"
+                  if s.get("tower", "random") == "pretrained" else ", by a fixed random projection") + ")"
                if s.get("context") else "")
             + f" with a 2-D position embedding = **{meta['n_tokens']:,} tokens per video**; compressed arms get "
             f"**{meta['budget']} visual tokens ({meta['budget_percent']:.3f}%)** unless the row says otherwise. "
             f"Every arm: the same {s['layers']}-layer, width-{s['dim']} decoder (visual tokens as keys/values "
-            f"only), trained from scratch for {s['steps']} steps x {s['batch']} with the same schedule"
+            f"only), trained from scratch for {s['steps']} steps x {s['batch']}"
+            + (f" (the train split's first {s['train_videos']:,} videos)" if s.get("train_videos") else "")
+            + " with the same schedule"
             + (f", curriculum (the first {s['curriculum'].rpartition(':')[2]} steps ask only "
                f"`{s['curriculum'].rpartition(':')[0]}`)" if s.get("curriculum") else "")
             + f" and data order per seed; the all-token arm reads all {meta['n_tokens']:,} tokens"

@@ -2,6 +2,7 @@
 variant / attention / adaptive method, and the launchers' mode-specific flags; and an
 override holding commas reaches launch.tpu whole."""
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -123,37 +124,50 @@ def test_job_wide_overrides_of_what_the_experiment_fixes_are_refused():
     sweep.check_overrides(object(), {"task.patch.temporal": True})      # a module without FIXED_KEYS
 
 
-def test_motion_qa_context_reaches_the_tower_and_the_stores():
-    """``context=N`` sets the frozen tower of the frames arms and names its own stores; at 0
-    the stores keep the names they had before the option existed; a bad value is an error."""
+def test_motion_qa_tower_and_context_name_their_own_tower_and_stores():
+    """The default tower is the pretrained one at context 1 (``tower=random`` the fixed random
+    projection, ``context=N`` the window); each setting has its own tower file and stores; the
+    stores keep the train split's first 8,192 videos; a bad value is an error."""
     from experiments import motion_qa as m
 
-    assert m.get_config("arm=none,context=1").task.patch.context == 1
-    assert m.get_config("arm=none").task.patch.context == 0
+    s = m.settings(m.options(""))
+    assert (s["tower"], s["context"]) == ("pretrained", 1)
+    assert m.tower_path("/r", s).startswith("/r/tower/tower_")
+    assert m.tower_path("/r", m.settings(m.options("tower=random"))) == ""
+    assert m.tower_path("/r", m.settings(m.options("context=2"))) != m.tower_path("/r", s)
     arm = next(a for a in m.ARMS if a["name"] == "token_dynamics")
-    plain = m.store_dir("/r", arm, m.settings(m.options("")))
-    assert plain == "/r/stores/kmeans_deaf6883fc"          # the store the stored results were read from
-    assert m.store_dir("/r", arm, m.settings(m.options("context=1"))) != plain
-    for bad in ("context=-1", "context=x"):
-        with pytest.raises(ValueError, match="context="):
+    plain = m.store_dir("/r", arm, m.settings(m.options("tower=random,warmup=0")))
+    assert s["train_videos"] == 8192 and m.settings(m.options("tiny"))["train_videos"] == 0
+    dirs = {m.store_dir("/r", arm, m.settings(m.options(a)))
+            for a in ("", "tower=random", "tower=random,context=1", "context=2")}
+    assert len(dirs) == 4 and plain not in dirs
+    none = next(a for a in m.ARMS if a["name"] == "none")
+    assert os.path.basename(m.store_dir("/r", none, s)).startswith("tokens_")
+    c = m.get_config("arm=none")
+    assert (c.task.vision, c.task.data.source, c.task.data.in_memory, c.task.budget) == ("none", "tokens", False,
+                                                                                        4096)
+    for bad in ("context=-1", "context=x", "tower=siglip"):
+        with pytest.raises(ValueError, match="context=|tower="):
             m.options(bad)
 
 
 def test_motion_qa_warmup_reads_the_curriculum_data_and_leads_with_the_lone_object():
     """``warmup=N``: the data is motion_curriculum (motion's three families plus the control
-    lone_direction), the first N batches ask lone_direction; its own stores; off by default;
-    refused with ``tiny`` or a bad value."""
+    lone_direction), the first N batches ask lone_direction (default 400); ``warmup=0``: the
+    motion data, direction first; its own stores; refused with ``tiny`` or a bad value."""
     from experiments import motion_qa as m
     from td_jax.data import moving_shapes as ms
     from td_jax.data import moving_shapes_qa
 
     d = m.get_config("warmup=400").task.data
     assert (d.tfds_name, d.curriculum, d.families) == ("moving_shapes_qa/motion_curriculum", "lone_direction:400", "")
-    d0 = m.get_config("").task.data
+    assert m.get_config("").task.data.curriculum == "lone_direction:400"
+    d0 = m.get_config("warmup=0").task.data
     assert (d0.tfds_name, d0.curriculum) == ("moving_shapes_qa/motion", "direction:600")
+    assert m.get_config("tiny").task.data.tfds_name == "moving_shapes_qa/tiny"
     arm = next(a for a in m.ARMS if a["name"] == "token_dynamics")
     assert m.store_dir("/r", arm, m.settings(m.options("warmup=400"))) != m.store_dir("/r", arm, m.settings(
-        m.options("")))
+        m.options("warmup=0")))
     cur = {c.name: c for c in moving_shapes_qa.CONFIGS}["motion_curriculum"]
     assert cur.families == ("color", "direction", "order", "lone_direction")
     assert moving_shapes_qa.family_names(cur)[-1] == "lone_direction"
