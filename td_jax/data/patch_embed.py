@@ -131,8 +131,8 @@ def patch_embed(frames, *, patch_size: int = 8, dim: int = 64, seed: int = 0, po
             raise ValueError(f"tower {tower!r} maps {params['w1'].shape[0]} window values to width "
                              f"{params['w2'].shape[1]}; patch_size={patch_size}, context={context}, dim={dim} need "
                              f"{fan_in} -> {dim}")
-        h = jnp.maximum(window_project(x, jnp.asarray(params["w1"]), context) + params["b1"], 0.0)
-        x = h @ jnp.asarray(params["w2"]) + params["b2"]          # = tower.apply on the windows
+        x = tower_lib.apply({k: jnp.asarray(v) for k, v in params.items()}, x,
+                            first=lambda v, w: window_project(v, w, context))
     else:
         x = window_project(x, jnp.asarray(projection(patch_size, dim, seed, (2 * context + 1) ** 2)), context)
     if pos_embed != "none" or temporal:

@@ -90,11 +90,13 @@ def labelled_windows(videos: int, *, seed: int, patch: int, context: int, frames
     return np.concatenate(xs).astype(np.float32), np.asarray(shapes, np.int32), np.asarray(colours, np.int32)
 
 
-def apply(params: dict, x):
-    """The frozen tower on windows ``x [..., F]`` → tokens ``[..., D]`` (numpy or jax arrays)."""
+def apply(params: dict, x, first: Callable | None = None):
+    """The frozen tower on windows ``x [..., F]`` → tokens ``[..., D]`` (numpy or jax arrays).
+    ``first(x, w1)``: how the first layer multiplies (default ``x @ w1``; ``patch_embed`` passes
+    a convolution over un-windowed patches)."""
     import jax.numpy as jnp
 
-    h = jnp.maximum(x @ params["w1"] + params["b1"], 0.0)
+    h = jnp.maximum((x @ params["w1"] if first is None else first(x, params["w1"])) + params["b1"], 0.0)
     return h @ params["w2"] + params["b2"]
 
 
